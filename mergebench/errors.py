@@ -1,0 +1,63 @@
+"""Every error MergeBench raises on purpose.
+
+All derive from :class:`MergeBenchError` and also from the closest stdlib exception, so callers can catch
+either. Messages say what failed, quote the values involved and end with the next action to take.
+``huggingface_hub`` errors are never wrapped: they already carry the server's explanation.
+"""
+
+from __future__ import annotations
+
+
+class MergeBenchError(Exception):
+    """Root of every MergeBench error. ``hint`` is a next step the CLI prints as ``Hint: ...``."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class ConfigError(MergeBenchError, ValueError):
+    """A recipe, parameter or command-line value is invalid."""
+
+
+class ModelRefError(MergeBenchError, ValueError):
+    """A model reference (``org/name@rev`` or a local path) cannot be resolved."""
+
+    def __init__(self, message: str, *, ref: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.ref = ref
+
+
+class IncompatibleModelsError(MergeBenchError, ValueError):
+    """Models disagree on architecture, tensor names, shapes or dtypes. ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{len(problems)} incompatibilit{'y' if len(problems) == 1 else 'ies'} between the models:\n{lines}",
+            hint="Experts must be fine-tunes of the base: same architecture, tensor names, shapes and dtypes.",
+        )
+        self.problems = problems
+
+
+class CorruptFileError(MergeBenchError, OSError):
+    """A safetensors file is truncated, has a bad header or holds non-finite values."""
+
+    def __init__(self, message: str, *, model: str, filename: str, tensor: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.model = model
+        self.filename = filename
+        self.tensor = tensor
+
+
+class NonFiniteError(CorruptFileError):
+    """An input tensor holds NaN or Inf (checked by default; ``check_finite: false`` disables it)."""
+
+
+class StatisticsError(MergeBenchError, ValueError):
+    """A data-dependent method lacks statistics, data or a domain for one of its models."""
+
+
+class OutputExistsError(MergeBenchError, FileExistsError):
+    """The output directory exists and is neither empty nor a resumable merge."""
