@@ -107,7 +107,8 @@ class MethodSpec(Generic[P]):
                 suggestion = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(
                     f"Unknown parameter '{key}' for method '{self.name}'.{suggestion}",
-                    hint=f"Valid parameters: {', '.join(known) or '(none)'}. See `mergebench methods show {self.name}`.",
+                    hint=f"Valid parameters: {', '.join(known) or '(none)'}. "
+                         f"See `mergebench methods show {self.name}`.",
                 )
         try:
             return pydantic.TypeAdapter(self.params_cls).validate_python(values)
@@ -158,7 +159,7 @@ class MethodRegistry:
     def names(self) -> list[str]:
         return list(self._specs)
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return iter(self._specs.values())
 
 

@@ -1,0 +1,330 @@
+"""The streaming merge: resolve → plan → (statistics passes) → merge pass → write → card → rename.
+
+Inputs are read tensor by tensor (memory-mapped locally, HTTP Range requests on the Hub); each tensor
+of every model is converted to float32 once, handed to the method, cast to the output dtype and
+appended to the output shard. Peak memory is about ``(n_experts + 2) × largest tensor × 4 bytes`` plus
+the read-ahead budget, whatever the model size. Output goes to a hidden ``.NAME.partial`` folder next
+to the destination and is renamed into place only when complete; ``resume=True`` keeps the verified
+shards of an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mergebench import methods
+from mergebench.card import write_model_card
+from mergebench.errors import NonFiniteError, OutputExistsError
+from mergebench.hub import ModelRef, ResolvedModel, resolve
+from mergebench.methods import MergeContext, MethodSpec, Params
+from mergebench.plan import MergePlan, TensorPlan, build_plan
+from mergebench.recipe import MergeRecipe
+from mergebench.stream.format import DTYPES
+from mergebench.stream.reader import TensorStream
+from mergebench.stream.writer import ShardWriter, sha256_file, write_index
+
+logger = logging.getLogger(__name__)
+
+AUX_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+    "vocab.json", "merges.txt", "added_tokens.json",
+)
+"""Files copied from the tokenizer source (the base by default) into the merged model."""
+PROGRESS_FILE = ".mergebench_progress.json"
+RECIPE_FILE = "mergebench_config.yaml"
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """How to run a merge (not what to merge: that is the recipe)."""
+
+    threads: int = 4
+    shard_size: int = 5 << 30
+    read_ahead_bytes: int = 512 << 20
+    chunk_bytes: int = 64 << 20
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out_dir: Path
+    recipe: MergeRecipe
+    """The recipe with every Hub reference pinned to its commit sha."""
+    plan: MergePlan
+    seconds: float
+    peak_rss_bytes: int
+    bytes_read: int
+    resumed_shards: tuple[str, ...] = ()
+    commit_url: str | None = None
+
+
+@dataclass
+class _Inputs:
+    recipe: MergeRecipe
+    spec: MethodSpec
+    params: Params
+    base: ResolvedModel
+    experts: list[ResolvedModel]
+    plan: MergePlan
+    pinned: MergeRecipe
+    tokenizer_source: ResolvedModel
+    data_stats: dict[str, list[Path]] = field(default_factory=dict)
+
+
+def load_recipe(config: MergeRecipe | Path | str | dict) -> tuple[MergeRecipe, Path | None]:
+    """A recipe from an object, a dict or a YAML path; also returns the folder relative paths start from."""
+    if isinstance(config, MergeRecipe):
+        return config, None
+    if isinstance(config, dict):
+        return MergeRecipe.from_dict(config), None
+    path = Path(config)
+    return MergeRecipe.from_yaml(path), path.parent
+
+
+def prepare(config: MergeRecipe | Path | str | dict, *, shard_size: int = 5 << 30,
+            read_ahead_bytes: int = 512 << 20) -> _Inputs:
+    """Validate the recipe, resolve every model to a commit and plan the merge, reading headers only."""
+    recipe, base_dir = load_recipe(config)
+    spec = methods.get(recipe.method)
+    params = spec.make_params(recipe.method_parameters)
+    if spec.data_dependent:
+        missing = [m.model for m in recipe.models if not m.domain]
+        if missing:
+            from mergebench.errors import StatisticsError
+
+            raise StatisticsError(
+                f"Method '{spec.name}' needs each model's domain to pair it with its own data; "
+                f"no 'domain:' for {missing}.", hint="Add 'domain: <key>' to every entry of 'models:'.")
+    refs = [ModelRef.parse(m.model, base_dir=base_dir) for m in recipe.models]
+    base_ref = ModelRef.parse(recipe.base_model, base_dir=base_dir)
+    base = resolve(base_ref)
+    experts = [resolve(r) for r in refs]
+    tok = recipe.tokenizer_source
+    tokenizer_source = resolve(ModelRef.parse(tok, base_dir=base_dir)) if tok else base
+    plan = build_plan(base, experts, dtype=recipe.dtype, merge_embeddings=recipe.merge_embeddings,
+                      shard_size=shard_size, read_ahead_bytes=read_ahead_bytes)
+    pinned = recipe.model_copy(update={
+        "base_model": _pinned(base),
+        "models": [m.model_copy(update={"model": _pinned(e)}) for m, e in zip(recipe.models, experts, strict=True)],
+        "tokenizer_source": _pinned(tokenizer_source) if tok else None,
+    })
+    return _Inputs(recipe, spec, params, base, experts, plan, pinned, tokenizer_source)
+
+
+def _pinned(model: ResolvedModel) -> str:
+    if model.ref.repo_id:
+        return f"{model.ref.repo_id}@{model.sha}"
+    return str(model.ref.local_path)
+
+
+def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
+          options: MergeOptions | None = None, push_to: str | None = None, private: bool = False) -> MergeResult:
+    """Merge the models of a recipe into ``out_dir`` and optionally push the result.
+
+    Args:
+        config: a :class:`MergeRecipe`, its dict, or a path to its YAML.
+        out_dir: destination folder; must not exist (or be empty) unless resuming a finished merge.
+        options: threads, shard size, read-ahead, resume.
+        push_to: a Hub repo id to create (if needed) and upload the finished folder to, in one commit.
+
+    Returns:
+        A :class:`MergeResult` with timings, memory and the pinned recipe.
+
+    Raises:
+        ConfigError: invalid recipe or parameters. IncompatibleModelsError: models do not match.
+        CorruptFileError / NonFiniteError: a bad input file or tensor. OutputExistsError: ``out_dir`` is taken.
+
+    >>> merge("recipe.yaml", "merged/")  # doctest: +SKIP
+    """
+    options = options or MergeOptions()
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    inputs = prepare(config, shard_size=options.shard_size, read_ahead_bytes=options.read_ahead_bytes)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise OutputExistsError(f"Output folder '{out_dir}' already exists and is not empty.",
+                                hint="Choose another --out, or delete the folder first.")
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    fingerprint = _fingerprint(inputs)
+    done = _resume_state(partial, fingerprint) if options.resume else {}
+    if partial.exists() and not done:
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    state = {"fingerprint": fingerprint, "shards": dict(done)}
+    _save_state(partial, state)
+
+    thresholds = _global_thresholds(inputs, options) if inputs.params.global_topk() is not None else None
+    bytes_read = _merge_pass(inputs, partial, options, state, thresholds)
+
+    if inputs.plan.sharded:
+        write_index(partial, inputs.plan.shards, inputs.plan.output_bytes)
+    for name in AUX_FILES:
+        if name in inputs.tokenizer_source.file_list:
+            inputs.tokenizer_source.copy_file(name, partial / name)
+    (partial / RECIPE_FILE).write_text(inputs.pinned.to_yaml(), encoding="utf-8")
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = MergeResult(out_dir, inputs.pinned, inputs.plan, seconds, peak, bytes_read, tuple(done))
+    write_model_card(partial, inputs.pinned, inputs.spec, inputs.params, [*inputs.experts, inputs.base], result)
+    (partial / PROGRESS_FILE).unlink()
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.replace(partial, out_dir)
+    logger.info("Merged %d experts with %s into %s in %.1fs", len(inputs.experts), inputs.spec.name,
+                out_dir, seconds)
+    if push_to:
+        from mergebench.push import push_folder
+
+        url = push_folder(out_dir, push_to, private=private)
+        result = MergeResult(**{**result.__dict__, "commit_url": url})
+    return result
+
+
+def _fingerprint(inputs: _Inputs) -> str:
+    doc = {"recipe": inputs.pinned.model_dump(), "shards": [(s.filename, s.tensors) for s in inputs.plan.shards],
+           "dtypes": [(t.name, t.out_dtype) for t in inputs.plan.tensors], "version": inputs.spec.version}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resume_state(partial: Path, fingerprint: str) -> dict[str, str]:
+    """Shards of an interrupted run that are complete and still verify; empty when nothing can be kept."""
+    try:
+        state = json.loads((partial / PROGRESS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if state.get("fingerprint") != fingerprint:
+        logger.warning("The interrupted merge in %s used another recipe or plan; starting over.", partial)
+        return {}
+    kept = {}
+    for filename, sha in state.get("shards", {}).items():
+        if (partial / filename).exists() and sha256_file(partial / filename) == sha:
+            kept[filename] = sha
+        else:
+            logger.warning("Shard %s failed verification; it will be rewritten.", filename)
+            break
+    logger.info("Resuming: %d verified shard(s) kept", len(kept))
+    return kept
+
+
+def _save_state(partial: Path, state: dict) -> None:
+    tmp = partial / (PROGRESS_FILE + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, partial / PROGRESS_FILE)
+
+
+def _bar(options: MergeOptions, total: int, desc: str, unit: str = "B") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not options.progress, leave=False)
+
+
+def _open_stream(inputs: _Inputs, order: Sequence[tuple[str, Sequence[int]]], options: MergeOptions,
+                 desc: str) -> tuple[TensorStream, tqdm]:
+    """A tensor stream over base + experts and its bytes progress bar."""
+    stream = TensorStream([inputs.base, *inputs.experts], order, threads=options.threads,
+                          max_inflight_bytes=options.read_ahead_bytes, chunk_bytes=options.chunk_bytes)
+    bar = _bar(options, stream.bytes_to_read, desc)
+    stream.progress = bar
+    return stream, bar
+
+
+def _to_tensor(raw: memoryview, entry_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only mmap buffers: we only ever copy out of them
+        return torch.frombuffer(raw, dtype=DTYPES[entry_dtype]).view(shape)
+
+
+def _load_stack(inputs: _Inputs, t: TensorPlan, raw: tuple, *, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 base and ``[n, *shape]`` fp32 stack of expert weights; checks finiteness of every input."""
+    base = _to_tensor(raw[0], t.in_dtype, t.shape).to(torch.float32, copy=True)
+    stack = torch.empty((len(inputs.experts), *t.shape), dtype=torch.float32)
+    for i in range(len(inputs.experts)):
+        stack[i].copy_(_to_tensor(raw[i + 1], t.in_dtype, t.shape))
+    if check_finite:
+        for model, values in [(inputs.base, base), *zip(inputs.experts, stack, strict=True)]:
+            if not torch.isfinite(values).all():
+                raise NonFiniteError(
+                    f"Tensor '{t.name}' of '{model.label}' holds NaN or Inf values.",
+                    model=model.label, filename=model.weight_map[t.name], tensor=t.name,
+                    hint="Fix the checkpoint, or set 'check_finite: false' in the recipe to merge it as is.")
+    return base, stack
+
+
+def _global_thresholds(inputs: _Inputs, options: MergeOptions) -> torch.Tensor:
+    """Exact per-expert global top-k thresholds of |τᵢ| over all mergeable entries (extra streaming passes)."""
+    from mergebench.methods._topk import GlobalTopK
+
+    fraction = inputs.params.global_topk()
+    assert fraction is not None
+    experts = range(len(inputs.experts) + 1)
+    order = [(t.name, experts) for t in inputs.plan.tensors if t.mergeable]
+    by_name = {t.name: t for t in inputs.plan.tensors}
+    acc = GlobalTopK(len(inputs.experts), fraction)
+    for pass_index in range(acc.passes):
+        stream, bar = _open_stream(inputs, order, options, f"top-k pass {pass_index + 1}/{acc.passes}")
+        with bar:
+            for item in stream:
+                base, stack = _load_stack(inputs, by_name[item.name], item.raw,
+                                          check_finite=inputs.recipe.check_finite)
+                acc.update(pass_index, stack.sub_(base))
+        acc.finish_pass(pass_index)
+    return acc.thresholds()
+
+
+def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
+                thresholds: torch.Tensor | None) -> int:
+    plan = inputs.plan
+    by_name = {t.name: t for t in plan.tensors}
+    skip = {name for shard in plan.shards if shard.filename in state["shards"] for name in shard.tensors}
+    experts = tuple(range(1, len(inputs.experts) + 1))
+    order = [(t.name, (0, *experts) if t.mergeable else (0,)) for t in plan.tensors if t.name not in skip]
+
+    def shard_done(filename: str, sha: str) -> None:
+        state["shards"][filename] = sha
+        _save_state(out, state)
+
+    writer = ShardWriter(out, plan.shards, by_name, on_shard_done=shard_done)
+    for shard in plan.shards:
+        if shard.filename in state["shards"]:
+            writer.skip_shard(shard.filename)
+        else:
+            break
+    stream, bar = _open_stream(inputs, order, options, f"merge ({inputs.spec.name})")
+    weights = inputs.recipe.weights
+    expert_ids = tuple(range(len(inputs.experts)))
+    try:
+        with bar, _bar(options, len(order), "tensors written", unit="tensor") as written:
+            for item in stream:
+                t = by_name[item.name]
+                if t.mergeable:
+                    base, stack = _load_stack(inputs, t, item.raw, check_finite=inputs.recipe.check_finite)
+                    if inputs.spec.inputs == "deltas":
+                        stack.sub_(base)
+                    ctx = MergeContext(name=t.name, expert_ids=expert_ids, weights=weights,
+                                       seed=inputs.recipe.seed, thresholds=thresholds)
+                    merged = inputs.spec.fn(base, stack, inputs.params, ctx)
+                    del stack
+                    out_tensor = merged.to(DTYPES[t.out_dtype])
+                elif t.out_dtype != t.in_dtype:
+                    out_tensor = _to_tensor(item.raw[0], t.in_dtype, t.shape).to(DTYPES[t.out_dtype])
+                else:
+                    writer.write(t.name, item.raw[0])
+                    written.update()
+                    continue
+                writer.write(t.name, out_tensor.contiguous().view(torch.uint8).reshape(-1).numpy().data)
+                written.update()
+    finally:
+        writer.close()
+    return stream.bytes_to_read

@@ -1,0 +1,257 @@
+"""Model references and everything MergeBench asks of the Hub before streaming weights.
+
+A model reference is ``org/name``, ``org/name@revision`` or a local directory. Hub references are
+resolved to a commit sha **before any work**, and every later request pins that sha, so a merge is
+reproducible even if the repo moves on while it runs. Only safetensors *headers* are read here
+(``HfApi.get_safetensors_metadata``: Range requests, nothing written to the cache); small text files
+(configs, tokenizers) are read into memory or written straight to the output folder, never into the
+Hub cache. This module is the only place that calls ``HfApi`` for reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+from mergebench.errors import CorruptFileError, ModelRefError
+from mergebench.stream.format import FileHeader, TensorEntry, header_length, parse_header
+
+logger = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference: exactly one of ``repo_id`` and ``local_path`` is set."""
+
+    text: str
+    repo_id: str | None = None
+    revision: str | None = None
+    local_path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, base_dir: Path | None = None) -> ModelRef:
+        """Parse ``org/name[@rev]`` or a path. An existing directory wins over a repo id, as in transformers.
+
+        Relative paths are taken relative to ``base_dir`` (the recipe's folder) when given.
+        """
+        text = text.strip()
+        path = Path(text).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if path.is_dir() or text.startswith((".", "/", "~")):
+            if not path.is_dir():
+                raise ModelRefError(f"Local model folder '{text}' does not exist ({path}).", ref=text,
+                                    hint="Check the path, or use 'org/name' for a Hub repo.")
+            return cls(text=text, local_path=path.resolve())
+        repo_id, _, revision = text.partition("@")
+        if not _REPO_ID.match(repo_id):
+            raise ModelRefError(
+                f"'{text}' is neither an existing folder nor a Hub repo id of the form 'org/name[@revision]'.",
+                ref=text,
+            )
+        return cls(text=text, repo_id=repo_id, revision=revision or None)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model pinned to one commit (or a local folder), with its safetensors headers and config.
+
+    ``files`` maps each shard's filename to its header; ``weight_map`` maps tensor name → shard.
+    """
+
+    ref: ModelRef
+    sha: str | None
+    files: dict[str, FileHeader]
+    weight_map: dict[str, str]
+    config: dict
+    file_list: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """How messages name the model: the text the user wrote (plus the sha for Hub refs)."""
+        if self.ref.repo_id:
+            return f"{self.ref.repo_id}@{self.sha[:10]}" if self.sha else self.ref.repo_id
+        return self.ref.text
+
+    @property
+    def is_local(self) -> bool:
+        return self.ref.local_path is not None
+
+    def tensor(self, name: str) -> TensorEntry:
+        return self.files[self.weight_map[name]].tensors[name]
+
+    def url(self, filename: str) -> str:
+        """The resolve URL of one file at the pinned commit (Hub models only)."""
+        assert self.ref.repo_id and self.sha
+        return hf_hub_url(self.ref.repo_id, filename, revision=self.sha, endpoint=constants.ENDPOINT)
+
+    def read_text(self, filename: str) -> str | None:
+        """A small file's text, or ``None`` when the model has no such file."""
+        if filename not in self.file_list:
+            return None
+        if self.ref.local_path is not None:
+            return (self.ref.local_path / filename).read_text(encoding="utf-8")
+        return _get(self.url(filename)).decode("utf-8")
+
+    def copy_file(self, filename: str, dest: Path) -> None:
+        """Copy one (small) file into ``dest`` without touching the Hub cache."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if self.ref.local_path is not None:
+            shutil.copyfile(self.ref.local_path / filename, dest)
+            return
+        with get_session().stream("GET", self.url(filename), headers=build_hf_headers(),
+                                  follow_redirects=True) as response:
+            hf_raise_for_status(response)
+            with open(dest, "wb") as f:
+                for chunk in response.iter_bytes(1 << 20):
+                    f.write(chunk)
+
+
+def resolve(ref: ModelRef, *, api: HfApi | None = None) -> ResolvedModel:
+    """Pin ``ref`` to a commit and read its safetensors headers and ``config.json``.
+
+    Raises:
+        ModelRefError: the folder or repo has no safetensors weights.
+        CorruptFileError: a local header cannot be parsed.
+        huggingface_hub errors (``RepositoryNotFoundError``, ``RevisionNotFoundError``) pass through.
+    """
+    if ref.local_path is not None:
+        return _resolve_local(ref)
+    return _resolve_hub(ref, api or HfApi())
+
+
+def _resolve_local(ref: ModelRef) -> ResolvedModel:
+    root = ref.local_path
+    assert root is not None
+    file_list = tuple(sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()))
+    shards = _shard_names(ref, file_list, lambda name: (root / name).read_text(encoding="utf-8"))
+    files = {name: read_local_header(root / name, model=ref.text) for name in shards}
+    config = json.loads((root / "config.json").read_text()) if "config.json" in file_list else {}
+    return ResolvedModel(ref, None, files, _weight_map(files), config, file_list)
+
+
+def _resolve_hub(ref: ModelRef, api: HfApi) -> ResolvedModel:
+    assert ref.repo_id
+    info = api.model_info(ref.repo_id, revision=ref.revision)
+    sha = info.sha
+    file_list = tuple(sorted(s.rfilename for s in info.siblings or []))
+    logger.info("Resolved %s to commit %s", ref.text, sha)
+    pinned = ResolvedModel(ref, sha, {}, {}, {}, file_list)
+    _shard_names(ref, file_list, lambda name: pinned.read_text(name) or "")
+    meta = api.get_safetensors_metadata(ref.repo_id, revision=sha)
+    files = {
+        name: FileHeader(
+            tensors=dict(sorted(
+                ((t, TensorEntry(t, info.dtype, tuple(info.shape), *info.data_offsets))
+                 for t, info in fm.tensors.items()),
+                key=lambda kv: kv[1].begin,
+            )),
+            metadata=dict(fm.metadata or {}),
+        )
+        for name, fm in meta.files_metadata.items()
+    }
+    config_text = pinned.read_text("config.json")
+    config = json.loads(config_text) if config_text else {}
+    return ResolvedModel(ref, sha, files, _weight_map(files), config, file_list)
+
+
+def _shard_names(ref: ModelRef, file_list: tuple[str, ...], read) -> list[str]:
+    if INDEX_FILE in file_list:
+        index = json.loads(read(INDEX_FILE))
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        missing = [s for s in shards if s not in file_list]
+        if missing:
+            raise ModelRefError(
+                f"'{ref.text}' lists shard(s) {missing} in {INDEX_FILE} but the file(s) are missing.",
+                ref=ref.text, hint="Re-upload the missing shards or fix the index.",
+            )
+        return shards
+    if SINGLE_FILE in file_list:
+        return [SINGLE_FILE]
+    raise ModelRefError(
+        f"'{ref.text}' has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}).",
+        ref=ref.text,
+        hint="MergeBench reads safetensors only; convert .bin checkpoints with "
+             "`save_pretrained(safe_serialization=True)`.",
+    )
+
+
+def _weight_map(files: dict[str, FileHeader]) -> dict[str, str]:
+    return {tensor: name for name, header in files.items() for tensor in header.tensors}
+
+
+def read_local_header(path: Path, *, model: str) -> FileHeader:
+    """Read and check a local safetensors header, including that the file is long enough."""
+    try:
+        with open(path, "rb") as f:
+            n = header_length(f.read(8))
+            header = parse_header(f.read(n))
+    except (ValueError, OSError) as e:
+        raise CorruptFileError(f"Cannot read the safetensors header of '{path.name}' in '{model}': {e}",
+                               model=model, filename=path.name,
+                               hint="The file is corrupt or not safetensors; re-download or re-save it.") from e
+    size = path.stat().st_size
+    if size < 8 + n + header.data_size:
+        raise CorruptFileError(
+            f"'{path.name}' in '{model}' is truncated: {size} bytes, but its header needs {8 + n + header.data_size}.",
+            model=model, filename=path.name, hint="Re-download or re-save the shard.",
+        )
+    return header
+
+
+@contextlib.contextmanager
+def use_endpoint(url: str, *, hf_home: Path | None = None) -> Iterator[None]:
+    """Point this process's ``huggingface_hub`` at another Hub (e.g. the loopback server) for a while.
+
+    The client reads ``HF_ENDPOINT`` and friends once, at import; setting the variable later is not
+    enough, so the module constants are patched too and everything is restored on exit. Xet transfers
+    are disabled (the loopback server speaks the plain HTTP protocol).
+    """
+    home = Path(hf_home) if hf_home else None
+    patches: dict[str, object] = {
+        "ENDPOINT": url.rstrip("/"),
+        "HUGGINGFACE_CO_URL_TEMPLATE": url.rstrip("/") + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_DISABLE_XET": True,
+    }
+    env = {"HF_ENDPOINT": url.rstrip("/"), "HF_HUB_DISABLE_XET": "1"}
+    if home is not None:
+        patches |= {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")}
+        env |= {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")}
+    saved_constants = {k: getattr(constants, k) for k in patches}
+    saved_env = {k: os.environ.get(k) for k in env}
+    for k, v in patches.items():
+        setattr(constants, k, v)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved_constants.items():
+            setattr(constants, k, v)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _get(url: str) -> bytes:
+    response = get_session().get(url, headers=build_hf_headers(), follow_redirects=True)
+    hf_raise_for_status(response)
+    return response.content
+
+
+__all__ = ["ModelRef", "ResolvedModel", "read_local_header", "resolve", "use_endpoint"]

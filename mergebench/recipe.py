@@ -1,0 +1,108 @@
+"""The merge recipe: the YAML a user writes, validated before any work.
+
+```yaml
+method: task_arithmetic
+base_model: org/base            # or org/base@rev, or ./local/dir (relative to the YAML file)
+models:
+  - {model: org/expert_math, domain: math}
+  - {model: ./local/expert_code, domain: coding, weight: 1.0}
+parameters: {scaling: 0.4}
+dtype: bfloat16                 # optional; default: the base's dtype
+merge_embeddings: false         # default false: embeddings/lm_head copied from the base
+seed: 0
+```
+
+Unknown keys are errors (a typo must never be silently ignored). Per-expert coefficients may be given
+either as ``weight:`` on each model or as ``parameters.weights`` (a list), not both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from mergebench.errors import ConfigError
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    """``org/name``, ``org/name@revision`` or a local folder."""
+    domain: str | None = None
+    """The expert's domain key; data-dependent methods pair the expert with this domain's data."""
+    weight: float | None = None
+
+
+class MergeRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    base_model: str
+    models: list[ModelEntry] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dtype: str | None = None
+    merge_embeddings: bool = False
+    seed: int = 0
+    check_finite: bool = True
+    """Fail on NaN/Inf in any input tensor (default); ``false`` merges them as they are."""
+    tokenizer_source: str | None = None
+    """Model whose config, generation config and tokenizer files are copied (default: the base)."""
+    data: dict[str, str] = Field(default_factory=dict)
+    """Validation data per domain for data-dependent methods: a ``.jsonl`` file or a dataset repo id."""
+
+    @pydantic.model_validator(mode="after")
+    def _one_way_to_weight(self) -> MergeRecipe:
+        per_model = [m.weight is not None for m in self.models]
+        if "weights" in self.parameters:
+            if any(per_model):
+                raise ValueError("give expert weights either as 'weight:' on each model or as "
+                                 "'parameters.weights', not both")
+            weights = self.parameters["weights"]
+            if not isinstance(weights, list) or len(weights) != len(self.models):
+                raise ValueError(f"'parameters.weights' must be a list of {len(self.models)} numbers, one per model")
+        elif any(per_model) and not all(per_model):
+            raise ValueError("either every model has a 'weight:' or none does")
+        return self
+
+    @property
+    def weights(self) -> tuple[float, ...] | None:
+        if "weights" in self.parameters:
+            return tuple(float(w) for w in self.parameters["weights"])
+        if self.models[0].weight is not None:
+            return tuple(float(m.weight) for m in self.models)  # type: ignore[arg-type]
+        return None
+
+    @property
+    def method_parameters(self) -> dict[str, Any]:
+        """``parameters`` without ``weights``, which the engine passes to methods separately."""
+        return {k: v for k, v in self.parameters.items() if k != "weights"}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "recipe") -> MergeRecipe:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} must be a YAML mapping, got {type(data).__name__}.")
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as e:
+            problems = "\n".join(
+                f"  - {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"Invalid {source}:\n{problems}",
+                              hint="See the recipe format in `mergebench merge --help`.") from e
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> MergeRecipe:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"Recipe file '{path}' does not exist.") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Recipe file '{path}' is not valid YAML: {e}") from e
+        return cls.from_dict(data, source=f"recipe '{path}'")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,135 @@
+"""The safetensors layout, as far as streaming needs it.
+
+A file is ``[u64 little-endian N][N bytes of JSON header][data]``. The header maps each tensor name to
+``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the start of the data) plus an
+optional ``"__metadata__"`` string map. A tensor's bytes are at ``8 + N + begin``. The header may be
+padded with trailing spaces, which is what lets :mod:`mergebench.stream.writer` compute a header from
+the plan, write it first, and then stream the tensors in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of one safetensors file. ``begin``/``end`` are offsets relative to the data section.
+
+    Relative offsets are what the Hub's header API returns without the header length; a reader adds
+    ``8 + N`` once it knows N."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """A parsed header: tensors in file order and the ``__metadata__`` map."""
+
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+
+    @property
+    def data_size(self) -> int:
+        """Bytes the data section must hold: the end of its last tensor."""
+        return max((t.end for t in self.tensors.values()), default=0)
+
+
+def element_size(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def header_length(prefix: bytes) -> int:
+    """Decode the 8-byte little-endian header length, rejecting absurd values."""
+    if len(prefix) < 8:
+        raise ValueError(f"file is {len(prefix)} bytes long, shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n == 0 or n > MAX_HEADER_BYTES:
+        raise ValueError(f"header length {n} is not a valid safetensors header length")
+    return n
+
+
+def parse_header(raw: bytes) -> FileHeader:
+    """Parse and check the JSON header (``raw`` = the N header bytes). Raises ``ValueError`` on any defect."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("header is not a JSON object")
+    metadata = doc.pop("__metadata__", None) or {}
+    tensors: dict[str, TensorEntry] = {}
+    for name, info in doc.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"tensor '{name}' has a malformed header entry: {info!r}") from None
+        if dtype not in DTYPES:
+            raise ValueError(f"tensor '{name}' has unsupported dtype '{dtype}'")
+        expected = math.prod(shape) * element_size(dtype)
+        if end - begin != expected or begin < 0:
+            raise ValueError(
+                f"tensor '{name}' spans bytes [{begin}, {end}) but {dtype}{list(shape)} needs {expected} bytes"
+            )
+        tensors[name] = TensorEntry(name, dtype, shape, begin, end)
+    ordered = dict(sorted(tensors.items(), key=lambda kv: kv[1].begin))
+    return FileHeader(tensors=ordered, metadata=dict(metadata))
+
+
+def encode_header(
+    tensors: list[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Build the header bytes for tensors laid out back to back in the given order.
+
+    Returns the full prefix (8-byte length + JSON padded with spaces to a multiple of 8, as the reference
+    writer aligns data). Tensors then follow back to back in the given order.
+    """
+    doc: dict[str, object] = {}
+    if metadata:
+        doc["__metadata__"] = dict(metadata)
+    offset = 0
+    for name, dtype, shape in tensors:
+        size = math.prod(shape) * element_size(dtype)
+        doc[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body

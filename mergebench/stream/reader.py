@@ -1,0 +1,153 @@
+"""Stream tensors of several models in one order, with coalesced reads and a bounded read-ahead.
+
+The merge visits tensors in a fixed order. For each model, consecutive tensors of that order that sit
+back to back in the same shard are coalesced into one read of at most ``chunk_bytes`` (one HTTP Range
+request on the Hub, one mapped region locally). Reads run on a small thread pool ahead of the
+consumer, but never more than ``max_inflight_bytes`` are fetched and not yet consumed, which bounds
+memory whatever the model size; network, disk and compute overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from mergebench.hub import ResolvedModel
+from mergebench.stream.sources import ByteSource, HttpSource, LocalSource, prefetch
+
+logger = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+@dataclass
+class _Chunk:
+    model: int
+    filename: str
+    begin: int
+    end: int
+    first_position: int
+    tensors: list[str] = field(default_factory=list)
+    future: Future[memoryview] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One tensor: its name and the raw bytes of each requested model (``None`` where not requested)."""
+
+    name: str
+    raw: tuple[memoryview | None, ...]
+
+
+class TensorStream:
+    """Iterate ``(name, raw bytes per model)`` over ``order``.
+
+    Args:
+        models: the resolved models, in a fixed order (index = position in ``raw``).
+        order: ``(tensor name, indices of the models whose bytes are needed)`` in visiting order.
+        threads: read workers (network or page-in), so I/O overlaps compute.
+        max_inflight_bytes: read-ahead budget; at least one chunk is always allowed.
+        chunk_bytes: largest coalesced read; a tensor larger than this is read alone.
+        progress: an optional tqdm bar advanced by bytes read.
+    """
+
+    def __init__(self, models: Sequence[ResolvedModel], order: Sequence[tuple[str, Sequence[int]]], *,
+                 threads: int = 4, max_inflight_bytes: int = 512 * MiB, chunk_bytes: int = 64 * MiB,
+                 progress: tqdm | None = None) -> None:
+        self._models = models
+        self._order = list(order)
+        self._threads = max(1, threads)
+        self._max_inflight = max_inflight_bytes
+        self.progress = progress
+        self._sources: dict[tuple[int, str], ByteSource] = {}
+        self._chunks = self._plan_chunks(chunk_bytes)
+
+    def _plan_chunks(self, chunk_bytes: int) -> list[_Chunk]:
+        chunks: list[_Chunk] = []
+        current: dict[int, _Chunk] = {}
+        for position, (name, needed) in enumerate(self._order):
+            for m in needed:
+                model = self._models[m]
+                filename = model.weight_map[name]
+                entry = model.files[filename].tensors[name]
+                c = current.get(m)
+                if c and c.filename == filename and c.end == entry.begin and c.size + entry.nbytes <= chunk_bytes:
+                    c.end = entry.end
+                else:
+                    c = _Chunk(m, filename, entry.begin, entry.end, position)
+                    current[m] = c
+                    chunks.append(c)
+                c.tensors.append(name)
+        chunks.sort(key=lambda c: (c.first_position, c.model))
+        return chunks
+
+    @property
+    def bytes_to_read(self) -> int:
+        return sum(c.size for c in self._chunks)
+
+    def _source(self, m: int, filename: str) -> ByteSource:
+        key = (m, filename)
+        if key not in self._sources:
+            model = self._models[m]
+            data_size = model.files[filename].data_size
+            if model.ref.local_path is not None:
+                self._sources[key] = LocalSource(model.ref.local_path / filename, model=model.label,
+                                                 data_size=data_size)
+            else:
+                self._sources[key] = HttpSource(model.url(filename), model=model.label, filename=filename,
+                                                data_size=data_size)
+        return self._sources[key]
+
+    def _read(self, chunk: _Chunk) -> memoryview:
+        view = self._source(chunk.model, chunk.filename).read(chunk.begin, chunk.end)
+        if self._models[chunk.model].is_local:
+            prefetch(view)
+        return view
+
+    def __iter__(self) -> Iterator[StreamItem]:
+        chunk_of = {(c.model, name): c for c in self._chunks for name in c.tensors}
+        remaining = {id(c): len(c.tensors) for c in self._chunks}
+        inflight = 0
+        next_submit = 0
+        n_models = len(self._models)
+        with ThreadPoolExecutor(self._threads, thread_name_prefix="mergebench-read") as pool:
+            try:
+                for name, needed in self._order:
+                    while next_submit < len(self._chunks) and (
+                        inflight == 0 or inflight + self._chunks[next_submit].size <= self._max_inflight
+                    ):
+                        c = self._chunks[next_submit]
+                        c.future = pool.submit(self._read, c)
+                        inflight += c.size
+                        next_submit += 1
+                    raw: list[memoryview | None] = [None] * n_models
+                    for m in needed:
+                        c = chunk_of[(m, name)]
+                        if c.future is None:  # not yet submitted: the budget is taken by earlier chunks
+                            c.future = pool.submit(self._read, c)
+                            inflight += c.size
+                            next_submit = max(next_submit, self._chunks.index(c) + 1)
+                        view = c.future.result()
+                        entry = self._models[m].tensor(name)
+                        raw[m] = view[entry.begin - c.begin: entry.end - c.begin]
+                        remaining[id(c)] -= 1
+                        if remaining[id(c)] == 0:
+                            inflight -= c.size
+                            c.future = None  # drop our reference; the slice keeps what is still used
+                            if self.progress is not None:
+                                self.progress.update(c.size)
+                    yield StreamItem(name, tuple(raw))
+            finally:
+                for c in self._chunks:
+                    if c.future is not None:
+                        c.future.cancel()
+                for source in self._sources.values():
+                    source.close()
