@@ -13,7 +13,11 @@ class MergeBenchError(Exception):
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
+        self.message = message
         self.hint = hint
+
+    def __str__(self) -> str:  # OSError subclasses would otherwise format errno/filename instead
+        return self.message
 
 
 class ConfigError(MergeBenchError, ValueError):
@@ -61,3 +65,16 @@ class StatisticsError(MergeBenchError, ValueError):
 
 class OutputExistsError(MergeBenchError, FileExistsError):
     """The output directory exists and is neither empty nor a resumable merge."""
+
+
+class DataError(MergeBenchError, ValueError):
+    """A training or evaluation source is unusable: missing columns, no rows, a bad revision, bad text.
+
+    ``source`` names the source (its registry key and Hub id); ``row`` is the 0-based row index in the
+    loaded split when one row is at fault, else ``None``.
+    """
+
+    def __init__(self, message: str, *, source: str, row: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.source = source
+        self.row = row
