@@ -323,7 +323,7 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
                     writer.write(t.name, item.raw[0])
                     written.update()
                     continue
-                writer.write(t.name, out_tensor.contiguous().view(torch.uint8).reshape(-1).numpy().data)
+                writer.write(t.name, out_tensor.reshape(-1).contiguous().view(torch.uint8).numpy().data)
                 written.update()
     finally:
         writer.close()

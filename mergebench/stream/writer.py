@@ -58,8 +58,9 @@ class ShardWriter:
         expected = shard.plan.tensors[shard.next_index]
         if name != expected:
             raise RuntimeError(f"writer expected tensor '{expected}' next, got '{name}'")
-        if len(data) != self._tensors[name].out_bytes:
-            raise RuntimeError(f"tensor '{name}' has {len(data)} bytes, plan says {self._tensors[name].out_bytes}")
+        data = memoryview(data).cast("B")
+        if data.nbytes != self._tensors[name].out_bytes:
+            raise RuntimeError(f"tensor '{name}' has {data.nbytes} bytes, plan says {self._tensors[name].out_bytes}")
         shard.file.write(data)
         shard.sha.update(data)
         shard.next_index += 1

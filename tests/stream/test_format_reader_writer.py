@@ -1,0 +1,87 @@
+"""The safetensors layout helpers, the coalescing reader and the sequential writer on real files."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mergebench.hub import ModelRef, resolve
+from mergebench.plan import ShardPlan, TensorPlan
+from mergebench.stream import reader as reader_module
+from mergebench.stream.format import encode_header, header_length, parse_header
+from mergebench.stream.reader import TensorStream
+from mergebench.stream.writer import ShardWriter
+
+
+def test_encoded_header_is_read_back_by_safetensors(tmp_path: Path) -> None:
+    tensors = {"b": torch.arange(6, dtype=torch.float32).view(2, 3), "a": torch.ones(4, dtype=torch.bfloat16)}
+    header = encode_header([("b", "F32", (2, 3)), ("a", "BF16", (4,))], {"format": "pt"})
+    assert len(header) % 8 == 0
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(header + tensors["b"].numpy().tobytes() + tensors["a"].view(torch.int16).numpy().tobytes())
+    loaded = load_file(path)
+    assert torch.equal(loaded["b"], tensors["b"]) and torch.equal(loaded["a"], tensors["a"])
+    n = header_length(header)
+    parsed = parse_header(header[8: 8 + n])
+    assert list(parsed.tensors) == ["b", "a"]
+    assert (parsed.tensors["a"].begin, parsed.tensors["a"].end) == (24, 32)
+    assert parsed.metadata == {"format": "pt"}
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"\x00" * 8, "not a valid safetensors header length"),
+    (b"\x01", "shorter than the 8-byte header length"),
+])
+def test_bad_header_lengths(raw: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        header_length(raw)
+
+
+def test_parse_header_rejects_inconsistent_offsets() -> None:
+    with pytest.raises(ValueError, match=r"spans bytes \[0, 3\) but F32\[2\] needs 8 bytes"):
+        parse_header(b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 3]}}')
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        parse_header(b'{"w": {"dtype": "F8_E9", "shape": [2], "data_offsets": [0, 2]}}')
+
+
+def test_reader_coalesces_adjacent_tensors_and_bounds_reads(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    tensors = {f"t{i:02d}": torch.full((256,), float(i)) for i in range(20)}  # 1 KiB each, back to back
+    save_file(tensors, folder / "model.safetensors")
+    model = resolve(ModelRef.parse(str(folder)))
+    reads: list[tuple[int, int]] = []
+    original = reader_module.LocalSource.read
+
+    def spy(self, begin, end):
+        reads.append((begin, end))
+        return original(self, begin, end)
+
+    monkeypatch.setattr(reader_module.LocalSource, "read", spy)
+    order = [(name, (0,)) for name in sorted(tensors)]
+    stream = TensorStream([model], order, chunk_bytes=4096, max_inflight_bytes=8192, threads=2)
+    got = {item.name: torch.frombuffer(bytearray(item.raw[0]), dtype=torch.float32) for item in stream}
+    assert all(torch.equal(got[k], tensors[k]) for k in tensors)
+    assert len(reads) == 5 and all(end - begin == 4096 for begin, end in reads)
+    assert stream.bytes_to_read == 20 * 1024
+
+
+def test_writer_enforces_plan_order_and_sizes(tmp_path: Path) -> None:
+    plans = {n: TensorPlan(n, (2,), "F32", "F32", True) for n in ("a", "b", "c")}
+    done: list[str] = []
+    writer = ShardWriter(tmp_path, [ShardPlan("s1.safetensors", ("a", "b")), ShardPlan("s2.safetensors", ("c",))],
+                         plans, on_shard_done=lambda f, sha: done.append(f))
+    writer.write("a", torch.tensor([1.0, 2.0]).numpy().data)
+    with pytest.raises(RuntimeError, match="expected tensor 'b' next, got 'c'"):
+        writer.write("c", torch.tensor([1.0, 2.0]).numpy().data)
+    with pytest.raises(RuntimeError, match="has 4 bytes, plan says 8"):
+        writer.write("b", struct.pack("<f", 1.0))
+    writer.write("b", torch.tensor([3.0, 4.0]).numpy().data)
+    assert done == ["s1.safetensors"]
+    writer.write("c", torch.tensor([5.0, 6.0]).numpy().data)
+    assert done == ["s1.safetensors", "s2.safetensors"]
+    assert torch.equal(load_file(tmp_path / "s1.safetensors")["b"], torch.tensor([3.0, 4.0]))
