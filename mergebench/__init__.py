@@ -1,0 +1,24 @@
+"""MergeBench: a Hugging Face Hub-native benchmark for merging domain-specialised LLMs.
+
+>>> import mergebench
+>>> mergebench.merge("recipe.yaml", "merged/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from mergebench.engine import MergeOptions, MergeResult, merge
+
+__all__ = ["MergeOptions", "MergeResult", "merge"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: `mergebench --help` must not import torch
+    if name in __all__:
+        from mergebench import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'mergebench' has no attribute {name!r}")
