@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from mergebench.hub import ResolvedModel
-from mergebench.stream.sources import ByteSource, HttpSource, LocalSource, prefetch
+from mergebench.stream.sources import ByteSource, HttpSource, LocalSource
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +107,14 @@ class TensorStream:
         return self._sources[key]
 
     def _read(self, chunk: _Chunk) -> memoryview:
-        view = self._source(chunk.model, chunk.filename).read(chunk.begin, chunk.end)
-        if self._models[chunk.model].is_local:
-            prefetch(view)
-        return view
+        return self._source(chunk.model, chunk.filename).read(chunk.begin, chunk.end)
 
     def __iter__(self) -> Iterator[StreamItem]:
         chunk_of = {(c.model, name): c for c in self._chunks for name in c.tensors}
         remaining = {id(c): len(c.tensors) for c in self._chunks}
         inflight = 0
         next_submit = 0
+        finished: list[_Chunk] = []
         n_models = len(self._models)
         with ThreadPoolExecutor(self._threads, thread_name_prefix="mergebench-read") as pool:
             try:
@@ -142,9 +140,13 @@ class TensorStream:
                         if remaining[id(c)] == 0:
                             inflight -= c.size
                             c.future = None  # drop our reference; the slice keeps what is still used
+                            finished.append(c)
                             if self.progress is not None:
                                 self.progress.update(c.size)
                     yield StreamItem(name, tuple(raw))
+                    for c in finished:  # the consumer is done with the previous item's bytes
+                        self._source(c.model, c.filename).release(c.begin, c.end)
+                    finished.clear()
             finally:
                 for c in self._chunks:
                     if c.future is not None:

@@ -24,30 +24,52 @@ from mergebench.stream.format import header_length
 
 logger = logging.getLogger(__name__)
 
+_PAGE = mmap.PAGESIZE
+
 
 class ByteSource(Protocol):
     def read(self, begin: int, end: int) -> memoryview: ...
+
+    def release(self, begin: int, end: int) -> None:
+        """The range will not be read again: free what holds it."""
 
     def close(self) -> None: ...
 
 
 class LocalSource:
-    """A memory-mapped local file: reads are zero-copy views; the OS pages data in on use."""
+    """A memory-mapped local file: reads are zero-copy views, paged in ahead of use by the reader's threads.
+
+    Pages of a mapping count towards the process's resident memory while mapped, so streaming a large
+    model through one map would grow RSS to the model's size. :meth:`release` drops the pages of a
+    consumed range from the mapping (``MADV_DONTNEED``; they stay in the OS page cache), which keeps
+    RSS at the read-ahead budget without copying.
+    """
 
     def __init__(self, path: Path, *, model: str, data_size: int) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115  (closed in close())
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise CorruptFileError(f"'{path.name}' in '{model}' is truncated ({size} bytes).",
+                                       model=model, filename=path.name)
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._start = 8 + header_length(self._map[:8])
-        if len(self._map) < self._start + data_size:
-            raise CorruptFileError(f"'{path.name}' in '{model}' is truncated ({len(self._map)} bytes).",
+        if size < self._start + data_size:
+            self._map.close()
+            raise CorruptFileError(f"'{path.name}' in '{model}' is truncated ({size} bytes).",
                                    model=model, filename=path.name)
 
     def read(self, begin: int, end: int) -> memoryview:
-        return memoryview(self._map)[self._start + begin: self._start + end]
+        view = memoryview(self._map)[self._start + begin: self._start + end]
+        if len(view):  # touch one byte per page so the consumer never waits on the disk
+            np.frombuffer(view, dtype=np.uint8)[::_PAGE].sum()
+        return view
+
+    def release(self, begin: int, end: int) -> None:
+        start = (self._start + begin) // _PAGE * _PAGE
+        self._map.madvise(mmap.MADV_DONTNEED, start, self._start + end - start)
 
     def close(self) -> None:
-        # Views handed out may still be alive; the map closes when the last one is dropped.
-        self._file.close()
+        pass  # views handed out may still be alive; the map is unmapped when the last one is dropped
 
 
 class HttpSource:
@@ -126,6 +148,9 @@ class HttpSource:
                 time.sleep(delay)
         return buf, total
 
+    def release(self, begin: int, end: int) -> None:
+        pass  # the buffer returned by read() is freed when its last view is dropped
+
     def close(self) -> None:
         pass
 
@@ -137,9 +162,3 @@ class _Retryable(Exception):
 def _content_range_total(value: str) -> int | None:
     _, _, total = value.rpartition("/")
     return int(total) if total.isdigit() else None
-
-
-def prefetch(view: memoryview) -> None:
-    """Touch every page of a memory-mapped view so a later read does not block on the disk."""
-    if len(view):
-        np.frombuffer(view, dtype=np.uint8)[:: os.sysconf("SC_PAGE_SIZE")].sum()
