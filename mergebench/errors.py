@@ -78,3 +78,11 @@ class DataError(MergeBenchError, ValueError):
         super().__init__(message, hint=hint)
         self.source = source
         self.row = row
+
+
+class MissingPackageError(MergeBenchError, ImportError):
+    """An optional package (a model or data file shipped on PyPI) is not installed; ``package`` names it."""
+
+    def __init__(self, message: str, *, package: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.package = package
