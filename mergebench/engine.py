@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mergebench import methods
 from mergebench.card import write_model_card
-from mergebench.errors import NonFiniteError, OutputExistsError
+from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError
 from mergebench.hub import ModelRef, ResolvedModel, resolve
 from mergebench.methods import MergeContext, MethodSpec, Params
 from mergebench.plan import MergePlan, TensorPlan, build_plan
@@ -167,8 +167,12 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     state = {"fingerprint": fingerprint, "shards": dict(done)}
     _save_state(partial, state)
 
-    thresholds = _global_thresholds(inputs, options) if inputs.params.global_topk() is not None else None
-    bytes_read = _merge_pass(inputs, partial, options, state, thresholds)
+    try:
+        thresholds = _global_thresholds(inputs, options) if inputs.params.global_topk() is not None else None
+        bytes_read = _merge_pass(inputs, partial, options, state, thresholds)
+    except MergeBenchError:
+        shutil.rmtree(partial)  # bad input: nothing worth resuming. Interruptions keep it for --resume.
+        raise
 
     if inputs.plan.sharded:
         write_index(partial, inputs.plan.shards, inputs.plan.output_bytes)

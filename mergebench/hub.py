@@ -146,9 +146,10 @@ def _resolve_local(ref: ModelRef) -> ResolvedModel:
 
 def _resolve_hub(ref: ModelRef, api: HfApi) -> ResolvedModel:
     assert ref.repo_id
-    info = api.model_info(ref.repo_id, revision=ref.revision)
+    info = api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
     sha = info.sha
     file_list = tuple(sorted(s.rfilename for s in info.siblings or []))
+    sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
     logger.info("Resolved %s to commit %s", ref.text, sha)
     pinned = ResolvedModel(ref, sha, {}, {}, {}, file_list)
     _shard_names(ref, file_list, lambda name: pinned.read_text(name) or "")
@@ -164,6 +165,11 @@ def _resolve_hub(ref: ModelRef, api: HfApi) -> ResolvedModel:
         )
         for name, fm in meta.files_metadata.items()
     }
+    for name, header in files.items():
+        if name in sizes and sizes[name] < 8 + header.data_size:
+            raise CorruptFileError(
+                f"'{name}' in '{ref.text}' is truncated on the Hub: {sizes[name]} bytes, but its header needs "
+                f"more than {8 + header.data_size}.", model=pinned.label, filename=name, hint="Re-upload the shard.")
     config_text = pinned.read_text("config.json")
     config = json.loads(config_text) if config_text else {}
     return ResolvedModel(ref, sha, files, _weight_map(files), config, file_list)

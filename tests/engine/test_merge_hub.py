@@ -1,0 +1,100 @@
+"""The streaming engine against the loopback Hub: same bytes as local, no cache, push, faults, bad refs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+from mergebench.engine import MergeOptions, merge
+from mergebench.errors import CorruptFileError
+from mergebench.fixtures import write_family_to_hub_root
+
+QUIET = MergeOptions(progress=False)
+
+
+@pytest.fixture
+def hub_family(hub, hub_root: Path, tiny_llama) -> dict[str, str]:
+    return write_family_to_hub_root(tiny_llama, hub_root)
+
+
+def recipe_for(base: str, experts: list[str], method: str = "task_arithmetic", **extra: object) -> dict:
+    return {"method": method, "base_model": base, "models": [{"model": e} for e in experts], **extra}
+
+
+def shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.safetensors"))}
+
+
+def test_hub_merge_is_byte_identical_to_local_and_leaves_no_copy(hub, hub_family, tiny_llama, tmp_path) -> None:
+    domains = ["math", "coding", "safety"]
+    local = merge(recipe_for(str(tiny_llama.base), [str(tiny_llama.experts[d]) for d in domains],
+                             parameters={"scaling": 0.5}), tmp_path / "local", options=QUIET)
+    hub.stats.reset()
+    remote = merge(recipe_for(hub_family["base"], [hub_family[d] for d in domains], parameters={"scaling": 0.5}),
+                   tmp_path / "remote", options=QUIET)
+    assert shard_bytes(local.out_dir) == shard_bytes(remote.out_dir)
+    cache = Path(constants.HF_HUB_CACHE)
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+    # Every needed byte is fetched about once: base fully, experts minus embeddings/lm_head.
+    served = sum(n for path, n in hub.stats.bytes_served.items() if path.endswith(".safetensors"))
+    needed = sum(remote.plan.bytes_per_model.values())
+    assert needed <= served <= needed * 1.05 + 64 * 1024
+    pinned = yaml.safe_load((remote.out_dir / "mergebench_config.yaml").read_text())
+    assert pinned["base_model"].startswith(hub_family["base"] + "@") and len(pinned["base_model"].split("@")[1]) == 40
+
+
+def test_push_then_hf_download_loads_with_transformers(hub, hub_family, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    repo = "mergebench-fixtures/tiny-llama-merged"
+    result = merge(recipe_for(hub_family["base"], [hub_family["math"], hub_family["coding"]], method="model_soup"),
+                   tmp_path / "merged", options=QUIET, push_to=repo)
+    assert result.commit_url and repo in result.commit_url
+    target = tmp_path / "downloaded"
+    subprocess.run([str(Path(sys.executable).parent / "hf"), "download", repo, "--local-dir", str(target)],
+                   check=True, capture_output=True)
+    for name in ("config.json", "tokenizer.json", "mergebench_config.yaml", "README.md",
+                 "model.safetensors.index.json"):
+        assert (target / name).exists(), name
+    assert shard_bytes(target) == shard_bytes(result.out_dir)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    assert model.config.model_type == "llama"
+    card = ModelCard.load(target / "README.md")
+    card.validate()  # POSTs the front matter to the loopback Hub's /api/validate-yaml
+    assert card.data.base_model == [hub_family["base"], hub_family["math"], hub_family["coding"]]
+    assert card.data.base_model_relation == "merge"
+    assert {"mergebench", "merge", "model_soup"} <= set(card.data.tags)
+    assert "θ = Σᵢ wᵢ θᵢ" in card.text and hub_family["math"] in card.text
+
+
+def test_dropped_connections_are_retried_and_resumed(hub, hub_family, tmp_path) -> None:
+    clean = merge(recipe_for(hub_family["base"], [hub_family["math"]]), tmp_path / "clean", options=QUIET)
+    hub.faults.drop_after_bytes(3000, times=3, path_glob="*.safetensors")
+    hub.faults.http_error(503, times=2, path_glob="*.safetensors")
+    flaky = merge(recipe_for(hub_family["base"], [hub_family["math"]]), tmp_path / "flaky", options=QUIET)
+    assert shard_bytes(clean.out_dir) == shard_bytes(flaky.out_dir)
+
+
+def test_nonexistent_repo_and_revision(hub, hub_family, tmp_path) -> None:
+    with pytest.raises(RepositoryNotFoundError):
+        merge(recipe_for("nobody/nothing", [hub_family["math"]]), tmp_path / "a", options=QUIET)
+    with pytest.raises(RevisionNotFoundError):
+        merge(recipe_for(hub_family["base"], [hub_family["math"] + "@v9.9"]), tmp_path / "b", options=QUIET)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_truncated_shard_on_the_hub_fails_before_writing(hub, hub_family, hub_root, tmp_path) -> None:
+    shard = sorted(hub.repo_dir(hub_family["coding"]).glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    shard.unlink()  # the family may be hard-linked: never truncate the shared inode in place
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="truncated") as info:
+        merge(recipe_for(hub_family["base"], [hub_family["coding"]]), tmp_path / "out", options=QUIET)
+    assert hub_family["coding"] in info.value.model
+    assert not (tmp_path / "out").exists()
