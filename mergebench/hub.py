@@ -3,7 +3,7 @@
 A model reference is ``org/name``, ``org/name@revision`` or a local directory. Hub references are
 resolved to a commit sha **before any work**, and every later request pins that sha, so a merge is
 reproducible even if the repo moves on while it runs. Only safetensors *headers* are read here
-(``HfApi.get_safetensors_metadata``: Range requests, nothing written to the cache); small text files
+(``HfApi.parse_safetensors_file_metadata``: Range requests, nothing written to the cache); small text files
 (configs, tokenizers) are read into memory or written straight to the output folder, never into the
 Hub cache. This module is the only place that calls ``HfApi`` for reading.
 """
@@ -16,11 +16,15 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
 from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from mergebench.errors import CorruptFileError, ModelRefError
@@ -146,25 +150,21 @@ def _resolve_local(ref: ModelRef) -> ResolvedModel:
 
 def _resolve_hub(ref: ModelRef, api: HfApi) -> ResolvedModel:
     assert ref.repo_id
-    info = api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+    info = with_retries(lambda: api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True))
     sha = info.sha
     file_list = tuple(sorted(s.rfilename for s in info.siblings or []))
     sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
     logger.info("Resolved %s to commit %s", ref.text, sha)
     pinned = ResolvedModel(ref, sha, {}, {}, {}, file_list)
-    _shard_names(ref, file_list, lambda name: pinned.read_text(name) or "")
-    meta = api.get_safetensors_metadata(ref.repo_id, revision=sha)
-    files = {
-        name: FileHeader(
-            tensors=dict(sorted(
-                ((t, TensorEntry(t, info.dtype, tuple(info.shape), *info.data_offsets))
-                 for t, info in fm.tensors.items()),
-                key=lambda kv: kv[1].begin,
-            )),
-            metadata=dict(fm.metadata or {}),
-        )
-        for name, fm in meta.files_metadata.items()
-    }
+    shards = _shard_names(ref, file_list, lambda name: pinned.read_text(name) or "")
+    # Per-shard header reads (Range requests), not get_safetensors_metadata(): that one downloads the
+    # index into the Hub cache, and a streaming merge must leave no copy of its inputs on disk.
+    files = {}
+    for name in shards:
+        fm = with_retries(lambda n=name: api.parse_safetensors_file_metadata(ref.repo_id, n, revision=sha))
+        entries = (TensorEntry(t, i.dtype, tuple(i.shape), *i.data_offsets) for t, i in fm.tensors.items())
+        files[name] = FileHeader(tensors={e.name: e for e in sorted(entries, key=lambda e: e.begin)},
+                                 metadata=dict(fm.metadata or {}))
     for name, header in files.items():
         if name in sizes and sizes[name] < 8 + header.data_size:
             raise CorruptFileError(
@@ -254,10 +254,33 @@ def use_endpoint(url: str, *, hf_home: Path | None = None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+T = TypeVar("T")
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def with_retries(call: Callable[[], T], *, retries: int = 5, backoff: float = 0.2) -> T:
+    """Run a Hub call, retrying transient failures (5xx, 429, dropped connections) with back-off."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except (HfHubHTTPError, httpx.TransportError) as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            transient = isinstance(e, httpx.TransportError) or status in RETRYABLE_STATUS
+            if not transient or attempt == retries:
+                raise
+            delay = backoff * 2**attempt
+            logger.warning("Hub request failed (%s); retrying in %.1fs", status or type(e).__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def _get(url: str) -> bytes:
-    response = get_session().get(url, headers=build_hf_headers(), follow_redirects=True)
-    hf_raise_for_status(response)
-    return response.content
+    def call() -> bytes:
+        response = get_session().get(url, headers=build_hf_headers(), follow_redirects=True)
+        hf_raise_for_status(response)
+        return response.content
+
+    return with_retries(call)
 
 
 __all__ = ["ModelRef", "ResolvedModel", "read_local_header", "resolve", "use_endpoint"]

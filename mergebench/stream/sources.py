@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-import httpx
+import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
 import numpy as np
 from huggingface_hub.utils import build_hf_headers, get_session
 
