@@ -31,8 +31,8 @@ app = typer.Typer(
 methods_app = typer.Typer(help="List and describe the merge methods.", no_args_is_help=True)
 app.add_typer(methods_app, name="methods")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Merge recipe (YAML).", exists=False)]
 FormatOpt = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
@@ -170,9 +170,8 @@ def methods_show(name: Annotated[str, typer.Argument(help="Method name.")]) -> N
 
 
 def _register_subcommands() -> None:
-    from mergebench.cli.hub import hub_app
-
     from mergebench.cli.demo import demo
+    from mergebench.cli.hub import hub_app
 
     app.add_typer(hub_app, name="hub")
     app.command()(demo)

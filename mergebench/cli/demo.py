@@ -22,7 +22,7 @@ def demo(
     from mergebench.demo import run_demo
 
     r = run_demo(work_dir, method=method, progress=sys.stderr.isatty())
-    out = Console()
+    out = Console(soft_wrap=True)
     out.print(f"Merged {len(r.merge.recipe.models)} experts with {r.merge.recipe.method} "
               f"in {r.merge.seconds:.2f}s, streaming {r.merge.bytes_read / 1e6:.1f} MB from {r.hub_url}")
     out.print(f"Result folder:  {r.merge.out_dir.resolve()}")
