@@ -34,7 +34,7 @@ from mergebench.plan import MergePlan, TensorPlan, build_plan
 from mergebench.recipe import MergeRecipe
 from mergebench.stream.format import DTYPES
 from mergebench.stream.reader import TensorStream
-from mergebench.stream.writer import ShardWriter, sha256_file, write_index
+from mergebench.stream.writer import BackgroundWriter, ShardWriter, sha256_file, write_index
 
 logger = logging.getLogger(__name__)
 
@@ -306,12 +306,13 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
         state["shards"][filename] = sha
         _save_state(out, state)
 
-    writer = ShardWriter(out, plan.shards, by_name, on_shard_done=shard_done)
+    shard_writer = ShardWriter(out, plan.shards, by_name, on_shard_done=shard_done)
     for shard in plan.shards:
         if shard.filename in state["shards"]:
-            writer.skip_shard(shard.filename)
+            shard_writer.skip_shard(shard.filename)
         else:
             break
+    writer = BackgroundWriter(shard_writer)
     stream, bar = _open_stream(inputs, order, options, f"merge ({inputs.spec.name})")
     weights = inputs.recipe.weights
     expert_ids = tuple(range(len(inputs.experts)))
@@ -334,7 +335,7 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
                     writer.write(t.name, item.raw[0])
                     written.update()
                     continue
-                writer.write(t.name, out_tensor.reshape(-1).contiguous().view(torch.uint8).numpy().data)
+                writer.write(t.name, out_tensor)
                 written.update()
     finally:
         writer.close()

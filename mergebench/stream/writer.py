@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+import torch
 
 from mergebench.plan import ShardPlan, TensorPlan
 from mergebench.stream.format import encode_header
@@ -77,6 +81,50 @@ class ShardWriter:
         if self._open is not None:
             self._open.file.close()
             self._open = None
+
+
+class BackgroundWriter:
+    """Run a :class:`ShardWriter` on its own thread so disk writes and hashing overlap the next tensor's
+    compute. At most ``depth`` tensors wait in the queue (bounded memory); an error in the writer
+    thread is raised again in the caller at its next ``write`` or at ``close``."""
+
+    def __init__(self, writer: ShardWriter, *, depth: int = 2) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[tuple[str, object] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mergebench-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                name, payload = item
+                try:
+                    self._writer.write(name, _as_bytes(payload))
+                except BaseException as e:  # re-raised in the caller's thread
+                    self._error = e
+
+    def write(self, name: str, payload: object) -> None:
+        """Queue a tensor (a ``torch.Tensor`` in the output dtype, or raw bytes) for writing."""
+        self._raise_pending()
+        self._queue.put((name, payload))
+
+    def close(self) -> None:
+        """Wait for every queued tensor to be written, then close the underlying writer."""
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.close()
+        self._raise_pending()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+def _as_bytes(payload: object) -> memoryview | bytes:
+    if isinstance(payload, torch.Tensor):
+        return payload.reshape(-1).contiguous().view(torch.uint8).numpy().data
+    return payload  # type: ignore[return-value]
 
 
 def write_index(directory: Path, shards: Sequence[ShardPlan], total_size: int) -> None:
