@@ -16,11 +16,13 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
 from huggingface_hub import HfApi, constants, hf_hub_url
@@ -219,34 +221,52 @@ def read_local_header(path: Path, *, model: str) -> FileHeader:
     return header
 
 
-@contextlib.contextmanager
-def use_endpoint(url: str, *, hf_home: Path | None = None) -> Iterator[None]:
-    """Point this process's ``huggingface_hub`` at another Hub (e.g. the loopback server) for a while.
-
-    The client reads ``HF_ENDPOINT`` and friends once, at import; setting the variable later is not
-    enough, so the module constants are patched too and everything is restored on exit. Xet transfers
-    are disabled (the loopback server speaks the plain HTTP protocol).
-    """
-    home = Path(hf_home) if hf_home else None
-    patches: dict[str, object] = {
-        "ENDPOINT": url.rstrip("/"),
-        "HUGGINGFACE_CO_URL_TEMPLATE": url.rstrip("/") + "/{repo_id}/resolve/{revision}/{filename}",
-        "HF_HUB_DISABLE_XET": True,
+def endpoint_env(url: str, hf_home: Path, *, token: str | None = None) -> dict[str, str]:
+    """Environment variables that point a ``huggingface_hub`` process at ``url`` with a private cache."""
+    env = {
+        "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_DATASETS_CACHE": str(hf_home / "datasets"),
     }
-    env = {"HF_ENDPOINT": url.rstrip("/"), "HF_HUB_DISABLE_XET": "1"}
-    if home is not None:
-        patches |= {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")}
-        env |= {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")}
-    saved_constants = {k: getattr(constants, k) for k in patches}
+    return env | ({"HF_TOKEN": token} if token else {})
+
+
+@contextlib.contextmanager
+def use_endpoint(url: str, *, hf_home: Path, token: str | None = None) -> Iterator[None]:
+    """Point this process's ``huggingface_hub`` (and ``datasets``) at another Hub, e.g. the loopback server.
+
+    Both libraries read ``HF_ENDPOINT`` and friends once, at import, into module constants; setting the
+    variables later is not enough, so the constants are patched as well as the environment, with a
+    private cache under ``hf_home``, and everything is restored on exit. Xet transfers are disabled (the
+    loopback server speaks the plain HTTP + LFS protocol).
+    """
+    url = url.rstrip("/")
+    env = endpoint_env(url, Path(hf_home), token=token)
+    patches: list[tuple[object, str, object]] = [(constants, name, value) for name, value in {
+        "ENDPOINT": url,
+        "HUGGINGFACE_CO_URL_TEMPLATE": url + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_DISABLE_XET": True, "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_DISABLE_UPDATE_CHECK": True, "HF_HOME": env["HF_HOME"], "HF_HUB_CACHE": env["HF_HUB_CACHE"],
+        "HF_TOKEN_PATH": str(Path(hf_home) / "token"), "HF_STORED_TOKENS_PATH": str(Path(hf_home) / "stored_tokens"),
+        "HF_XET_CACHE": str(Path(hf_home) / "xet"),
+        "AGENT_HARNESSES_PATH": str(Path(hf_home) / ".agent_harnesses.json"),
+        "HF_URL_HOSTS": frozenset({*constants.HF_URL_HOSTS, urlsplit(url).hostname}),
+    }.items() if hasattr(constants, name)]
+    if "datasets" in sys.modules:  # it read HF_ENDPOINT at its own import
+        import datasets.config
+
+        patches += [(datasets.config, "HF_ENDPOINT", url), (datasets.config, "HF_HUB_OFFLINE", False),
+                    (datasets.config, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}")]
+    saved_attrs = [(obj, name, getattr(obj, name, None)) for obj, name, _ in patches]
     saved_env = {k: os.environ.get(k) for k in env}
-    for k, v in patches.items():
-        setattr(constants, k, v)
+    for obj, name, value in patches:
+        setattr(obj, name, value)
     os.environ.update(env)
     try:
         yield
     finally:
-        for k, v in saved_constants.items():
-            setattr(constants, k, v)
+        for obj, name, value in saved_attrs:
+            setattr(obj, name, value)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)

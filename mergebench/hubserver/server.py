@@ -1,0 +1,280 @@
+"""The loopback Hub's HTTP server: stdlib ``ThreadingHTTPServer``, one thread per connection, HTTP/1.1.
+
+A real socket (not a mocked transport) so that the unmodified ``huggingface_hub`` client, the ``hf`` CLI in
+a subprocess, ``datasets`` and ``transformers`` all talk to it through ``HF_ENDPOINT``. Faults and accounting
+are applied here, where the bytes leave: a handler exception becomes a JSON 500 and the server keeps going.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+
+from mergebench.errors import ConfigError
+from mergebench.hubserver.faults import FaultRule, Faults, Stats
+from mergebench.hubserver.routes import dispatch
+from mergebench.hubserver.store import REPO_TYPES, RequestError, Store
+from mergebench.hubserver.wire import CHUNK, Body, Request, Response, error_response, json_response
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], hub: LoopbackHub) -> None:
+        self.hub = hub
+        self.connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        with self._conn_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
+        with self._conn_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Cut idle keep-alive connections too, so no handler thread outlives the server."""
+        with self._conn_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Cut(Exception):
+    """Raised to drop the connection mid-body (fault injection, or the file shrank under us)."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    timeout = 300  # idle keep-alive connections end eventually even if nobody stops the server
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level errors (bad request line, unknown method) as JSON, like every other error."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("Error",))[0]
+        body = json.dumps({"error": f"{text}: {explain}" if explain else text}).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _handle(self) -> None:
+        hub = self.server.hub
+        method, delay, body, path = self.command, None, None, self.path
+        try:
+            body = Body(self.rfile, self.headers)
+            req = Request.parse(method, self.path, self.headers, body, hub.url)
+            path = req.path
+            hub.stats.record_request(method, path)
+            delay = hub.faults.take("delay", method, path)
+            if delay is not None:
+                time.sleep(delay.seconds)
+            if (rule := hub.faults.take("error", method, path)) is not None:
+                response = json_response({"error": f"Injected fault: HTTP {rule.status}."}, rule.status)
+            else:
+                response = dispatch(req, hub.store)
+        except RequestError as e:
+            response = error_response(e)
+        except Exception as e:  # one bad request must not take the server down
+            logger.exception("loopback Hub: %s %s failed", method, path)
+            response = json_response({"error": f"Internal error of the loopback Hub: {type(e).__name__}: {e}"}, 500)
+        if body is None or not body.drain():
+            self.close_connection = True
+        try:
+            self._send(response, method, path, delay)
+        except _Cut:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as e:
+            logger.debug("client went away during %s %s: %s", method, path, e)
+            self.close_connection = True
+        finally:
+            response.close()
+
+    def _send(self, response: Response, method: str, path: str, delay: FaultRule | None) -> None:
+        length = response.file_length if response.file is not None else len(response.body)
+        self.send_response(response.status)
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(length))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if method == "HEAD":
+            return
+        if response.file is None:
+            self.wfile.write(response.body)
+            return
+        drop = self.server.hub.faults.take("drop", method, path)
+        response.file.seek(response.file_start)
+        sent, stats = 0, self.server.hub.stats
+        while sent < length:
+            n = min(CHUNK, length - sent)
+            if drop is not None:
+                n = min(n, drop.after_bytes - sent)
+                if n <= 0:
+                    logger.info("fault: dropping %s %s after %d bytes", method, path, sent)
+                    raise _Cut
+            if delay is not None:
+                time.sleep(delay.seconds)
+            data = response.file.read(n)
+            if not data:
+                logger.warning("%s shrank while being served; cutting the connection", path)
+                raise _Cut
+            self.wfile.write(data)
+            stats.record_bytes(path, len(data))
+            sent += len(data)
+
+
+class LoopbackHub:
+    """A Hub on 127.0.0.1 serving the repo folders under ``root``; start it with ``with`` (background thread).
+
+    Point the client at ``url`` with ``HF_ENDPOINT`` and ``HF_HUB_DISABLE_XET=1`` (``client_env()``), and
+    patch ``huggingface_hub.constants.ENDPOINT`` if the client was imported already (it reads the variable
+    once). ``faults`` and ``stats`` can be changed while it runs.
+
+    >>> with LoopbackHub(Path("hub")) as hub:                                     # doctest: +SKIP
+    ...     hub.repo_dir("org/model")            # Path("hub/models/org/model")
+    ...     HfApi(endpoint=hub.url).model_info("org/model").sha
+
+    Raises:
+        ConfigError: ``root`` is not an existing folder, or the port cannot be bound.
+    """
+
+    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise ConfigError(
+                f"The loopback Hub root '{root}' does not exist or is not a folder.",
+                hint=f"Create it and put repos in {root}/models/ORG/NAME (datasets/, spaces/ likewise), "
+                     f"e.g. `mkdir -p {root}/models`.",
+            )
+        self.root = root.resolve()
+        self.host, self.port = host, port
+        self.store = Store(self.root)
+        self.faults = Faults()
+        self.stats = Stats()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` once bound (the real port when started with ``port=0``)."""
+        if self._server is None:
+            raise RuntimeError("The loopback Hub is not running: use `with LoopbackHub(root) as hub:` or start().")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def repo_dir(self, repo_id: str, repo_type: str = "model") -> Path:
+        """The folder backing a repo (it may not exist yet)."""
+        if repo_type not in REPO_TYPES:
+            raise ConfigError(f"Unknown repo type '{repo_type}'.", hint=f"Use one of {sorted(REPO_TYPES)}.")
+        try:
+            return self.store.repo_dir(repo_type, repo_id)
+        except RequestError:
+            raise ConfigError(f"'{repo_id}' is not a repo id of the form 'org/name'.",
+                              hint="Use letters, digits, '-', '_' and '.', e.g. 'mergebench-fixtures/tiny-llama'.",
+                              ) from None
+
+    def client_env(self) -> dict[str, str]:
+        """Environment variables pointing a ``huggingface_hub`` process (e.g. ``hf``) at this server."""
+        return {"HF_ENDPOINT": self.url, "HF_HUB_DISABLE_XET": "1"}
+
+    def _bind(self) -> _Server:
+        if self._server is None:
+            try:
+                self._server = _Server((self.host, self.port), self)
+            except OSError as e:
+                raise ConfigError(f"Cannot serve the loopback Hub on {self.host}:{self.port}: {e.strerror or e}.",
+                                  hint="Pick another port, or --port 0 for any free one.") from e
+        return self._server
+
+    def start(self) -> LoopbackHub:
+        """Serve in a daemon thread; returns ``self``."""
+        server = self._bind()
+        if self._thread is None:
+            self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                            name=f"loopback-hub-{self.url}", daemon=True)
+            self._thread.start()
+            logger.info("loopback Hub serving %s at %s", self.root, self.url)
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until interrupted (Ctrl-C)."""
+        server = self._bind()
+        try:
+            server.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            logger.info("loopback Hub interrupted")
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving, close every connection and release the port. Safe to call twice."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        if thread is not None:
+            server.shutdown()
+            thread.join(timeout=10)
+        server.close_connections()
+        server.server_close()
+        self._server = self._thread = None
+
+    def __enter__(self) -> LoopbackHub:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def serve(root: Path, host: str = "127.0.0.1", port: int = 8000, *,
+          ready: Callable[[LoopbackHub], None] | None = None) -> None:
+    """Serve ``root`` until interrupted (blocking, for the CLI); ``ready(hub)`` runs once the port is bound."""
+    hub = LoopbackHub(root, host=host, port=port)
+    hub._bind()
+    logger.info("loopback Hub serving %s at %s", hub.root, hub.url)
+    logger.info("export HF_ENDPOINT=%s HF_HUB_DISABLE_XET=1", hub.url)
+    if ready is not None:
+        ready(hub)
+    hub.serve_forever()

@@ -1,0 +1,113 @@
+"""Fault injection and request accounting, observed with a raw HTTP client and with the real Hub client."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import HfHubHTTPError
+
+from mergebench.hubserver import LoopbackHub
+
+REPO = "org/faulty"
+
+
+@pytest.fixture
+def blob(hub: LoopbackHub) -> bytes:
+    data = bytes(range(256)) * 40  # 10 240 bytes
+    folder = hub.repo_dir(REPO)
+    folder.mkdir(parents=True)
+    (folder / "weights.safetensors").write_bytes(data)
+    (folder / "config.json").write_text("{}")
+    return data
+
+
+def _get(hub: LoopbackHub, filename: str = "weights.safetensors", **kwargs: object) -> httpx.Response:
+    return httpx.get(hf_hub_url(REPO, filename, endpoint=hub.url), **kwargs)
+
+
+def test_drop_after_bytes_cuts_the_body_once(hub, blob) -> None:
+    rule = hub.faults.drop_after_bytes(1000, times=1, path_glob="*.safetensors")
+    received = bytearray()
+    with pytest.raises(httpx.RemoteProtocolError), \
+            httpx.stream("GET", hf_hub_url(REPO, "weights.safetensors", endpoint=hub.url)) as r:
+        assert r.status_code == 200 and r.headers["Content-Length"] == str(len(blob))
+        for chunk in r.iter_bytes():
+            received += chunk
+    assert bytes(received) == blob[:1000]
+    assert rule.fired == 1 and hub.faults.rules == []
+    assert _get(hub).content == blob  # expired after one use
+    assert _get(hub, "config.json").content == b"{}"
+    assert hub.stats.bytes_for("*.safetensors") == 1000 + len(blob)
+
+
+def test_drop_only_matches_its_glob(hub, blob) -> None:
+    hub.faults.drop_after_bytes(0, times=None, path_glob="config.json")
+    assert _get(hub).content == blob
+    with pytest.raises(httpx.RemoteProtocolError):
+        _get(hub, "config.json")
+    hub.faults.clear()
+    assert _get(hub, "config.json").content == b"{}"
+
+
+def test_hf_hub_download_resumes_after_a_drop(hub, blob) -> None:
+    # The client reads 10 MiB chunks and keeps only whole chunks: a drop past the first chunk resumes with
+    # a Range request; the bytes of the unfinished chunk are fetched twice, everything else once.
+    chunk = 10 * 1024 * 1024
+    big = blob * (chunk // len(blob) + 20)
+    (hub.repo_dir(REPO) / "big.bin").write_bytes(big)
+    hub.faults.drop_after_bytes(chunk + 5000, times=1, path_glob="big.bin")
+    path = hf_hub_download(REPO, "big.bin")
+    assert Path(path).read_bytes() == big
+    assert hub.stats.count("GET", "big.bin") == 2
+    assert hub.stats.bytes_for("big.bin") == len(big) + 5000
+
+
+def test_http_error_then_recovery(hub, blob) -> None:
+    rule = hub.faults.http_error(503, times=2, path_glob="*.safetensors")
+    first, second, third = _get(hub), _get(hub), _get(hub)
+    assert (first.status_code, second.status_code, third.status_code) == (503, 503, 200)
+    assert first.json() == {"error": "Injected fault: HTTP 503."} and third.content == blob
+    assert rule.fired == 2
+    hub.faults.http_error(500, times=1, path_glob="/api/models/*", method="GET")
+    with pytest.raises(HfHubHTTPError) as info:
+        HfApi().model_info(REPO)
+    assert info.value.response.status_code == 500
+    assert HfApi().model_info(REPO).id == REPO
+
+
+def test_delay_slows_each_chunk_until_cleared(hub, blob) -> None:
+    hub.faults.delay(0.15, path_glob="*.safetensors")
+    start = time.monotonic()
+    assert _get(hub).content == blob
+    slow = time.monotonic() - start
+    assert slow >= 0.3  # before the headers and before the one body chunk
+    hub.faults.clear()
+    start = time.monotonic()
+    assert _get(hub).content == blob
+    assert time.monotonic() - start < slow
+
+
+def test_stats_count_requests_and_bytes_and_reset(hub, blob) -> None:
+    hub.stats.reset()
+    _get(hub, headers={"Range": "bytes=0-99"})
+    _get(hub, headers={"Range": "bytes=-10"})
+    httpx.head(hf_hub_url(REPO, "weights.safetensors", endpoint=hub.url))
+    path = f"/{REPO}/resolve/main/weights.safetensors"
+    assert hub.stats.requests == {("GET", path): 2, ("HEAD", path): 1}
+    assert hub.stats.bytes_served == {path: 110}
+    assert hub.stats.count("GET", "*.safetensors") == 2 and hub.stats.count(path_glob="*.json") == 0
+    hub.stats.reset()
+    assert hub.stats.requests == {} and hub.stats.bytes_for() == 0
+
+
+def test_fault_arguments_are_checked(hub) -> None:
+    with pytest.raises(ValueError, match="4xx or 5xx"):
+        hub.faults.http_error(302)
+    with pytest.raises(ValueError, match="times must be"):
+        hub.faults.drop_after_bytes(10, times=0)
+    with pytest.raises(ValueError, match="n >= 0"):
+        hub.faults.drop_after_bytes(-1)
