@@ -69,6 +69,7 @@ class MergeResult:
     seconds: float
     peak_rss_bytes: int
     bytes_read: int
+    """Input bytes read by every pass (statistics passes included)."""
     resumed_shards: tuple[str, ...] = ()
     commit_url: str | None = None
 
@@ -160,16 +161,23 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
                                 hint="Choose another --out, or delete the folder first.")
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     fingerprint = _fingerprint(inputs)
-    done = _resume_state(partial, fingerprint) if options.resume else {}
-    if partial.exists() and not done:
-        shutil.rmtree(partial)
+    state = _resume_state(partial, fingerprint) if options.resume else None
+    if state is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        state = {"fingerprint": fingerprint, "shards": {}}
+    done = tuple(state["shards"])
     partial.mkdir(parents=True, exist_ok=True)
-    state = {"fingerprint": fingerprint, "shards": dict(done)}
     _save_state(partial, state)
 
     try:
-        thresholds = _global_thresholds(inputs, options) if inputs.params.global_topk() is not None else None
-        bytes_read = _merge_pass(inputs, partial, options, state, thresholds)
+        thresholds, bytes_read = None, 0
+        if "thresholds" in state:  # computed before the interruption: exact floats survive JSON
+            thresholds = torch.tensor(state["thresholds"], dtype=torch.float32)
+        elif inputs.params.global_topk() is not None:
+            thresholds, bytes_read = _global_thresholds(inputs, options)
+            state["thresholds"] = thresholds.tolist()
+            _save_state(partial, state)
+        bytes_read += _merge_pass(inputs, partial, options, state, thresholds)
     except MergeBenchError:
         shutil.rmtree(partial)  # bad input: nothing worth resuming. Interruptions keep it for --resume.
         raise
@@ -182,7 +190,7 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     (partial / RECIPE_FILE).write_text(inputs.pinned.to_yaml(), encoding="utf-8")
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result = MergeResult(out_dir, inputs.pinned, inputs.plan, seconds, peak, bytes_read, tuple(done))
+    result = MergeResult(out_dir, inputs.pinned, inputs.plan, seconds, peak, bytes_read, done)
     write_model_card(partial, inputs.pinned, inputs.spec, inputs.params, [*inputs.experts, inputs.base], result)
     (partial / PROGRESS_FILE).unlink()
     if out_dir.exists():
@@ -204,15 +212,15 @@ def _fingerprint(inputs: _Inputs) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _resume_state(partial: Path, fingerprint: str) -> dict[str, str]:
-    """Shards of an interrupted run that are complete and still verify; empty when nothing can be kept."""
+def _resume_state(partial: Path, fingerprint: str) -> dict | None:
+    """The state of an interrupted run of the same merge, keeping only shards that still verify."""
     try:
         state = json.loads((partial / PROGRESS_FILE).read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
+        return None
     if state.get("fingerprint") != fingerprint:
         logger.warning("The interrupted merge in %s used another recipe or plan; starting over.", partial)
-        return {}
+        return None
     kept = {}
     for filename, sha in state.get("shards", {}).items():
         if (partial / filename).exists() and sha256_file(partial / filename) == sha:
@@ -221,7 +229,7 @@ def _resume_state(partial: Path, fingerprint: str) -> dict[str, str]:
             logger.warning("Shard %s failed verification; it will be rewritten.", filename)
             break
     logger.info("Resuming: %d verified shard(s) kept", len(kept))
-    return kept
+    return {**state, "shards": kept}
 
 
 def _save_state(partial: Path, state: dict) -> None:
@@ -273,8 +281,10 @@ def _all_finite(values: torch.Tensor) -> bool:
     return bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all())
 
 
-def _global_thresholds(inputs: _Inputs, options: MergeOptions) -> torch.Tensor:
-    """Exact per-expert global top-k thresholds of |τᵢ| over all mergeable entries (extra streaming passes)."""
+def _global_thresholds(inputs: _Inputs, options: MergeOptions) -> tuple[torch.Tensor, int]:
+    """Exact per-expert global top-k thresholds of |τᵢ| over all mergeable entries (extra streaming passes).
+
+    Returns the ``[n]`` thresholds and the bytes read to compute them."""
     from mergebench.methods._topk import GlobalTopK
 
     fraction = inputs.params.global_topk()
@@ -291,7 +301,7 @@ def _global_thresholds(inputs: _Inputs, options: MergeOptions) -> torch.Tensor:
                                           check_finite=inputs.recipe.check_finite)
                 acc.update(pass_index, stack.sub_(base))
         acc.finish_pass(pass_index)
-    return acc.thresholds()
+    return acc.thresholds(), acc.passes * stream.bytes_to_read
 
 
 def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,

@@ -201,3 +201,21 @@ def test_plan_reads_headers_only(tmp_path: Path) -> None:
     assert plan.output_bytes == sum(t.numel * 2 for t in plan.tensors)
     largest = max(t.numel for t in plan.tensors if t.mergeable)
     assert plan.peak_memory_bytes >= (2 + 2) * largest * 4
+
+
+def test_resume_reuses_the_global_topk_thresholds(tmp_path: Path, monkeypatch) -> None:
+    from mergebench.methods import _topk
+
+    base_dir, experts, _, _ = family(tmp_path / "in", 3, shards=2)
+    config = recipe(base_dir, experts, method="ties", parameters={"top_k": 0.3})
+    options = MergeOptions(progress=False, shard_size=700)
+    fresh = load_dir(merge(config, tmp_path / "fresh", options=options).out_dir)
+    interrupted_merge(monkeypatch, config, tmp_path / "out", options)
+
+    def no_more_passes(*args, **kwargs):
+        raise AssertionError("thresholds must come from the saved state")
+
+    monkeypatch.setattr(_topk.GlobalTopK, "update", no_more_passes)
+    result = merge(config, tmp_path / "out", options=MergeOptions(progress=False, shard_size=700, resume=True))
+    resumed = load_dir(result.out_dir)
+    assert result.resumed_shards and all(torch.equal(fresh[k], resumed[k]) for k in fresh)
