@@ -27,11 +27,14 @@ from tqdm.auto import tqdm
 
 from mergebench import methods
 from mergebench.card import write_model_card
-from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError
+from mergebench.data.validation import load_validation_rows
+from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError, StatisticsError
 from mergebench.hub import ModelRef, ResolvedModel, resolve
 from mergebench.methods import MergeContext, MethodSpec, Params
+from mergebench.paths import cache_root
 from mergebench.plan import MergePlan, TensorPlan, build_plan
 from mergebench.recipe import MergeRecipe
+from mergebench.stats import ModelSource, StatisticsReader, StatsOptions, run_stage
 from mergebench.stream.format import DTYPES
 from mergebench.stream.reader import TensorStream
 from mergebench.stream.writer import BackgroundWriter, ShardWriter, sha256_file, write_index
@@ -58,6 +61,10 @@ class MergeOptions:
     chunk_bytes: int = 64 << 20
     resume: bool = False
     progress: bool = True
+    stats_device: str = "cpu"
+    """Device for the statistics stage of data-dependent methods (``"cuda"`` on a GPU machine)."""
+    cache_dir: Path | None = None
+    """Root of the statistics cache (default: ``$MERGEBENCH_CACHE`` or ``~/.cache/mergebench``)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class MergeResult:
     peak_rss_bytes: int
     bytes_read: int
     """Input bytes read by every pass (statistics passes included)."""
+    stats_seconds: float = 0.0
+    """Wall time of the data statistics stage (included in ``seconds``; zero when cached or not needed)."""
     resumed_shards: tuple[str, ...] = ()
     commit_url: str | None = None
 
@@ -84,7 +93,9 @@ class _Inputs:
     plan: MergePlan
     pinned: MergeRecipe
     tokenizer_source: ResolvedModel
-    data_stats: dict[str, list[Path]] = field(default_factory=dict)
+    stage: str | None
+    """The statistics stage the method needs with these parameters, or ``None``."""
+    rows: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def load_recipe(config: MergeRecipe | Path | str | dict) -> tuple[MergeRecipe, Path | None]:
@@ -103,14 +114,8 @@ def prepare(config: MergeRecipe | Path | str | dict, *, shard_size: int = 5 << 3
     recipe, base_dir = load_recipe(config)
     spec = methods.get(recipe.method)
     params = spec.make_params(recipe.method_parameters)
-    if spec.data_dependent:
-        missing = [m.model for m in recipe.models if not m.domain]
-        if missing:
-            from mergebench.errors import StatisticsError
-
-            raise StatisticsError(
-                f"Method '{spec.name}' needs each model's domain to pair it with its own data; "
-                f"no 'domain:' for {missing}.", hint="Add 'domain: <key>' to every entry of 'models:'.")
+    stage = spec.stats_stage(params)
+    rows = _validation_rows(recipe, stage, base_dir) if stage else {}
     refs = [ModelRef.parse(m.model, base_dir=base_dir) for m in recipe.models]
     base_ref = ModelRef.parse(recipe.base_model, base_dir=base_dir)
     base = resolve(base_ref)
@@ -124,7 +129,47 @@ def prepare(config: MergeRecipe | Path | str | dict, *, shard_size: int = 5 << 3
         "models": [m.model_copy(update={"model": _pinned(e)}) for m, e in zip(recipe.models, experts, strict=True)],
         "tokenizer_source": _pinned(tokenizer_source) if tok else None,
     })
-    return _Inputs(recipe, spec, params, base, experts, plan, pinned, tokenizer_source)
+    return _Inputs(recipe, spec, params, base, experts, plan, pinned, tokenizer_source, stage, rows)
+
+
+def _validation_rows(recipe: MergeRecipe, stage: str, base_dir: Path | None) -> dict[str, list[dict]]:
+    """Each domain's validation rows for a statistics stage, checked before any model is read."""
+    missing = [m.model for m in recipe.models if not m.domain]
+    if missing:
+        raise StatisticsError(
+            f"Method '{recipe.method}' pairs each expert with its own domain's data, but {missing} "
+            "have no 'domain:'.", hint="Add 'domain: <key>' to every entry of 'models:'.")
+    domains = sorted({m.domain for m in recipe.models if m.domain})
+    absent = [d for d in domains if d not in recipe.data]
+    if absent:
+        raise StatisticsError(
+            f"Method '{recipe.method}' ({stage} statistics) needs validation data for domain(s) {absent}.",
+            hint="Map each domain to a .jsonl file or a dataset repo in the recipe's 'data:' section.")
+    return {d: load_validation_rows(recipe.data[d], base_dir=base_dir) for d in domains}
+
+
+def _statistics(inputs: _Inputs, options: MergeOptions) -> StatisticsReader | None:
+    """Run (or find in the cache) the method's statistics stage, one expert in memory at a time."""
+    if inputs.stage is None:
+        return None
+    experts = [ModelSource(_local_folder(m), domain=entry.domain, revision=m.sha, label=m.label)
+               for m, entry in zip(inputs.experts, inputs.recipe.models, strict=True)]
+    base = ModelSource(_local_folder(inputs.base), revision=inputs.base.sha, label=inputs.base.label)
+    paths = run_stage(inputs.stage, experts, inputs.rows, inputs.params,
+                      cache_dir=cache_root(options.cache_dir) / "stats", base=base,
+                      merge_embeddings=inputs.recipe.merge_embeddings,
+                      options=StatsOptions(device=options.stats_device))
+    return StatisticsReader(inputs.stage, paths)
+
+
+def _local_folder(model: ResolvedModel) -> Path:
+    """A folder ``from_pretrained`` can load. Statistics need whole models in memory, so Hub models are
+    downloaded (to the Hub cache, pinned to their commit) for this stage only."""
+    if model.ref.local_path is not None:
+        return model.ref.local_path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model.ref.repo_id, revision=model.sha))
 
 
 def _pinned(model: ResolvedModel) -> str:
@@ -170,6 +215,9 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     _save_state(partial, state)
 
     try:
+        stats_started = time.perf_counter()
+        statistics = _statistics(inputs, options)
+        stats_seconds = time.perf_counter() - stats_started
         thresholds, bytes_read = None, 0
         if "thresholds" in state:  # computed before the interruption: exact floats survive JSON
             thresholds = torch.tensor(state["thresholds"], dtype=torch.float32)
@@ -177,7 +225,7 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
             thresholds, bytes_read = _global_thresholds(inputs, options)
             state["thresholds"] = thresholds.tolist()
             _save_state(partial, state)
-        bytes_read += _merge_pass(inputs, partial, options, state, thresholds)
+        bytes_read += _merge_pass(inputs, partial, options, state, thresholds, statistics)
     except MergeBenchError:
         shutil.rmtree(partial)  # bad input: nothing worth resuming. Interruptions keep it for --resume.
         raise
@@ -190,7 +238,8 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     (partial / RECIPE_FILE).write_text(inputs.pinned.to_yaml(), encoding="utf-8")
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result = MergeResult(out_dir, inputs.pinned, inputs.plan, seconds, peak, bytes_read, done)
+    result = MergeResult(out_dir, inputs.pinned, inputs.plan, seconds=seconds, peak_rss_bytes=peak,
+                         bytes_read=bytes_read, stats_seconds=stats_seconds, resumed_shards=done)
     write_model_card(partial, inputs.pinned, inputs.spec, inputs.params, [*inputs.experts, inputs.base], result)
     (partial / PROGRESS_FILE).unlink()
     if out_dir.exists():
@@ -305,7 +354,7 @@ def _global_thresholds(inputs: _Inputs, options: MergeOptions) -> tuple[torch.Te
 
 
 def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
-                thresholds: torch.Tensor | None) -> int:
+                thresholds: torch.Tensor | None, statistics: StatisticsReader | None) -> int:
     plan = inputs.plan
     by_name = {t.name: t for t in plan.tensors}
     skip = {name for shard in plan.shards if shard.filename in state["shards"] for name in shard.tensors}
@@ -335,7 +384,8 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
                     if inputs.spec.inputs == "deltas":
                         stack.sub_(base)
                     ctx = MergeContext(name=t.name, expert_ids=expert_ids, weights=weights,
-                                       seed=inputs.recipe.seed, thresholds=thresholds)
+                                       seed=inputs.recipe.seed, thresholds=thresholds,
+                                       data=statistics.data_for(t.name) if statistics else {})
                     merged = inputs.spec.fn(base, stack, inputs.params, ctx)
                     del stack
                     out_tensor = merged.to(DTYPES[t.out_dtype])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,13 +30,22 @@ from torch import Tensor
 
 from mergebench.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Params:
     """Base class of every method's parameters (frozen dataclasses with defaults).
 
-    Subclasses validate ranges in ``__post_init__`` by raising :class:`~mergebench.errors.ConfigError`.
+    Subclasses validate ranges in ``__post_init__`` by raising :class:`~mergebench.errors.ConfigError`
+    (and call ``super().__post_init__()``, which warns about a negative ``scaling``).
     """
+
+    def __post_init__(self) -> None:
+        scaling = getattr(self, "scaling", None)
+        if isinstance(scaling, int | float) and scaling < 0:
+            logger.warning("%s: scaling = %s is negative; the merge will move *away* from the experts.",
+                           type(self).__name__, scaling)
 
     def global_topk(self) -> float | None:
         """Fraction ``k`` for which the engine must compute each expert's exact global top-k threshold.
@@ -43,6 +53,14 @@ class Params:
         ``None`` (the default) means the method needs no whole-model pass.
         """
         return None
+
+    def uses_data(self) -> bool:
+        """Whether these values need the method's statistics stage (:attr:`MethodSpec.data_stats`).
+
+        ``True`` by default; a method whose data use depends on a parameter overrides it
+        (``localize_stitch`` needs trained masks only with ``mode: trained``).
+        """
+        return True
 
 
 P = TypeVar("P", bound=Params)
@@ -62,7 +80,8 @@ class MergeContext:
     thresholds: Tensor | None = None
     """``[n]`` float32: expert i's exact global top-k threshold on ``|τᵢ|``, when ``global_topk()`` is set."""
     data: Mapping[str, Tensor] = field(default_factory=dict)
-    """Per-expert data statistics for this tensor, e.g. ``{"gram": [n, in, in]}`` or ``{"fisher": [n, *S]}``."""
+    """Per-expert data statistics for this tensor, keyed by stage: ``{"gram": [n, in, in]}``, ``{"fisher": [n, *S]}``
+    or ``{"mask": [n, *S] bool}``; empty when the tensor has none (see :class:`mergebench.stats.StatisticsReader`)."""
 
 
 MethodFn = Callable[[Tensor, Tensor, Any, MergeContext], Tensor]
@@ -92,7 +111,12 @@ class MethodSpec(Generic[P]):
 
     @property
     def data_dependent(self) -> bool:
+        """Whether the method *can* need data statistics; :meth:`stats_stage` says whether given values do."""
         return self.data_stats is not None
+
+    def stats_stage(self, params: Params) -> str | None:
+        """The statistics stage these parameter values need (``"gram"``, ``"fisher"``, ``"mask"``) or ``None``."""
+        return self.data_stats if self.data_stats is not None and params.uses_data() else None
 
     def defaults(self) -> dict[str, Any]:
         return {f.name: f.default for f in dataclasses.fields(self.params_cls)}
@@ -113,6 +137,11 @@ class MethodSpec(Generic[P]):
         try:
             return pydantic.TypeAdapter(self.params_cls).validate_python(values)
         except pydantic.ValidationError as e:
+            for err in e.errors():  # a range check in __post_init__: keep its message and hint
+                inner = (err.get("ctx") or {}).get("error")
+                if isinstance(inner, ConfigError):
+                    raise ConfigError(f"Invalid parameters for method '{self.name}': {inner.message}",
+                                      hint=inner.hint) from e
             problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise ConfigError(f"Invalid parameters for method '{self.name}': {problems}") from e
 

@@ -1,0 +1,120 @@
+"""RegMean: merge linear layers by regression on their inputs (Jin et al., 2023, arXiv:2212.09849).
+
+For a linear weight W (out × in) inside the transformer blocks, with Gᵢ = mean over tokens of x xᵀ
+(x = the layer's input while expert i runs on its own domain's validation rows, :mod:`mergebench.stats.gram`):
+
+  G̃ᵢ = α·Gᵢ + (1 − α)·diag(Gᵢ)
+  Wᵀ = (Σᵢ wᵢG̃ᵢ)⁻¹ Σᵢ wᵢG̃ᵢWᵢᵀ          (minimises Σᵢ wᵢ‖XᵢW'ᵀ − XᵢWᵢᵀ‖² with off-diagonals shrunk by α)
+
+Every other mergeable tensor (norms, biases, or a weight without a Gram) = weighted mean Σᵢ wᵢθᵢ / Σᵢ wᵢ.
+Then θ = θ₀ + λ·(θ_merged − θ₀) (λ = 1 returns θ_merged exactly). Inputs are expert weights, not deltas.
+
+Parameters: ``alpha`` α ∈ [0, 1] (0.5; α = 0 uses only the diagonals, a per-input-feature weighted
+mean), ``num_samples`` ≥ 1 (1000, rows per expert for the Gram stage), ``scaling`` λ (1.0). Recipe
+weights wᵢ (default 1) weight each expert's regression term.
+
+Solving: ``A = Σᵢ wᵢG̃ᵢ``, ``B = Σᵢ wᵢG̃ᵢWᵢᵀ`` accumulated one expert at a time, then an LU solve. When A is
+singular or ill-conditioned (an LU pivot ratio min|uⱼⱼ| / max|uⱼⱼ| below :data:`RCOND`, e.g. an input
+feature that is always 0), a warning is logged and the least-squares solution closest to the experts'
+mean is used: ``Wᵀ = W̄ᵀ + A⁺(B − A W̄ᵀ)`` (A⁺ the symmetric pseudo-inverse), which equals the exact
+solution when A is invertible and keeps the experts' mean along directions the data never excites
+(plain ``A⁺B`` would set them to 0).
+
+Differences: the paper's code sums x xᵀ over tokens (we average, which only rescales G per expert — it
+changes the merge when experts saw different token counts: each expert gets equal say here) and inverts
+with ``torch.inverse``; MergeBench's reference paired experts with the wrong domain's data (fixed by
+construction in :mod:`mergebench.stats`). mergekit and peft have no RegMean.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mergebench.errors import StatisticsError
+from mergebench.methods._common import expert_weights, f32, require, rescale_from_base, weighted_mean
+from mergebench.methods.registry import MergeContext, Params, register
+
+logger = logging.getLogger(__name__)
+
+RCOND = 1e-6
+"""Smallest accepted LU pivot ratio before falling back to the pseudo-inverse (float32 keeps ~7 digits)."""
+
+
+@dataclass(frozen=True)
+class RegMeanParams(Params):
+    alpha: float = 0.5
+    """α: scale of the off-diagonal Gram entries (1 = plain regression, 0 = diagonal only)."""
+    num_samples: int = 1000
+    """Validation rows of each expert's own domain used for its Gram matrices."""
+    scaling: float = 1.0
+    """λ: θ = θ₀ + λ·(θ_regmean − θ₀)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}.")
+        require(self.num_samples >= 1, f"num_samples must be ≥ 1, got {self.num_samples}.")
+
+
+def solve_normal_equations(a: Tensor, b: Tensor, fallback: Tensor, name: str) -> Tensor:
+    """``X`` with ``A X = B`` (A symmetric PSD ``[in, in]``, B ``[in, out]``); see the module docstring.
+
+    ``fallback`` (``[in, out]``, the experts' mean Wᵀ) anchors the least-squares solution when A is singular.
+    """
+    lu, pivots, info = torch.linalg.lu_factor_ex(a)
+    pivot = lu.diagonal().abs()
+    rcond = (pivot.min() / pivot.max()).item() if pivot.numel() and pivot.max() > 0 else 0.0
+    if int(info) == 0 and rcond >= RCOND:
+        x = torch.linalg.lu_solve(lu, pivots, b)
+        if bool(torch.isfinite(x).all()):
+            return x
+    logger.warning("RegMean: the Gram sum of '%s' is singular or ill-conditioned (LU pivot ratio %.3g < %g); "
+                   "using the least-squares solution closest to the experts' mean.", name, rcond, RCOND)
+    del lu, pivots
+    pinv = torch.linalg.pinv(a, hermitian=True)
+    return fallback + pinv @ (b - a @ fallback)
+
+
+def regmean_linear(weights: Tensor, grams: Tensor, alpha: float, coefficients: tuple[float, ...], name: str) -> Tensor:
+    """RegMean of one linear weight: ``weights`` ``[n, out, in]``, ``grams`` ``[n, in, in]`` → ``[out, in]``."""
+    n, _, d_in = weights.shape
+    if grams.shape != (n, d_in, d_in):
+        raise StatisticsError(f"Tensor '{name}': Gram statistics are {tuple(grams.shape)} but the weights "
+                              f"{tuple(weights.shape)} need ({n}, {d_in}, {d_in}).",
+                              hint="Recompute the 'gram' statistics for these models.")
+    a = torch.zeros(d_in, d_in, dtype=torch.float32, device=weights.device)
+    b = torch.zeros(d_in, weights.shape[1], dtype=torch.float32, device=weights.device)
+    diagonal = torch.zeros(d_in, dtype=torch.float32, device=weights.device)
+    for w_i, g_i, c in zip(weights, f32(grams), coefficients, strict=True):
+        d_i = g_i.diagonal()
+        a.add_(g_i, alpha=alpha * c)                                   # Σ α·wᵢGᵢ
+        b.addmm_(g_i, w_i.T, alpha=alpha * c)                          # Σ α·wᵢGᵢWᵢᵀ
+        b.addcmul_(d_i[:, None], w_i.T, value=(1.0 - alpha) * c)       # Σ (1−α)·wᵢ diag(Gᵢ) Wᵢᵀ
+        diagonal.add_(d_i, alpha=(1.0 - alpha) * c)
+    a.diagonal().add_(diagonal)                                        # + Σ (1−α)·wᵢ diag(Gᵢ)
+    mean = weighted_mean(weights, coefficients).T
+    return solve_normal_equations(a, b, mean, name).T
+
+
+@register(
+    "regmean",
+    params=RegMeanParams,
+    inputs="weights",
+    grid={"alpha": (0.1, 0.5, 0.9)},
+    data_stats="gram",
+    paper="https://arxiv.org/abs/2212.09849",
+)
+def regmean(base: Tensor, experts: Tensor, p: RegMeanParams, ctx: MergeContext) -> Tensor:
+    base, experts = f32(base), f32(experts)
+    grams = ctx.data.get("gram")
+    if grams is None:
+        merged = weighted_mean(experts, ctx.weights)
+    elif experts.dim() != 3:
+        raise StatisticsError(f"Tensor '{ctx.name}' has Gram statistics but is not a matrix "
+                              f"(shape {tuple(experts.shape[1:])}).")
+    else:
+        merged = regmean_linear(experts, grams, p.alpha, expert_weights(ctx.weights, experts.shape[0]), ctx.name)
+    return rescale_from_base(base, merged, p.scaling)

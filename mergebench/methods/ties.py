@@ -1,0 +1,95 @@
+"""TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., 2023, arXiv:2306.01708).
+
+τ̂ᵢ = wᵢ·τᵢ ⊙ [|τᵢ| ≥ tᵢ]          tᵢ = ⌈k·N⌉-th largest |τᵢ| over all mergeable entries (global, default)
+                                  or over this tensor only (``topk_scope: tensor``)
+γ  = sign(Σᵢ τ̂ᵢ)                   elementwise; γ = 0 where the sum is exactly 0
+aᵢ = [τ̂ᵢ ≠ 0 ∧ sign(τ̂ᵢ) = γ]      (= [τ̂ᵢ·γ > 0]; nobody agrees where γ = 0)
+sum:  Δ = Σᵢ aᵢ τ̂ᵢ      mean: Δ = Σᵢ aᵢ τ̂ᵢ / max(1, Σᵢ aᵢ)
+θ  = θ₀ + λ·Δ
+
+Parameters: ``top_k`` k ∈ (0, 1] (0.2), ``scaling`` λ (1.0), ``aggregate`` ``sum`` | ``mean`` (``sum``),
+``topk_scope`` ``global`` | ``tensor`` (``global``). Recipe weights wᵢ (default 1) scale each trimmed task
+vector before the sign election. Ties at a threshold are all kept (at least ⌈k·N⌉ entries survive).
+
+Differences from other libraries:
+
+- mergekit ``ties``: trims per tensor to exactly ``int(density·numel)`` entries (``torch.topk``, ties broken
+  arbitrarily) where we trim over the whole model with ``⌈k·N⌉`` and keep ties; where the sum is exactly 0
+  it elects ``+`` (``sum >= 0``) so positive deltas survive, where we keep the base value; with
+  ``normalize: true`` (its default) it divides by the summed *weights* of the agreeing experts, so its
+  default is our ``mean`` (equal for unit weights) and our ``sum`` is its ``normalize: false``.
+- peft ``ties``: also per tensor with ``int(density·numel)`` entries and ``+`` on zero sums; its disjoint
+  merge always divides by the number of agreeing experts (our ``mean``) and has no separate λ.
+- The paper picks λ on validation data and uses the mean; ``sum`` with λ ≈ 0.4–1 is MergeBench's default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from mergebench.errors import StatisticsError
+from mergebench.methods._common import f32, require, scale_experts_
+from mergebench.methods._topk import tensor_thresholds
+from mergebench.methods.registry import MergeContext, Params, register
+
+
+@dataclass(frozen=True)
+class TiesParams(Params):
+    top_k: float = 0.2
+    """k: fraction of each task vector's entries kept (by magnitude), over the whole model by default."""
+    scaling: float = 1.0
+    """λ, applied to the merged task vector."""
+    aggregate: Literal["sum", "mean"] = "sum"
+    """``sum`` of the agreeing trimmed deltas, or their ``mean`` (÷ number of agreeing experts)."""
+    topk_scope: Literal["global", "tensor"] = "global"
+    """``global``: one threshold per expert over all mergeable tensors; ``tensor``: one per tensor."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 < self.top_k <= 1.0, f"top_k must be in (0, 1], got {self.top_k}.",
+                hint="top_k is the fraction of each task vector kept, e.g. 0.2.")
+
+    def global_topk(self) -> float | None:
+        return self.top_k if self.topk_scope == "global" else None
+
+
+def thresholds_for(deltas: Tensor, fraction: float, scope: str, ctx: MergeContext) -> Tensor:
+    """``[n]`` top-k thresholds: the engine's global ones from ``ctx``, or this tensor's own."""
+    if scope == "tensor":
+        return tensor_thresholds(deltas, fraction)
+    if ctx.thresholds is None:
+        raise StatisticsError(f"Tensor '{ctx.name}': global top-k thresholds are missing from the merge context.",
+                              hint="The engine computes them when Params.global_topk() is set; "
+                                   "or use topk_scope: tensor.")
+    if ctx.thresholds.shape != (deltas.shape[0],):
+        raise StatisticsError(f"Tensor '{ctx.name}': {tuple(ctx.thresholds.shape)} thresholds for "
+                              f"{deltas.shape[0]} experts.")
+    return ctx.thresholds
+
+
+@register(
+    "ties",
+    params=TiesParams,
+    grid={"top_k": (0.1, 0.2, 0.3), "scaling": (0.4, 0.6, 0.8, 1.0)},
+    paper="https://arxiv.org/abs/2306.01708",
+)
+def ties(base: Tensor, deltas: Tensor, p: TiesParams, ctx: MergeContext) -> Tensor:
+    base, deltas = f32(base), f32(deltas)
+    t = thresholds_for(deltas, p.top_k, p.topk_scope, ctx).tolist()
+    for row, t_i in zip(deltas, t, strict=True):           # one expert at a time: temporaries stay tensor-sized
+        row.mul_(row.abs() >= t_i)                         # τ̂ᵢ (in place)
+    scale_experts_(deltas, ctx.weights)
+    gamma = deltas.sum(0).sign_()                          # γ ∈ {-1, 0, 1}
+    agreeing = torch.zeros(gamma.shape, dtype=torch.int32, device=gamma.device)
+    for row in deltas:
+        agree = (row * gamma) > 0                          # aᵢ: non-zero and same sign as γ ≠ 0
+        row.mul_(agree)
+        agreeing += agree
+    delta = deltas.sum(0)
+    if p.aggregate == "mean":
+        delta.div_(agreeing.clamp_(min=1))
+    return torch.add(base, delta, alpha=p.scaling)

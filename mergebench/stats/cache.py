@@ -1,0 +1,139 @@
+"""Statistics files: one safetensors file per (expert, stage), keyed by tensor name, cached by content.
+
+File: ``{cache_dir}/{stage}/{key}.safetensors`` with ``key = sha256`` of a JSON document holding the stage,
+the file format version, the prompt format version, the model's identity (its commit or a hash of its
+weight and config files), the base's identity (``mask`` only), the sha256 of the rows used, and every
+parameter that changes the numbers. The safetensors metadata repeats those fields (``mergebench.*``) so a
+file explains itself. Files are written to a temporary name and renamed, so a crash never leaves a
+truncated file under a valid key.
+
+Loading for a merge is lazy (:class:`StatisticsReader`): statistics can be larger than the model (RegMean's
+Gram matrices are Σ in² per linear layer), so only one tensor's statistics per expert are read at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from mergebench.errors import StatisticsError
+from mergebench.prompt import PROMPT_FORMAT_VERSION
+from mergebench.stats.data import ModelSource
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "mergebench-stats/1"
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+def model_identity(model: ModelSource) -> str:
+    """``rev:<sha>`` when the revision is known, else ``sha256:<hash of weight and config files>``."""
+    if model.revision:
+        return f"rev:{model.revision}"
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(model.path).iterdir() if p.is_file() and p.name.endswith(MODEL_FILE_SUFFIXES))
+    if not files:
+        raise StatisticsError(f"Model folder '{model.path}' has no weight or config files.")
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
+
+
+def cache_key(document: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``document`` (plus format versions)."""
+    full = {**document, "format": FORMAT, "prompt_format": PROMPT_FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cache_path(cache_dir: Path, stage: str, key: str) -> Path:
+    return Path(cache_dir) / stage / f"{key}.safetensors"
+
+
+def write_statistics(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
+    """Atomically write ``tensors`` (contiguous CPU copies) with string ``metadata``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt", "mergebench.format": FORMAT,
+            **{f"mergebench.{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+               for k, v in metadata.items()}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %d statistics tensors to %s", len(tensors), path)
+    return path
+
+
+def load_statistics(path: Path) -> dict[str, Tensor]:
+    """Every tensor of one statistics file (small models and tests; merges use :class:`StatisticsReader`)."""
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(path, framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+class StatisticsReader:
+    """Per-tensor statistics of all experts, read lazily: ``reader.get(name)`` → ``[n, ...]`` or ``None``.
+
+    >>> reader = StatisticsReader("gram", paths)                   # doctest: +SKIP
+    >>> ctx_data = reader.data_for("model.layers.0.mlp.up_proj.weight")  # {"gram": [n, in, in]} or {}
+
+    Args:
+        stage: the ``ctx.data`` key (``"gram"``, ``"fisher"``, ``"mask"``).
+        paths: one file per expert, in the order of the merge's stack.
+
+    Raises:
+        StatisticsError: a file is missing, holds another stage, or the experts' tensor names differ.
+    """
+
+    def __init__(self, stage: str, paths: Sequence[Path]) -> None:
+        self.stage = stage
+        self.paths = [Path(p) for p in paths]
+        self._files = []
+        for path in self.paths:
+            if not path.is_file():
+                raise StatisticsError(f"Statistics file '{path}' does not exist.",
+                                      hint="Run the statistics stage again (the cache may have been cleared).")
+            f = safe_open(path, framework="pt")
+            found = (f.metadata() or {}).get("mergebench.stage")
+            if found != stage:
+                raise StatisticsError(f"Statistics file '{path}' holds stage {found!r}, not '{stage}'.")
+            self._files.append(f)
+        names = [set(f.keys()) for f in self._files]
+        if any(n != names[0] for n in names[1:]):
+            odd = sorted(set.union(*names) - set.intersection(*names))[:5]
+            raise StatisticsError(f"The experts' '{stage}' statistics cover different tensors (e.g. {odd}).",
+                                  hint="Recompute the statistics; experts must share the base architecture.")
+        self.names = frozenset(names[0]) if names else frozenset()
+
+    def get(self, name: str) -> Tensor | None:
+        """``[n, *stat_shape]`` statistics of tensor ``name`` (stacked over experts), or ``None``."""
+        if name not in self.names:
+            return None
+        return torch.stack([f.get_tensor(name) for f in self._files])
+
+    def data_for(self, name: str) -> dict[str, Tensor]:
+        """``{stage: stacked}`` for :attr:`MergeContext.data`, or ``{}`` when the tensor has no statistics."""
+        stacked = self.get(name)
+        return {} if stacked is None else {self.stage: stacked}

@@ -1,0 +1,193 @@
+"""Inputs of the statistics stages: which model, which rows, as which tensors.
+
+An expert is a :class:`ModelSource` with a ``domain``; validation rows come as ``{domain: rows}``. Pairing is
+by that key only (:func:`rows_for`), never by list position, and every row must carry the same ``domain``:
+the MergeBench reference paired four of five experts with another domain's data (benchmark-spec §6.2).
+
+Rows follow the project's chat schema ``{"id", "domain", "messages": [{"role", "content"}, ...]}`` and are
+encoded with :func:`mergebench.prompt.encode_chat`, the one prompt format used everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mergebench.errors import StatisticsError
+from mergebench.prompt import IGNORE_INDEX, encode_chat
+
+logger = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A local model folder (``from_pretrained`` loads it) and what identifies its contents.
+
+    ``revision`` (a commit sha) names the weights for the cache key; without it the weight and config
+    files are hashed. ``domain`` is required for experts of data-dependent methods.
+    """
+
+    path: Path
+    domain: str | None = None
+    revision: str | None = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or str(self.path)
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """How to run a statistics stage (none of these changes the statistics beyond float rounding,
+    except ``max_length``, which is part of the cache key)."""
+
+    device: str = "cpu"
+    batch_size: int = 8
+    """Rows per forward pass (Gram and trained masks; Fisher needs one gradient per row)."""
+    max_length: int = 1024
+    """Tokens kept per row (the end is cut)."""
+    chat_template: str | None = None
+    """Template for tokenizers without one (see :data:`mergebench.prompt.CHATML_TEMPLATE`)."""
+    tokenizer: Path | None = None
+    """Folder of the tokenizer; default: each model's own folder."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One encoded row."""
+
+    row_id: str
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def response_tokens(self) -> int:
+        """Tokens that carry a loss (predicted from the previous position)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+def rows_for(expert: ModelSource, rows: Mapping[str, Sequence[Row]], num_samples: int) -> list[Row]:
+    """The first ``num_samples`` rows of the expert's own domain; :class:`StatisticsError` if impossible."""
+    if not expert.domain:
+        raise StatisticsError(f"Model '{expert.name}' has no domain, so it cannot be paired with its own data.",
+                              hint="Add 'domain: <key>' to the model's entry in the recipe.")
+    own = rows.get(expert.domain)
+    if not own:
+        available = ", ".join(sorted(k for k, v in rows.items() if v)) or "none"
+        raise StatisticsError(f"No validation rows for domain '{expert.domain}' (model '{expert.name}'); "
+                              f"rows are available for: {available}.",
+                              hint="Give this domain's validation split in the recipe's 'data:' mapping.")
+    selected = list(own[:num_samples])
+    for i, row in enumerate(selected):
+        if row.get("domain") != expert.domain:
+            raise StatisticsError(f"Row {i} ({row.get('id')!r}) given for domain '{expert.domain}' belongs to "
+                                  f"domain {row.get('domain')!r}; model '{expert.name}' must only see its own data.")
+        if not row.get("messages"):
+            raise StatisticsError(f"Row {i} ({row.get('id')!r}) of domain '{expert.domain}' has no messages.")
+    if len(selected) < num_samples:
+        logger.warning("Domain '%s' has %d validation rows; num_samples = %d asks for more, using all %d.",
+                       expert.domain, len(selected), num_samples, len(selected))
+    return selected
+
+
+def rows_digest(rows: Sequence[Row]) -> str:
+    """sha256 of the rows' canonical JSON: what the cache key knows about the data."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def load_tokenizer(model: ModelSource, options: StatsOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(options.tokenizer or model.path)
+
+
+def load_model(model: ModelSource, options: StatsOptions) -> torch.nn.Module:
+    """The model in float32 on ``options.device``, in eval mode (no dropout)."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+    return loaded.to(options.device).eval()
+
+
+def encode_rows(tokenizer: Any, rows: Sequence[Row], options: StatsOptions) -> list[Sample]:
+    return [Sample(str(row.get("id", i)), *encode_chat(tokenizer, row["messages"], max_length=options.max_length,
+                                                         chat_template=options.chat_template))
+            for i, row in enumerate(rows)]
+
+
+def require_responses(samples: Sequence[Sample]) -> None:
+    """Loss-based stages divide by the response-token count: every sample needs one (see :func:`with_responses`)."""
+    empty = [s.row_id for s in samples if s.response_tokens == 0]
+    if empty or not samples:
+        raise ValueError(f"{len(empty)} sample(s) have no response token (e.g. {empty[:3]}), or there are none; "
+                         "filter them with with_responses().")
+
+
+def with_responses(samples: Sequence[Sample], domain: str | None) -> list[Sample]:
+    """Samples that have at least one response token (loss-based stages); warns about the others."""
+    kept = [s for s in samples if s.response_tokens > 0]
+    if len(kept) < len(samples):
+        logger.warning("%d of %d rows of domain '%s' have no response token within max_length; skipped.",
+                       len(samples) - len(kept), len(samples), domain)
+    if not kept:
+        raise StatisticsError(f"No row of domain '{domain}' has a response token within max_length.",
+                              hint="Increase max_length or check the rows' assistant messages.")
+    return kept
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def collate(samples: Sequence[Sample], pad_id: int, device: str | torch.device = "cpu") -> Batch:
+    """Right-padded ``[B, T]`` tensors; padding has attention 0 and label ``-100``."""
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(samples):
+        ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
+        mask[i, : len(s.input_ids)] = 1
+        labels[i, : len(s.labels)] = torch.tensor(s.labels)
+    return Batch(ids.to(device), mask.to(device), labels.to(device))
+
+
+def batches(samples: Sequence[Sample], batch_size: int, pad_id: int, device: str | torch.device) -> Iterator[Batch]:
+    for start in range(0, len(samples), batch_size):
+        yield collate(samples[start:start + batch_size], pad_id, device)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad) if pad is not None else 0
+
+
+def per_sample_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """``[B]`` mean next-token NLL over each sample's response tokens (samples need ≥ 1 such token)."""
+    shifted = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), shifted,
+                                            ignore_index=IGNORE_INDEX, reduction="none")
+    counts = (shifted != IGNORE_INDEX).sum(1)
+    return nll.sum(1) / counts
