@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section
 from synthetic import Shape, write_family
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MARK_BEGIN, MARK_END = "<!-- merge_memory:begin -->", "<!-- merge_memory:end -->"
 N_EXPERTS = 5
 
 CHILD = """
@@ -81,15 +80,7 @@ def main() -> None:
     print(table)
     print(f"\n(benchmark ran in {time.perf_counter() - started:.0f} s)")
     if args.write:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-        if MARK_BEGIN in text:
-            head, _, rest = text.partition(MARK_BEGIN)
-            text = head + block + rest.partition(MARK_END)[2]
-        else:
-            text += f"\n## Streaming merge memory (`benchmarks/merge_memory.py`)\n\n{block}\n"
-        RESULTS.write_text(text)
-
+        write_section("merge_memory", "Streaming merge memory (`benchmarks/merge_memory.py`)", table)
 
 if __name__ == "__main__":
     main()
