@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCard, HfApi
 
+from mergebench.atomic import atomic_folder as replace_folder
 from mergebench.errors import OutputExistsError
 
 logger = logging.getLogger(__name__)
@@ -63,22 +61,9 @@ def atomic_folder(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
     Raises:
         OutputExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is false (checked first).
     """
-    out_dir = Path(out_dir)
-    check_output(out_dir, overwrite=overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    check_output(Path(out_dir), overwrite=overwrite)
+    with replace_folder(Path(out_dir)) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
 
 
 def validate_card(card: DatasetCard) -> None:
