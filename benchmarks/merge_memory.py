@@ -26,13 +26,12 @@ from synthetic import Shape, write_family
 N_EXPERTS = 5
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from mergebench.engine import MergeOptions, merge
 recipe, out, shard = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 t = time.perf_counter()
-merge(recipe, out, options=MergeOptions(progress=False, shard_size=shard))
-seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+r = merge(recipe, out, options=MergeOptions(progress=False, shard_size=shard))
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss": r.peak_rss_bytes}))
 """
 
 

@@ -25,14 +25,14 @@ from results_file import write_section
 from mergebench.fixtures import DOMAINS, perturbed_experts, smollm2_model_dir, write_validation_splits
 
 CHILD = """
-import json, resource, shutil, sys, time
+import json, shutil, sys, time
 from pathlib import Path
 from mergebench.engine import MergeOptions, merge
 recipe, out, cache = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 shutil.rmtree(out, ignore_errors=True)
 r = merge(recipe, out, options=MergeOptions(progress=False, cache_dir=cache))
 print(json.dumps({"seconds": r.seconds, "stats_seconds": r.stats_seconds, "bytes_read": r.bytes_read,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": r.peak_rss_bytes}))
 """
 
 RUNS = {

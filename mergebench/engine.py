@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 import warnings
@@ -30,6 +29,7 @@ from mergebench.card import write_model_card
 from mergebench.data.validation import load_validation_rows
 from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError, StatisticsError
 from mergebench.hub import ModelRef, ResolvedModel, resolve
+from mergebench.memory import peak_rss_bytes, reset_peak_rss
 from mergebench.methods import MergeContext, MethodSpec, Params
 from mergebench.paths import cache_root
 from mergebench.plan import MergePlan, TensorPlan, build_plan
@@ -199,6 +199,7 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     """
     options = options or MergeOptions()
     started = time.perf_counter()
+    reset_peak_rss()
     out_dir = Path(out_dir)
     inputs = prepare(config, shard_size=options.shard_size, read_ahead_bytes=options.read_ahead_bytes)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -237,7 +238,7 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
             inputs.tokenizer_source.copy_file(name, partial / name)
     (partial / RECIPE_FILE).write_text(inputs.pinned.to_yaml(), encoding="utf-8")
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     result = MergeResult(out_dir, inputs.pinned, inputs.plan, seconds=seconds, peak_rss_bytes=peak,
                          bytes_read=bytes_read, stats_seconds=stats_seconds, resumed_shards=done)
     write_model_card(partial, inputs.pinned, inputs.spec, inputs.params, [*inputs.experts, inputs.base], result)
