@@ -41,8 +41,9 @@ def compute_fisher(model: nn.Module, samples: Sequence[Sample], *, pad_id: int, 
     model.zero_grad(set_to_none=True)
     for sample in samples:
         batch = collate([sample], pad_id, device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        per_sample_nll(logits, batch.labels)[0].backward()
+        with torch.enable_grad():  # grad mode is global: lighteval, for one, switches it off at import
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            per_sample_nll(logits, batch.labels)[0].backward()
         for name, p in params.items():
             if p.grad is not None:
                 fisher[name].addcmul_(p.grad, p.grad)

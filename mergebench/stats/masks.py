@@ -94,11 +94,11 @@ def mask_gradient(model: nn.Module, deltas: dict[str, Tensor], logits: dict[str,
         for name, tau in deltas.items():
             thetas[name] = torch.sigmoid(logits[name]).mul_(tau).add_(base_params[name]).requires_grad_(True)
     for batch in batches(samples, batch_size, pad_id, device):
-        out = torch.func.functional_call(model, thetas, args=(),
-                                         kwargs={"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                                                 "use_cache": False})
-        loss = per_sample_nll(out.logits, batch.labels).sum() / len(samples)
-        loss.backward(inputs=list(thetas.values()))
+        with torch.enable_grad():  # grad mode is global: lighteval, for one, switches it off at import
+            out = torch.func.functional_call(model, thetas, args=(), kwargs={
+                "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False})
+            loss = per_sample_nll(out.logits, batch.labels).sum() / len(samples)
+            loss.backward(inputs=list(thetas.values()))
     grads = {}
     with torch.no_grad():
         for name in list(thetas):

@@ -15,3 +15,10 @@ def _single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_on() -> Iterator[None]:
+    """The tests' own autograd references need grad mode, which importing lighteval switches off globally."""
+    with torch.enable_grad():
+        yield

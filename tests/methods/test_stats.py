@@ -302,3 +302,20 @@ def test_regmean_merges_with_the_reader(tiny_llama: Family, tmp_path: Path) -> N
     out = spec.fn(base, weights.clone(), spec.make_params({}), MergeContext(name, (0, 1), data=reader.data_for(name)))
     assert out.shape == base.shape and torch.isfinite(out).all()
     assert not torch.allclose(out, weights.mean(0))
+
+
+@pytest.mark.parametrize("stage, params", [("fisher", {"num_samples": 2}),
+                                           ("mask", {"mode": "trained", "sparsity": 0.1, "num_samples": 2})])
+def test_gradient_stages_work_with_grad_mode_switched_off_globally(stage: str, params: dict, tiny_llama: Family,
+                                                                   tmp_path: Path) -> None:
+    """lighteval runs ``torch.set_grad_enabled(False)`` at import; statistics must not depend on grad mode."""
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+    try:
+        [path] = run_stage(stage, [ModelSource(tiny_llama.experts["math"], domain="math")], rows_by_domain(2),
+                           params, cache_dir=tmp_path, base=ModelSource(tiny_llama.base),
+                           options=StatsOptions(max_length=128))
+    finally:
+        torch.set_grad_enabled(previous)
+    stats = load_statistics(path)
+    assert stats and any(t.float().abs().sum() > 0 for t in stats.values())
