@@ -219,3 +219,12 @@ def test_resume_reuses_the_global_topk_thresholds(tmp_path: Path, monkeypatch) -
     result = merge(config, tmp_path / "out", options=MergeOptions(progress=False, shard_size=700, resume=True))
     resumed = load_dir(result.out_dir)
     assert result.resumed_shards and all(torch.equal(fresh[k], resumed[k]) for k in fresh)
+
+
+def test_a_shard_missing_from_the_index_is_named(tmp_path: Path) -> None:
+    base_dir, experts, _, _ = family(tmp_path / "in", 2, shards=3)
+    (experts[1] / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(ModelRefError, match=r"model-00002-of-00003\.safetensors.*missing") as info:
+        merge(recipe(base_dir, experts), tmp_path / "out", options=QUIET)
+    assert info.value.ref.endswith("e1")
+    assert not (tmp_path / "out").exists()
