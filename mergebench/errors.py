@@ -86,3 +86,13 @@ class MissingPackageError(MergeBenchError, ImportError):
     def __init__(self, message: str, *, package: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.package = package
+
+
+class EvaluationError(MergeBenchError, RuntimeError):
+    """An evaluation cannot run or its results cannot be read: an unknown task or suite, a model that does
+    not load, a results file of another schema version. ``task`` names the task at fault when there is one.
+    """
+
+    def __init__(self, message: str, *, task: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.task = task

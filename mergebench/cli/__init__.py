@@ -171,10 +171,12 @@ def methods_show(name: Annotated[str, typer.Argument(help="Method name.")]) -> N
 
 def _register_subcommands() -> None:
     from mergebench.cli.demo import demo
+    from mergebench.cli.eval import eval_command
     from mergebench.cli.hub import hub_app
 
     app.add_typer(hub_app, name="hub")
     app.command()(demo)
+    app.command("eval")(eval_command)
     try:
         from mergebench.cli.data import data_app
     except ImportError:  # the data pipeline's optional dependencies are missing

@@ -19,7 +19,7 @@ MERGEBENCH = str(Path(sys.executable).parent / "mergebench")
 def test_help_lists_the_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("merge", "plan", "methods", "hub", "demo"):
+    for command in ("merge", "plan", "methods", "hub", "demo", "eval", "data"):
         assert command in result.output
 
 

@@ -1,0 +1,294 @@
+"""The one place MergeBench talks to lighteval 0.13.0, with the offline workarounds it needs.
+
+Why each workaround (``../shared/reference/offline-stack.md``):
+
+1. **Registry**: building lighteval's task registry imports every built-in task module, and two of them
+   fail offline (one downloads a pickle at import, one calls an API removed from ``huggingface_hub`` 2.x).
+   :func:`install_registry_override` replaces ``Registry.load_all_task_configs`` so that a registry holds
+   only the task configs it is given (MergeBench's ``mb_*`` tasks) — for the Python API and the CLI alike.
+2. **NLTK**: IFEval's checkers need ``punkt_tab``, which cannot be downloaded. :func:`nltk_stub_dir`
+   writes an empty Punkt parameter set (an untrained sentence splitter that works) under the MergeBench
+   cache, and ``NLTK_DATA``/``nltk.data.path`` point at it.
+3. **Stale caches**: lighteval caches responses keyed by the model *config*, not its weights, so two
+   merges evaluated with the same settings would share answers. Every evaluation gets a fresh
+   ``cache_dir`` in its own work directory (deleted afterwards).
+4. **Device**: ``TransformersModelConfig`` defaults to CUDA; MergeBench passes ``cpu`` unless a GPU is
+   there, and never asks the Hub for a model sha (local folders and in-memory models have none).
+5. **In-memory models**: a ``PreTrainedModel`` (e.g. a merge that was never written) is evaluated via
+   ``TransformersModel.from_model``; its tokenizer is saved next to the cache so lighteval can load it.
+6. **One prompt format**: generative tasks render the chat template and tokenize it without extra special
+   tokens, exactly like ``mergebench.prompt.encode_chat``; a tokenizer without a template gets
+   ``mergebench.prompt.CHATML_TEMPLATE``, as in training.
+
+One loaded model serves every task of a run (``cleanup`` is a no-op; MergeBench owns the lifetime), and
+each task runs in a lighteval ``Pipeline`` of its own so that its results can be written as soon as it
+finishes and a failing task cannot take the others down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergebench.errors import EvaluationError
+from mergebench.eval.data_source import TaskData
+from mergebench.eval.metrics import MetricContext, SideInfo, build_metrics
+from mergebench.eval.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
+
+
+def cache_root() -> Path:
+    """``$MERGEBENCH_CACHE`` (default ``~/.cache/mergebench``)."""
+    return Path(os.environ.get("MERGEBENCH_CACHE", Path.home() / ".cache" / "mergebench")).expanduser()
+
+
+def nltk_stub_dir(root: Path | None = None) -> Path:
+    """An NLTK data dir whose ``tokenizers/punkt_tab/english`` holds empty Punkt parameters; on ``NLTK_DATA``."""
+    root = root or cache_root() / "nltk_data"
+    english = root / "tokenizers" / "punkt_tab" / "english"
+    english.mkdir(parents=True, exist_ok=True)
+    for name in PUNKT_FILES:
+        (english / name).touch(exist_ok=True)
+    paths = [str(root), *[p for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p and p != str(root)]]
+    os.environ["NLTK_DATA"] = os.pathsep.join(paths)
+    try:
+        import nltk
+
+        if str(root) not in nltk.data.path:
+            nltk.data.path.insert(0, str(root))
+    except ImportError:  # pragma: no cover - nltk comes with lighteval
+        pass
+    return root
+
+
+def install_registry_override() -> None:
+    """Make lighteval's ``Registry`` load only the custom tasks it is given (idempotent)."""
+    from lighteval.tasks.registry import Registry
+
+    if getattr(Registry.load_all_task_configs, "_mergebench", False):
+        return
+
+    def load_project_tasks(custom_tasks: Any = None, load_multilingual: bool = False) -> dict:
+        """MergeBench: only the given custom tasks; lighteval's built-ins are never imported."""
+        if custom_tasks is None:
+            return {}
+        return Registry._extract_configs(Registry.create_custom_tasks_module(custom_tasks))
+
+    load_project_tasks._mergebench = True  # type: ignore[attr-defined]
+    Registry.load_all_task_configs = staticmethod(load_project_tasks)
+
+
+class _DropExpected(logging.Filter):
+    """lighteval warns on every task that max_samples is partial and that few-shot examples come from the
+    evaluation split; both are expected here (MergeBench tasks are 0-shot; partial runs are marked in results)."""
+
+    NOISE = ("max_samples WAS SET", "to build the few shot examples")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def prepare_offline() -> None:
+    """All process-wide workarounds (registry, NLTK stub, telemetry off); cheap to call again."""
+    for name in ("lighteval.pipeline", "lighteval.tasks.lighteval_task"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropExpected) for f in log.filters):
+            log.addFilter(_DropExpected())
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    nltk_stub_dir()
+    install_registry_override()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _model_config_class():
+    from lighteval.models.transformers.transformers_model import TransformersModelConfig
+
+    class MBModelConfig(TransformersModelConfig):
+        """lighteval's config without the Hub call for a model sha (local folders and merges have none)."""
+
+        def get_model_sha(self) -> str:
+            return ""
+
+    return MBModelConfig
+
+
+def _model_class():
+    from lighteval.models.transformers.transformers_model import TransformersModel
+
+    class MBTransformersModel(TransformersModel):
+        """lighteval's transformers model with a MergeBench-managed lifetime and per-task settings."""
+
+        def cleanup(self) -> None:  # the pipeline of each task would otherwise delete the model
+            return
+
+        def configure(self, spec: TaskSpec) -> None:
+            _configure_common(self, spec)
+            self.generation_config_dict = {"temperature": spec.temperature, "do_sample": spec.temperature > 0,
+                                           "return_dict_in_generate": True, "output_scores": False,
+                                           **({"top_p": spec.top_p} if spec.top_p is not None else {})}
+
+    return MBTransformersModel
+
+
+def _configure_common(model: Any, spec: TaskSpec) -> None:
+    """Chat template for generative tasks (the shared prompt format), plain text for log-likelihood.
+
+    With the template, the rendered prompt is tokenized without adding special tokens, exactly as
+    ``mergebench.prompt.encode_chat`` does (templates insert their own BOS); plain text gets the
+    tokenizer's usual special tokens, as in lm-evaluation-harness.
+    """
+    chat = spec.uses_chat_template and getattr(model.tokenizer, "chat_template", None) is not None
+    model.use_chat_template = chat
+    model.prompt_manager.use_chat_template = chat
+    model._add_special_tokens = not chat
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load and run a model with the transformers backend."""
+
+    batch_size: int = 32  # log-likelihood batches hold batch_size // n_choices documents (lighteval)
+    dtype: str = "float32"
+    device: str | None = None  # None: cuda if available, else cpu
+    max_length: int | None = None
+
+
+def load_model(model: Any, *, cache_dir: Path, tokenizer: Any = None, options: ModelOptions = ModelOptions(),
+               name: str | None = None) -> Any:
+    """A lighteval model for ``model``: a local folder / Hub id, or an in-memory ``PreTrainedModel``.
+
+    Raises:
+        EvaluationError: the folder does not exist or holds no loadable model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+    device = options.device or default_device()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PreTrainedModel):
+        if tokenizer is None:
+            raise EvaluationError("An in-memory model needs its tokenizer.", hint="evaluate(model, tokenizer=tok, ...)")
+        hf_model, label = model, name or f"in-memory-{type(model).__name__}"
+    else:
+        label = name or str(model)
+        path = Path(str(model)).expanduser()
+        looks_local = path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1
+        if looks_local and not (path / "config.json").is_file():
+            raise EvaluationError(f"Model '{model}' does not exist or is not a model folder (no config.json).",
+                                  hint="Pass a folder with config.json and weights, or a Hub id like org/name.")
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(str(model), dtype=getattr(torch, options.dtype))
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
+        except OSError as e:
+            raise EvaluationError(f"Cannot load model '{model}': {e}",
+                                  hint="Check the path or repo id, and that it holds weights and a tokenizer.") from e
+    if not getattr(tokenizer, "chat_template", None):
+        from mergebench.prompt import CHATML_TEMPLATE
+
+        tokenizer.chat_template = CHATML_TEMPLATE  # the same fallback training uses for template-less bases
+    tokenizer_dir = cache_dir / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+    config = _model_config_class()(model_name=label.replace("/", "__"), tokenizer=str(tokenizer_dir), device=device,
+                                   batch_size=options.batch_size, dtype=options.dtype, cache_dir=str(cache_dir),
+                                   max_length=options.max_length)
+    hf_model = hf_model.to(device).eval()
+    return _model_class().from_model(hf_model, config)
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """lighteval's aggregate for one task, plus what MergeBench adds from the per-sample details."""
+
+    metrics: dict[str, float]
+    stderr: dict[str, float]
+    num_samples: int
+    empty_responses: int
+    outputs_sha256: str = ""
+    side_info: dict = field(default_factory=dict)
+
+
+def _lighteval_config(spec: TaskSpec, data: TaskData, metrics: list) -> Any:
+    from lighteval.tasks.lighteval_task import LightevalTaskConfig
+
+    return LightevalTaskConfig(name=spec.name, prompt_function=spec.prompt, hf_repo=data.repo, hf_subset=data.subset,
+                               hf_revision=data.revision, hf_filter=spec.row_filter, hf_avail_splits=[spec.split],
+                               evaluation_splits=[spec.split], few_shots_split=None, metrics=metrics,
+                               generation_size=spec.generation_size, version=spec.version)
+
+
+def _summarise(details: list, spec: TaskSpec) -> tuple[dict[str, float], int]:
+    """Standard errors of per-sample means (corpus metrics get none), and how many responses were empty."""
+    per_metric: dict[str, list[float]] = {}
+    for d in details:
+        for key, value in d.metric.items():
+            if isinstance(value, (int, float, bool)) and not isinstance(value, list):
+                per_metric.setdefault(key, []).append(float(value))
+    stderr = {k: statistics.stdev(v) / math.sqrt(len(v)) for k, v in per_metric.items() if len(v) > 1}
+    empty = 0
+    if spec.kind == "generative":
+        empty = sum(1 for d in details if not any(t.strip() for t in (d.model_response.final_text or [""])))
+    return stderr, empty
+
+
+def run_task(model: Any, spec: TaskSpec, data: TaskData, *, max_samples: int | None, work_dir: Path,
+             context: MetricContext | None = None) -> TaskRun:
+    """Evaluate ``model`` on one task with a lighteval ``Pipeline`` of its own."""
+    from lighteval.logging.evaluation_tracker import EvaluationTracker
+    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+
+    prepare_offline()
+    context = context or MetricContext()
+    metrics, info = build_metrics(spec.metrics, MetricContext(spec.num_samples, context.sandbox, context.judge))
+    module = types.ModuleType(f"mergebench_tasks_{spec.name}")
+    module.TASKS_TABLE = [_lighteval_config(spec, data, metrics)]  # type: ignore[attr-defined]
+    model.configure(spec)
+    params = PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=module,  # type: ignore
+                                max_samples=max_samples or spec.max_samples, bootstrap_iters=0)
+    tracker = EvaluationTracker(output_dir=str(work_dir / "lighteval"), save_details=False)
+    pipeline = Pipeline(tasks=f"{spec.name}|0", pipeline_parameters=params, evaluation_tracker=tracker, model=model)
+    pipeline.evaluate()
+    key = f"{spec.name}|0"
+    aggregated = pipeline.get_results()["results"][key.replace("|", ":")]
+    details = pipeline.get_details().get(key, [])
+    stderr, empty = _summarise(details, spec)
+    values = {k: float(v) for k, v in aggregated.items() if not k.endswith("_stderr") and _is_number(v)}
+    return TaskRun(values, {k: v for k, v in stderr.items() if k in values}, len(details), empty,
+                   outputs_digest(details), _side(info))
+
+
+def outputs_digest(details: list) -> str:
+    """sha-256 of every response (texts and log-probabilities): equal digests mean equal model outputs, so two
+    different models must never share one (the stale-cache failure this module guards against)."""
+    digest = hashlib.sha256()
+    for d in details:
+        r = d.model_response
+        digest.update(json.dumps([list(r.text), [round(float(x), 5) for x in r.logprobs]]).encode())
+    return digest.hexdigest()
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _side(info: SideInfo) -> dict:
+    return info.as_dict() if info.counts else {}

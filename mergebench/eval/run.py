@@ -1,0 +1,171 @@
+"""``evaluate``: score one model on a suite (or a list) of MergeBench tasks and write the results file.
+
+The order of work is chosen so that bad input fails before anything expensive: task names are checked
+first (an unknown name suggests the closest), then the model path, then the data source; only then is the
+model loaded. Each task runs on its own; a task that raises is recorded as failed with its error and the
+run continues; the results file is rewritten atomically after every task, so an interrupted run keeps
+every finished task. Every evaluation works in a fresh temporary directory (lighteval's response cache,
+materialised data) that is deleted at the end, so two models evaluated one after the other with the same
+settings can never share cached answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from mergebench.errors import EvaluationError
+from mergebench.eval.data_source import resolve_source, task_data
+from mergebench.eval.lighteval_wrapper import ModelOptions, load_model, prepare_offline, run_task
+from mergebench.eval.metrics import MetricContext
+from mergebench.eval.refusal import make_judge
+from mergebench.eval.results import Results, ResultsWriter, TaskResult, new_results, now, push_results
+from mergebench.eval.sandbox import SandboxConfig
+from mergebench.eval.tasks import TaskSpec, resolve_tasks
+
+logger = logging.getLogger(__name__)
+Backend = Literal["transformers", "vllm"]
+SEED = 1234
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("mergebench", "lighteval", "transformers", "torch", "datasets", "vllm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _check_model_path(model: Any) -> None:
+    """A path-like model that does not exist is an error now, before any import or download."""
+    if not isinstance(model, (str, Path)):
+        return
+    text = str(model)
+    path = Path(text).expanduser()
+    looks_local = isinstance(model, Path) or text.startswith((".", "/", "~")) or text.count("/") != 1
+    if looks_local and not path.exists():
+        raise EvaluationError(f"Model '{text}' does not exist.",
+                              hint="Pass a model folder (config.json + weights) or a Hub id like org/name.")
+
+
+def _load(model: Any, backend: Backend, *, tokenizer: Any, cache_dir: Path, options: ModelOptions) -> Any:
+    if hasattr(model, "greedy_until") and hasattr(model, "configure"):  # an already-built lighteval model
+        return model
+    if backend == "transformers":
+        return load_model(model, cache_dir=cache_dir, tokenizer=tokenizer, options=options)
+    if backend == "vllm":
+        from mergebench.eval.vllm_backend import load_vllm_model
+
+        return load_vllm_model(model, tokenizer=tokenizer, dtype=options.dtype)
+    raise EvaluationError(f"Unknown backend '{backend}'.", hint="--backend transformers (CPU/GPU) or vllm (GPU).")
+
+
+def _task_result(spec: TaskSpec, *, started: float, data: dict, run: Any = None, error: BaseException | None = None
+                 ) -> TaskResult:
+    seconds = round(time.perf_counter() - started, 3)
+    common = dict(name=spec.name, domain=spec.domain, role=spec.role, version=spec.version,
+                  main_metric=spec.main_metric, seconds=seconds, data=data, finished_at=now())
+    if error is not None:
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        return TaskResult(status="failed", score=None, error={"type": type(error).__name__, "message": detail,
+                                                               "hint": getattr(error, "hint", None)}, **common)
+    if spec.main_metric not in run.metrics:
+        raise EvaluationError(f"Task {spec.name} produced no '{spec.main_metric}' (got {sorted(run.metrics)}).",
+                              task=spec.name)
+    return TaskResult(status="ok", score=run.metrics[spec.main_metric], metrics=run.metrics, stderr=run.stderr,
+                      num_samples=run.num_samples, empty_responses=run.empty_responses, side_info=run.side_info,
+                      outputs_sha256=run.outputs_sha256,
+                      **common)
+
+
+def _run_one(lighteval_model: Any, spec: TaskSpec, source: Any, *, max_samples: int | None, work_dir: Path,
+             context: MetricContext) -> TaskResult:
+    import torch
+
+    started = time.perf_counter()
+    data: dict = {}
+    try:
+        located = task_data(source, spec.eval_set)
+        data = located.provenance
+        torch.manual_seed(SEED)
+        run = run_task(lighteval_model, spec, located, max_samples=max_samples, work_dir=work_dir, context=context)
+        return _task_result(spec, started=started, data=data, run=run)
+    except Exception as e:  # a failing task is recorded; the others still run
+        logger.error("task %s failed: %s", spec.name, e, exc_info=logger.isEnabledFor(logging.DEBUG))
+        return _task_result(spec, started=started, data=data, error=e)
+
+
+def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = None,
+             backend: Backend = "transformers", max_samples: int | None = None, out: str | Path | None = None,
+             tokenizer: Any = None, eval_data: str | Path | None = None, refusal_judge: str | None = None,
+             sandbox: SandboxConfig | None = None, options: ModelOptions | None = None,
+             model_info: dict | None = None, cost: dict | None = None, push_to: str | None = None,
+             progress: bool = True) -> Results:
+    """Evaluate ``model`` (a folder, a Hub id, or an in-memory ``PreTrainedModel`` with ``tokenizer``).
+
+    Args:
+        suite: ``domains``, ``forgetting``, ``validation`` or ``tiny``; ignored when ``tasks`` is given.
+        tasks: task names (``mb_`` prefix optional); comma-separated strings are split.
+        backend: ``transformers`` (CPU or GPU) or ``vllm`` (GPU, needs requirements-gpu.txt).
+        max_samples: at most this many items per task (partial numbers: fine for smoke tests only).
+        out: the results file, rewritten after every task; ``None`` keeps results in memory.
+        eval_data: ``mergebench-eval`` as ``org/name[@rev]`` or a folder; ``None`` = packaged data.
+        refusal_judge: ``None`` (rule-based) or a classifier model id for the safety tasks.
+        model_info: extra fields for the results' ``model`` block (e.g. ``{"role": "expert", "domain": "math"}``).
+        cost: merge/validation cost to record (``merge_seconds``, ``merge_peak_memory_bytes``,
+            ``validation_seconds``).
+        push_to: append the results to this Hub dataset (:func:`~mergebench.eval.results.push_results`).
+
+    Returns:
+        The :class:`~mergebench.eval.results.Results` (also written to ``out``).
+
+    Raises:
+        EvaluationError: unknown task/suite/backend, or a model path that does not exist — before any
+            work. Failures inside a task do not raise: they are recorded in that task's result.
+
+    >>> results = evaluate("HuggingFaceTB/SmolLM2-135M-Instruct", suite="tiny", out="results.json")  # doctest: +SKIP
+    """
+    specs = resolve_tasks(suite, tasks)
+    _check_model_path(model)
+    sandbox, options = sandbox or SandboxConfig(), options or ModelOptions()
+    prepare_offline()
+    work_dir = Path(tempfile.mkdtemp(prefix="mergebench-eval-"))
+    try:
+        source = resolve_source(eval_data, work_dir=work_dir)
+        lighteval_model = _load(model, backend, tokenizer=tokenizer, cache_dir=work_dir / "lighteval-cache",
+                                options=options)
+        context = MetricContext(sandbox=sandbox, judge=make_judge(refusal_judge))
+        model_block = {"id": model if isinstance(model, (str, Path)) else f"<in-memory {type(model).__name__}>",
+                       "revision": None, **(model_info or {})}
+        model_block["id"] = str(model_block["id"])
+        settings = {"suite": suite if not tasks else None, "tasks": [s.name for s in specs], "backend": backend,
+                    "max_samples": max_samples, "seed": SEED, "judge": context.judge.name,
+                    "sandbox": asdict(sandbox), **asdict(options)}
+        writer = ResultsWriter(new_results(model=model_block, settings=settings, eval_data=source.describe(),
+                                           environment=_versions(), cost=cost), Path(out) if out else None)
+        status = "failed"
+        try:
+            for spec in tqdm(specs, desc="mergebench eval", unit="task", disable=not progress, file=sys.stderr):
+                writer.add(_run_one(lighteval_model, spec, source, max_samples=max_samples, work_dir=work_dir,
+                                    context=context))
+            status = "complete"
+        finally:
+            results = writer.finish(status)  # also on KeyboardInterrupt: finished tasks are on disk
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    if push_to:
+        push_results(push_to, results)
+    return results
