@@ -34,7 +34,8 @@ class EvalRepoResult:
     commit_url: str | None = None
 
 
-def _installed(requirement: str | None) -> str | None:
+def installed_requirement(requirement: str | None) -> str | None:
+    """``name==version`` of the installed distribution behind a pinned requirement (the pin if absent)."""
     if requirement is None:
         return None
     name = requirement.split("==")[0]
@@ -47,7 +48,7 @@ def _installed(requirement: str | None) -> str | None:
 def _config_entry(spec: EvalSetSpec, data: dict[str, list[dict]]) -> dict[str, Any]:
     return {"name": spec.name, "domain": spec.domain, "role": spec.role, "origin": spec.origin,
             "upstream": spec.upstream, "license": spec.license, "shipped_license": spec.shipped_license,
-            "citation": spec.citation, "package": _installed(spec.package), "note": spec.note,
+            "citation": spec.citation, "package": installed_requirement(spec.package), "note": spec.note,
             "languages": list(spec.languages), "text_fields": list(spec.text_fields),
             "rows": {split: len(rows) for split, rows in data.items()}}
 

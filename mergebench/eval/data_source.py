@@ -19,9 +19,9 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mergebench.data.evalrepo import installed_requirement
 from mergebench.errors import EvaluationError
 
 logger = logging.getLogger(__name__)
@@ -82,16 +82,6 @@ def resolve_source(spec: str | Path | None, *, work_dir: Path) -> EvalSource:
     return EvalSource("hub", repo, sha)
 
 
-def _package_versions(requirement: str | None) -> str | None:
-    if requirement is None:
-        return None
-    name = requirement.split("==")[0]
-    try:
-        return f"{name}=={version(name)}"
-    except PackageNotFoundError:
-        return requirement
-
-
 def _write_jsonl(folder: Path, splits: dict[str, list[dict]]) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -140,4 +130,4 @@ def task_data(source: EvalSource, eval_set: str) -> TaskData:
     splits, requirement, origin = _packaged(eval_set)
     digest = _write_jsonl(folder, splits)
     return TaskData(str(folder), "default", None, {"source": "packaged", "origin": origin, "config": eval_set,
-                                                   "package": _package_versions(requirement), "sha256": digest})
+                                                   "package": installed_requirement(requirement), "sha256": digest})

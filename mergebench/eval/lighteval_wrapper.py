@@ -42,14 +42,10 @@ from mergebench.errors import EvaluationError
 from mergebench.eval.data_source import TaskData
 from mergebench.eval.metrics import MetricContext, SideInfo, build_metrics
 from mergebench.eval.tasks import TaskSpec
+from mergebench.paths import cache_root
 
 logger = logging.getLogger(__name__)
 PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
-
-
-def cache_root() -> Path:
-    """``$MERGEBENCH_CACHE`` (default ``~/.cache/mergebench``)."""
-    return Path(os.environ.get("MERGEBENCH_CACHE", Path.home() / ".cache" / "mergebench")).expanduser()
 
 
 def nltk_stub_dir(root: Path | None = None) -> Path:
