@@ -107,10 +107,15 @@ def resolve_source(domain: str, source: str | Path, *, api: HfApi | None = None)
     return DataSource(domain, text, repo_id, sha)
 
 
-def _folder_digest(path: Path) -> str:
+def split_files(folder: Path, split: str) -> list[Path]:
+    """The parquet files of ``split`` in a dataset folder (``data/{split}-00000-of-0000n.parquet``)."""
+    return sorted(p for p in folder.rglob(f"{split}-*.parquet") if p.is_file())
+
+
+def _folder_digest(folder: Path, split: str = "train") -> str:
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*.parquet") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
+    for file in split_files(folder, split):
+        digest.update(str(file.relative_to(folder)).encode() + b"\0")
         with open(file, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
@@ -120,26 +125,41 @@ def _folder_digest(path: Path) -> str:
 def load_split(source: DataSource, *, split: str = "train") -> Any:
     """The ``split`` of a pinned source as a ``datasets.Dataset``, checked for a ``messages`` column.
 
+    A local folder's parquet files are read straight into memory: ``load_dataset(folder)`` caches by folder
+    *name*, so two different ``math/`` folders would silently share the first one's rows.
+
     Raises:
         DataError: the split does not exist, is empty, or has no ``messages`` column.
     """
     import datasets
+    import pyarrow.parquet as pq
     from datasets.exceptions import DataFilesNotFoundError
 
-    try:
-        if source.path is not None:
-            dataset = datasets.load_dataset(str(source.path), split=split)
-        else:
+    hint = "Point --data at a dataset built by `mergebench data build`, which has 'train' and 'validation' splits."
+    if source.path is not None:
+        files = split_files(source.path, split)
+        if not files:
+            raise DataError(f"Training data for '{source.domain}' ({source.path}) has no '{split}' split "
+                            f"(no {split}-*.parquet file).", source=source.text, hint=hint)
+        dataset = datasets.Dataset(pa_concat([pq.read_table(f) for f in files]))
+    else:
+        try:
             dataset = datasets.load_dataset(source.repo_id, split=split, revision=source.revision)
-    except (ValueError, FileNotFoundError, DataFilesNotFoundError) as e:
-        raise DataError(f"Training data for '{source.domain}' ({source.label}) has no usable '{split}' split: {e}",
-                        source=source.text, hint="Point --data at a dataset built by `mergebench data build`, "
-                                                 "which has 'train' and 'validation' splits.") from e
+        except (ValueError, FileNotFoundError, DataFilesNotFoundError) as e:
+            raise DataError(f"Training data for '{source.domain}' ({source.label}) has no usable '{split}' split: "
+                            f"{e}", source=source.text, hint=hint) from e
     if "messages" not in dataset.column_names or len(dataset) == 0:
         problem = "no rows" if "messages" in dataset.column_names else f"columns {dataset.column_names}"
         raise DataError(f"The '{split}' split of {source.label} has {problem}; it needs rows with 'messages'.",
                         source=source.text, hint="Rebuild it with `mergebench data build`.")
     return dataset
+
+
+def pa_concat(tables: list[Any]) -> Any:
+    """One Arrow table from a split's shards (a single shard as it is)."""
+    import pyarrow as pa
+
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def resolve_chat_template(template: str | None) -> str | None:

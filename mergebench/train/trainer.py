@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,14 @@ from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.push import push_folder
 from mergebench.train.card import MANIFEST_VERSION, validate_expert_card, write_manifest_and_card
 from mergebench.train.config import TrainConfig
-from mergebench.train.data import DomainStats, build_train_dataset, expected_domains, load_split, resolve_sources
+from mergebench.train.data import (
+    DataSource,
+    DomainStats,
+    build_train_dataset,
+    expected_domains,
+    load_split,
+    resolve_sources,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +152,9 @@ def train_expert(*, base: str | Path, domain: str, data: Mapping[str, str | Path
         torch.set_num_threads(config.num_threads)
     try:
         trainer, callback, stats = _fit(base_model, sources, splits, config, accumulation, out_dir, progress)
+    except BaseException:
+        _drop_work_dir(out_dir, config, finished=False)
+        raise
     finally:
         torch.set_num_threads(threads)
     train_seconds = trainer.state.log_history[-1].get("train_runtime", 0.0) if trainer.state.log_history else 0.0
@@ -172,13 +182,17 @@ def train_expert(*, base: str | Path, domain: str, data: Mapping[str, str | Path
     if trainer.accelerator.is_main_process:
         manifest["license"], manifest["license_warning"] = inherited_license([base_model])
         manifest["stats"]["seconds"] = round(time.monotonic() - start, 2)
-        with atomic_folder(out_dir) as tmp:
-            _save_model(trainer.accelerator.unwrap_model(trainer.model), state, tmp, _DTYPES[config.save_dtype])
-            trainer.processing_class.save_pretrained(tmp)
-            card = write_manifest_and_card(tmp, manifest)
-            if push_to:
-                validate_expert_card(card)  # an invalid card fails here: nothing written, nothing pushed
-        shutil.rmtree(_trainer_dir(out_dir), ignore_errors=True)
+        try:
+            with atomic_folder(out_dir) as tmp:
+                _save_model(trainer.accelerator.unwrap_model(trainer.model), state, tmp, _DTYPES[config.save_dtype])
+                trainer.processing_class.save_pretrained(tmp)
+                card = write_manifest_and_card(tmp, manifest)
+                if push_to:
+                    validate_expert_card(card)  # an invalid card fails here: nothing written, nothing pushed
+        except BaseException:
+            _drop_work_dir(out_dir, config, finished=False)
+            raise
+        _drop_work_dir(out_dir, config, finished=True)
         if push_to:
             parent = manifest["base"]["repo_id"] or base
             pushed_url = push_folder(out_dir, push_to, private=private,
@@ -195,11 +209,14 @@ def _trainer_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.trainer"
 
 
-def _fit(base: ResolvedModel, sources, splits, config: TrainConfig, accumulation: int, out_dir: Path,
-         progress: bool) -> tuple[Any, _LossLog, dict[str, DomainStats]]:
-    """Tokenise, load the model in float32, build the ``SFTTrainer`` and train (resuming from a checkpoint)."""
+def build_trainer(base: ResolvedModel, sources: Mapping[str, DataSource], splits: Mapping[str, Any],
+                  config: TrainConfig, *, accumulation: int, work_dir: Path, progress: bool = True,
+                  callbacks: Sequence[Any] = ()) -> tuple[Any, dict[str, DomainStats]]:
+    """Tokenise the splits, load the base in float32 and build the ``SFTTrainer`` (not trained yet).
+
+    ``work_dir`` is the trainer's own folder (checkpoints); it must be the same path on every process.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     path, kwargs = _load_source(base)
@@ -208,7 +225,6 @@ def _fit(base: ResolvedModel, sources, splits, config: TrainConfig, accumulation
                                          chat_template=config.chat_template, max_rows=config.max_rows_per_domain,
                                          seed=config.seed, num_proc=config.dataset_num_proc, splits=splits)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    work_dir = _trainer_dir(out_dir)
     args = SFTConfig(
         output_dir=str(work_dir), max_length=config.max_length, packing=config.packing, packing_strategy="bfd",
         per_device_train_batch_size=config.per_device_batch_size, gradient_accumulation_steps=accumulation,
@@ -221,9 +237,26 @@ def _fit(base: ResolvedModel, sources, splits, config: TrainConfig, accumulation
         seed=config.seed, data_seed=config.seed, report_to=[], disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(), dataset_num_proc=config.dataset_num_proc,
     )
-    callback = _LossLog()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[callback])
+                         callbacks=list(callbacks))
+    return trainer, stats
+
+
+def _drop_work_dir(out_dir: Path, config: TrainConfig, *, finished: bool) -> None:
+    """Remove the trainer's folder once the expert is saved, or after a failure when it holds no checkpoint."""
+    if finished or not config.save_steps:
+        shutil.rmtree(_trainer_dir(out_dir), ignore_errors=True)
+
+
+def _fit(base: ResolvedModel, sources: Mapping[str, DataSource], splits: Mapping[str, Any], config: TrainConfig,
+         accumulation: int, out_dir: Path, progress: bool) -> tuple[Any, _LossLog, dict[str, DomainStats]]:
+    """Build the trainer and train, resuming from the last checkpoint when ``save_steps`` left one."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    callback = _LossLog()
+    work_dir = _trainer_dir(out_dir)
+    trainer, stats = build_trainer(base, sources, splits, config, accumulation=accumulation, work_dir=work_dir,
+                                   progress=progress, callbacks=[callback])
     checkpoint = get_last_checkpoint(str(work_dir)) if config.save_steps and work_dir.is_dir() else None
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
