@@ -257,6 +257,8 @@ def use_endpoint(url: str, *, hf_home: Path, token: str | None = None) -> Iterat
 
         patches += [(datasets.config, "HF_ENDPOINT", url), (datasets.config, "HF_HUB_OFFLINE", False),
                     (datasets.config, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}")]
+    if "transformers.utils.hub" in sys.modules:  # it keeps one HfApi, bound to the endpoint it was created with
+        patches.append((sys.modules["transformers.utils.hub"], "_hf_api", None))
     saved_attrs = [(obj, name, getattr(obj, name, None)) for obj, name, _ in patches]
     saved_env = {k: os.environ.get(k) for k in env}
     for obj, name, value in patches:
