@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from mergebench.atomic import atomic_folder
 from mergebench.card import inherited_license
@@ -72,15 +74,26 @@ class TrainResult:
     data_stats: dict[str, DomainStats] = field(default_factory=dict)
 
 
-class _LossLog(TrainerCallback):
-    """Collects the logged losses and token counts, and forces a log at the last step (so ``final_loss`` is the
-    loss of the last steps, whatever ``logging_steps`` is)."""
+class _RunLog(TrainerCallback):
+    """Collects the logged losses and token counts, shows one progress bar on stderr, and forces a log at the last
+    step (so ``final_loss`` is the loss of the last steps, whatever ``logging_steps`` is).
 
-    def __init__(self) -> None:
+    It replaces the trainer's printer and progress callbacks, which print the log dictionaries to stdout, where
+    the command's result goes."""
+
+    def __init__(self, progress: bool) -> None:
         self.losses: list[tuple[int, float]] = []
         self.tokens = 0
+        self.progress = progress
+        self.bar: tqdm | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="Training", unit="step",
+                        disable=not self.progress, file=sys.stderr)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
         if state.global_step >= state.max_steps:
             control.should_log = True
         return control
@@ -88,8 +101,15 @@ class _LossLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.losses.append((state.global_step, float(logs["loss"])))
+            logger.info("step %d: loss %.4f", state.global_step, float(logs["loss"]))
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
         if logs and "num_tokens" in logs:
             self.tokens = int(logs["num_tokens"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def resolve_base(base: str | Path) -> ResolvedModel:
@@ -234,11 +254,13 @@ def build_trainer(base: ResolvedModel, sources: Mapping[str, DataSource], splits
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, bf16=config.precision == "bf16",
         activation_checkpointing=config.gradient_checkpointing, logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
-        seed=config.seed, data_seed=config.seed, report_to=[], disable_tqdm=not progress,
+        seed=config.seed, data_seed=config.seed, report_to=[], disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), dataset_num_proc=config.dataset_num_proc,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=list(callbacks))
+    for printer in (PrinterCallback, ProgressCallback):  # they print log dicts to stdout
+        trainer.remove_callback(printer)
     return trainer, stats
 
 
@@ -249,11 +271,11 @@ def _drop_work_dir(out_dir: Path, config: TrainConfig, *, finished: bool) -> Non
 
 
 def _fit(base: ResolvedModel, sources: Mapping[str, DataSource], splits: Mapping[str, Any], config: TrainConfig,
-         accumulation: int, out_dir: Path, progress: bool) -> tuple[Any, _LossLog, dict[str, DomainStats]]:
+         accumulation: int, out_dir: Path, progress: bool) -> tuple[Any, _RunLog, dict[str, DomainStats]]:
     """Build the trainer and train, resuming from the last checkpoint when ``save_steps`` left one."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    callback = _LossLog()
+    callback = _RunLog(progress)
     work_dir = _trainer_dir(out_dir)
     trainer, stats = build_trainer(base, sources, splits, config, accumulation=accumulation, work_dir=work_dir,
                                    progress=progress, callbacks=[callback])
