@@ -244,7 +244,6 @@ def build_trainer(base: ResolvedModel, sources: Mapping[str, DataSource], splits
     dataset, stats = build_train_dataset(sources, tokenizer, max_length=config.max_length,
                                          chat_template=config.chat_template, max_rows=config.max_rows_per_domain,
                                          seed=config.seed, num_proc=config.dataset_num_proc, splits=splits)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     args = SFTConfig(
         output_dir=str(work_dir), max_length=config.max_length, packing=config.packing, packing_strategy="bfd",
         per_device_train_batch_size=config.per_device_batch_size, gradient_accumulation_steps=accumulation,
@@ -257,6 +256,9 @@ def build_trainer(base: ResolvedModel, sources: Mapping[str, DataSource], splits
         seed=config.seed, data_seed=config.seed, report_to=[], disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), dataset_num_proc=config.dataset_num_proc,
     )
+    # After the arguments: under `accelerate launch` with DeepSpeed ZeRO-3 they register the config that makes
+    # from_pretrained partition the weights while loading, instead of every process loading a full copy.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=list(callbacks))
     for printer in (PrinterCallback, ProgressCallback):  # they print log dicts to stdout
