@@ -175,6 +175,8 @@ def encode_split(dataset: Any, tokenizer: Any, *, max_length: int, chat_template
     A seeded sample of ``max_rows`` rows is taken first when the split is larger. Rows left with no response
     token after cutting to ``max_length`` carry no loss and are dropped (counted in the stats).
     """
+    import pyarrow.compute as pc
+
     if max_rows is not None and len(dataset) > max_rows:
         dataset = dataset.shuffle(seed=seed).select(range(max_rows))
     template = resolve_chat_template(chat_template)
@@ -188,15 +190,20 @@ def encode_split(dataset: Any, tokenizer: Any, *, max_length: int, chat_template
                 raise DataError(f"A message of row '{row.get('id')}' has role {message.get('role')!r}.",
                                 source=domain, hint=f"Roles must be one of {ROLES}.")
         ids, labels = encode_chat(tokenizer, row["messages"], max_length=max_length, chat_template=template)
-        return {"input_ids": ids, "labels": labels}
+        return {"input_ids": ids, "labels": labels,
+                "response_tokens": sum(label != IGNORE_INDEX for label in labels)}
 
     encoded = dataset.map(encode, remove_columns=dataset.column_names, num_proc=num_proc,
                           desc=f"Tokenising {domain or 'rows'}")
-    kept = encoded.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]), num_proc=num_proc)
-    lengths = [len(ids) for ids in kept["input_ids"]]
-    responses = sum(sum(label != IGNORE_INDEX for label in labels) for labels in kept["labels"])
-    stats = DomainStats(rows=len(kept), rows_dropped=len(encoded) - len(kept), tokens=sum(lengths),
-                        response_tokens=responses)
+    # Counted in Arrow: a paper-size split holds hundreds of millions of token ids.
+    table = encoded.with_format("arrow")[:]
+    has_response = pc.greater(table.column("response_tokens"), 0)
+    kept = encoded.filter(lambda n: n > 0, input_columns="response_tokens", num_proc=num_proc)
+    stats = DomainStats(rows=len(kept), rows_dropped=len(encoded) - len(kept),
+                        tokens=pc.sum(pc.filter(pc.list_value_length(table.column("input_ids")), has_response)
+                                      ).as_py() or 0,
+                        response_tokens=pc.sum(table.column("response_tokens")).as_py() or 0)
+    kept = kept.remove_columns("response_tokens")
     if stats.rows == 0:
         raise DataError(f"No row of '{domain}' keeps a response token within max_length={max_length}.",
                         source=domain, hint="Raise max_length in the training config.")

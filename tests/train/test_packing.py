@@ -58,12 +58,14 @@ def test_packed_batches_train_on_exactly_the_responses(tiny_llama, tmp_path: Pat
                                    config, accumulation=1, work_dir=tmp_path / "work", progress=False)
     tok = trainer.processing_class
     by_text = {tok.apply_chat_template(r["messages"], tokenize=False): r for r in rows}
-    seen, packed_rows = [], 0
+    seen, packed_rows, tokens, response_tokens = [], 0, 0, 0
     for batch in trainer.get_train_dataloader():
         assert "attention_mask" not in batch  # padding-free: attention follows the position ids
         ids, labels, positions = (batch[k][0].tolist() for k in ("input_ids", "labels", "position_ids"))
         starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
         packed_rows += len(starts) > 2
+        tokens += len(ids)
+        response_tokens += sum(label != IGNORE_INDEX for label in labels)
         for start, end in itertools.pairwise(starts):
             assert positions[start:end] == list(range(end - start))  # positions restart per conversation
             row = by_text[tok.decode(ids[start:end])]
@@ -72,4 +74,5 @@ def test_packed_batches_train_on_exactly_the_responses(tiny_llama, tmp_path: Pat
             assert responses == [m["content"] + "<|im_end|>\n" for m in row["messages"] if m["role"] == "assistant"]
     assert sorted(seen) == sorted(r["id"] for r in rows[:-1])  # one epoch: every row exactly once
     assert packed_rows > 0  # several conversations did share a packed sequence
-    assert stats["math"].rows == len(rows) - 1
+    assert (stats["math"].rows, stats["math"].tokens, stats["math"].response_tokens) == \
+        (len(rows) - 1, tokens, response_tokens)
