@@ -6,6 +6,7 @@ Wired by the CLI as ``app.command("train")(train_command)``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,8 +48,8 @@ def train_command(
     base: Annotated[str, typer.Option("--base", help="Base model: a folder, or org/name or org/name@REVISION.")],
     domain: Annotated[str, typer.Option("--domain", help="instruction, math, multilingual, coding, safety or all.")],
     data: Annotated[list[str], typer.Option(
-        "--data", help="DOMAIN=SOURCE (repeat), SOURCE a folder or org/name(@REV); a bare value for one domain, or a template "
-                       "with {domain}, e.g. org/mergebench-{domain}.")],
+        "--data", help="DOMAIN=SOURCE (repeat), SOURCE a folder or org/name(@REV); a bare value for one domain, "
+                       "or a template with {domain}, e.g. org/mergebench-{domain}.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Expert folder to write (replaced atomically).")],
     config: Annotated[str, typer.Option("--config", help="Recipe: paper, tiny or a YAML file.")] = "paper",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")] = None,
@@ -72,6 +73,8 @@ def train_command(
     target = push_to.format(base=repo_name(base), domain=domain) if push_to else None
     r = train_expert(base=base, domain=domain, data=mapping, out_dir=out_dir, config=cfg, push_to=target,
                      progress=sys.stderr.isatty(), private=private, overwrite=overwrite)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate/torchrun every process runs this command
+        return
     summary = {"out_dir": str(r.out_dir), "domain": r.domain, "steps": r.steps, "train_tokens": r.train_tokens,
                "final_loss": round(r.final_loss, 4), "seconds": round(r.seconds, 1),
                "train_seconds": round(r.train_seconds, 1), "base_revision": r.base_revision,
