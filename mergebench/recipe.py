@@ -28,6 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from mergebench.errors import ConfigError
 
 
+def read_yaml(path: Path, *, what: str) -> Any:
+    """The parsed YAML of ``path``; a missing file or bad YAML is a :class:`ConfigError` naming ``what``."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} '{path}' does not exist.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}") from e
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -96,13 +106,7 @@ class MergeRecipe(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: Path) -> MergeRecipe:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"Recipe file '{path}' does not exist.") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"Recipe file '{path}' is not valid YAML: {e}") from e
-        return cls.from_dict(data, source=f"recipe '{path}'")
+        return cls.from_dict(read_yaml(path, what="Recipe file"), source=f"recipe '{path}'")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False, allow_unicode=True)

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from mergebench.errors import ConfigError
+from mergebench.recipe import read_yaml
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -137,12 +138,7 @@ def load_train_config(name_or_path: str | Path = "paper", **overrides: Any) -> T
             shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
             raise ConfigError(f"Unknown training recipe '{text}'.",
                               hint=f"Use one of {', '.join(shipped)} or the path of a YAML file.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"Training config file '{path}' does not exist.") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Training config file '{path}' is not valid YAML: {e}") from e
+    data = read_yaml(path, what="Training config file")
     if isinstance(data, dict):
         data = {"name": path.stem, **data, **overrides}
     return train_config_from_dict(data, source=f"training config '{path}'")

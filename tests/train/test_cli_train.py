@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from mergebench.cli import app
@@ -31,15 +30,11 @@ def test_argument_helpers() -> None:
 def test_train_command_multitask_json(tiny_llama, tmp_path: Path) -> None:
     for domain in DOMAINS:
         write_domain_folder(tmp_path / "data" / domain, domain, train_rows=8, validation=2)
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, [
-            "train", "--base", str(tiny_llama.base), "--domain", "all", "--data", f"{tmp_path}/data/{{domain}}",
-            "--out", str(tmp_path / "mt"), "--config", "tiny", "--set", "max_steps=1", "--set", "num_threads=1",
-            "--set", "max_length=96", "--set", "per_device_batch_size=2", "--set", "effective_batch_size=2",
-            "--format", "json"])
-    finally:
-        torch.set_num_threads(threads)
+    result = CliRunner().invoke(app, [
+        "train", "--base", str(tiny_llama.base), "--domain", "all", "--data", f"{tmp_path}/data/{{domain}}",
+        "--out", str(tmp_path / "mt"), "--config", "tiny", "--set", "max_steps=1", "--set", "num_threads=1",
+        "--set", "max_length=96", "--set", "per_device_batch_size=2", "--set", "effective_batch_size=2",
+        "--format", "json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["steps"] == 1 and summary["domain"] == "all" and set(summary["data_revisions"]) == set(DOMAINS)

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, snapshot_download
 from transformers import AutoModelForCausalLM
@@ -39,14 +38,6 @@ def hub_inputs(hub, tiny_llama, tmp_path: Path) -> dict[str, str]:
         api.upload_folder(repo_id=repos[domain], repo_type="dataset",
                           folder_path=write_domain_folder(tmp_path / "data" / domain, domain, train_rows=16))
     return repos
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_pushed_expert_card_validates_names_its_parent_and_round_trips(hub_inputs, tmp_path: Path) -> None:

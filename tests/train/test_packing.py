@@ -10,9 +10,6 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pytest
-import torch
-
 from mergebench.fixtures import validation_rows
 from mergebench.prompt import IGNORE_INDEX
 from mergebench.train import load_train_config
@@ -38,14 +35,6 @@ def _runs(ids: list[int], labels: list[int]) -> list[list[int]]:
         else:
             runs.append([token])
     return runs
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_packed_batches_train_on_exactly_the_responses(tiny_llama, tmp_path: Path) -> None:

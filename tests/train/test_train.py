@@ -23,14 +23,6 @@ MAGIC = [{"id": f"magic-{i}", "source": "tests", "language": "en", "domain": "ma
     for i in range(17)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quick_config(**overrides):
     return load_train_config("tiny", **{"max_steps": 2, "per_device_batch_size": 4, "effective_batch_size": 4,
                                         "max_length": 64, "num_threads": 1, **overrides})
