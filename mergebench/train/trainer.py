@@ -112,6 +112,32 @@ class _RunLog(TrainerCallback):
             self.bar.close()
 
 
+def _manifest(*, out_dir: Path, domain: str, base: str, base_model: ResolvedModel, base_repo_id: str | None,
+              sources: Mapping[str, DataSource], stats: Mapping[str, DomainStats], config: TrainConfig, trainer: Any,
+              callback: _RunLog, accumulation: int, train_seconds: float) -> dict[str, Any]:
+    """The contents of ``mergebench_train.yaml``: pinned inputs, the exact config, what the run did."""
+    return {
+        "mergebench_train_version": MANIFEST_VERSION,
+        "model_name": out_dir.name,
+        "domain": domain,
+        "base": {"source": base, "repo_id": base_repo_id or base_model.ref.repo_id, "revision": base_model.sha},
+        "data": {d: {"source": s.text, "repo_id": s.repo_id, "revision": s.revision} for d, s in sources.items()},
+        "stats": {"rows": sum(s.rows for s in stats.values()), "tokens": sum(s.tokens for s in stats.values()),
+                  "response_tokens": sum(s.response_tokens for s in stats.values()),
+                  "rows_dropped": sum(s.rows_dropped for s in stats.values()), "steps": trainer.state.global_step,
+                  "train_tokens": callback.tokens,
+                  "final_loss": callback.losses[-1][1] if callback.losses else float("nan"),
+                  "train_seconds": round(train_seconds, 2),
+                  "seconds": 0.0,  # checks, tokenising and training; set by the main process before saving
+                  "devices": trainer.accelerator.num_processes, "gradient_accumulation": accumulation,
+                  "per_domain": {d: vars(s) for d, s in stats.items()}},
+        "losses": [list(pair) for pair in callback.losses],
+        "prompt_format_version": PROMPT_FORMAT_VERSION,
+        "config": config.model_dump(),
+        "eval_results": [],
+    }
+
+
 def resolve_base(base: str | Path) -> ResolvedModel:
     """Pin the base and check it is a model: safetensors weights and a ``config.json`` with a ``model_type``.
 
@@ -178,25 +204,10 @@ def train_expert(*, base: str | Path, domain: str, data: Mapping[str, str | Path
     finally:
         torch.set_num_threads(threads)
     train_seconds = trainer.state.log_history[-1].get("train_runtime", 0.0) if trainer.state.log_history else 0.0
-    final_loss = callback.losses[-1][1] if callback.losses else float("nan")
-    manifest = {
-        "mergebench_train_version": MANIFEST_VERSION,
-        "model_name": out_dir.name,
-        "domain": domain,
-        "base": {"source": str(base), "repo_id": base_repo_id or base_model.ref.repo_id, "revision": base_model.sha},
-        "data": {d: {"source": s.text, "repo_id": s.repo_id, "revision": s.revision} for d, s in sources.items()},
-        "stats": {"rows": sum(s.rows for s in stats.values()), "tokens": sum(s.tokens for s in stats.values()),
-                  "response_tokens": sum(s.response_tokens for s in stats.values()),
-                  "rows_dropped": sum(s.rows_dropped for s in stats.values()), "steps": trainer.state.global_step,
-                  "train_tokens": callback.tokens, "final_loss": final_loss, "train_seconds": round(train_seconds, 2),
-                  "seconds": 0.0, "devices": trainer.accelerator.num_processes,
-                  "gradient_accumulation": accumulation,
-                  "per_domain": {d: vars(s) for d, s in stats.items()}},
-        "losses": [list(pair) for pair in callback.losses],
-        "prompt_format_version": PROMPT_FORMAT_VERSION,
-        "config": config.model_dump(),
-        "eval_results": [],
-    }
+    manifest = _manifest(out_dir=out_dir, domain=domain, base=str(base), base_model=base_model,
+                         base_repo_id=base_repo_id, sources=sources, stats=stats, config=config, trainer=trainer,
+                         callback=callback, accumulation=accumulation, train_seconds=train_seconds)
+    final_loss = manifest["stats"]["final_loss"]
     pushed_url = None
     state = trainer.accelerator.get_state_dict(trainer.model)  # collective under DeepSpeed ZeRO-3 / FSDP
     if trainer.accelerator.is_main_process:
