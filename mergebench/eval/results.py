@@ -190,7 +190,14 @@ def load_results(path: str | Path) -> Results:
 ROW_COLUMNS = ("run_id", "schema_version", "model", "model_revision", "model_role", "task", "task_version",
                "domain", "role", "status", "main_metric", "score", "metrics_json", "num_samples",
                "empty_responses", "seconds", "suite", "backend", "max_samples", "eval_data", "eval_data_revision",
-               "started_at", "finished_at", "merge_seconds", "validation_seconds", "error")
+               "started_at", "finished_at", "merge_seconds", "validation_seconds", "error",
+               # the model block's leaderboard fields (appended: older files simply lack them)
+               "base_model", "model_domain", "method", "parameters_json", "experts_json", "label",
+               "merge_peak_memory_bytes")
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
 
 
 def result_rows(results: Results) -> list[dict[str, Any]]:
@@ -208,6 +215,10 @@ def result_rows(results: Results) -> list[dict[str, Any]]:
         "finished_at": r.run.get("finished_at"), "merge_seconds": r.cost.get("merge_seconds"),
         "validation_seconds": r.cost.get("validation_seconds"),
         "error": json.dumps(t.error) if t.error else None,
+        "base_model": r.model.get("base_model"), "model_domain": r.model.get("domain"),
+        "method": r.model.get("method"), "parameters_json": _json_or_none(r.model.get("parameters")),
+        "experts_json": _json_or_none(r.model.get("experts")), "label": r.model.get("label"),
+        "merge_peak_memory_bytes": r.cost.get("merge_peak_memory_bytes"),
     } for t in r.tasks.values()]
 
 
@@ -253,7 +264,8 @@ def _parquet_bytes(rows: Iterable[dict]) -> bytes:
 
 
 def _arrow_schema(pa: Any) -> Any:
-    ints = {"schema_version", "task_version", "num_samples", "empty_responses", "max_samples"}
+    ints = {"schema_version", "task_version", "num_samples", "empty_responses", "max_samples",
+            "merge_peak_memory_bytes"}
     floats = {"score", "seconds", "merge_seconds", "validation_seconds"}
     return pa.schema([(c, pa.int64() if c in ints else pa.float64() if c in floats else pa.string())
                       for c in ROW_COLUMNS])
