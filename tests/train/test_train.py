@@ -3,6 +3,7 @@ half-written on failure, and every bad input is refused before the model is load
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,23 @@ def test_bad_inputs_fail_before_training(tiny_llama, tmp_path: Path, no_training
     with pytest.raises(OutputExistsError):
         train_expert(**run)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_checkpoints_survive_a_failure_and_the_next_run_resumes(tiny_llama, tmp_path: Path, monkeypatch,
+                                                                caplog) -> None:
+    data = write_domain_folder(tmp_path / "math", "math", rows=MAGIC, validation=1)
+    run = {"base": tiny_llama.base, "domain": "math", "data": {"math": data}, "out_dir": tmp_path / "expert",
+           "config": quick_config(max_steps=3, save_steps=2), "progress": False}
+    save = trainer_module._save_model
+    monkeypatch.setattr(trainer_module, "_save_model", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        train_expert(**run)
+    work = tmp_path / ".expert.trainer"
+    assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    shutil.rmtree(work / "checkpoint-3")  # as if the run had died during step 3
+    monkeypatch.setattr(trainer_module, "_save_model", save)
+    with caplog.at_level("INFO", logger="mergebench.train.trainer"):
+        result = train_expert(**run)
+    assert "Resuming from" in caplog.text and "checkpoint-2" in caplog.text
+    assert [step for step, _ in result.losses] == [3]  # only the missing step was trained
+    assert result.steps == 3 and (result.out_dir / "model.safetensors").is_file() and not work.exists()
