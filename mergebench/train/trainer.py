@@ -300,7 +300,14 @@ def _fit(base: ResolvedModel, sources: Mapping[str, DataSource], splits: Mapping
 
 
 def _save_model(model: Any, state: dict[str, torch.Tensor], folder: Path, dtype: torch.dtype) -> None:
-    """Save weights (cast to ``dtype``), config and generation config; the config records ``dtype``."""
+    """Save weights (cast to ``dtype``), config and generation config; the config records ``dtype``.
+
+    Tensors that share storage (tied embeddings and output head) are cast once and stay shared, so
+    ``save_pretrained`` drops the tied copy as it does for the base: an expert must hold exactly the base's
+    tensor names, or it cannot be merged with it.
+    """
     model.config.use_cache = True  # gradient checkpointing switched it off for training
     model.config.dtype = dtype
-    model.save_pretrained(folder, state_dict={k: v.to(dtype) for k, v in state.items()})
+    cast: dict[tuple[int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
+    state = {k: cast.setdefault((v.data_ptr(), tuple(v.shape), v.stride()), v.to(dtype)) for k, v in state.items()}
+    model.save_pretrained(folder, state_dict=state)

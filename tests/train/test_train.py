@@ -62,6 +62,18 @@ def test_training_lowers_the_loss_and_writes_a_complete_folder(tiny_llama, tmp_p
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary or trainer folders left
 
 
+def test_tied_gemma2_expert_has_exactly_the_base_tensors(tiny_gemma2, tmp_path: Path) -> None:
+    data = write_domain_folder(tmp_path / "safety", "safety", train_rows=8)
+    result = train_expert(base=tiny_gemma2.base, domain="safety", data={"safety": data}, out_dir=tmp_path / "expert",
+                          config=quick_config(save_dtype="bfloat16", learning_rate=1e-2), progress=False)
+    expert = read_local_header(result.out_dir / "model.safetensors", model="expert").tensors
+    base = {name: tensor for shard in tiny_gemma2.base.glob("*.safetensors")
+            for name, tensor in read_local_header(shard, model="base").tensors.items()}
+    assert {n: (t.dtype, t.shape) for n, t in expert.items()} == {n: (t.dtype, t.shape) for n, t in base.items()}
+    model = AutoModelForCausalLM.from_pretrained(result.out_dir)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+
+
 def test_a_failed_save_leaves_no_folder(tiny_llama, tmp_path: Path, monkeypatch) -> None:
     data = write_domain_folder(tmp_path / "math", "math", rows=MAGIC, validation=1)
 
