@@ -10,6 +10,8 @@ shards of an interrupted run.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,6 +21,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,18 +29,20 @@ from tqdm.auto import tqdm
 
 from mergebench import methods
 from mergebench.card import write_model_card
+from mergebench.compute import CHUNK_ENTRIES, ChunkPool
 from mergebench.data.validation import load_validation_rows
 from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError, StatisticsError
 from mergebench.hub import ModelRef, ResolvedModel, resolve
 from mergebench.memory import peak_rss_bytes, reset_peak_rss
 from mergebench.methods import MergeContext, MethodSpec, Params
+from mergebench.methods._topk import GlobalTopK
 from mergebench.paths import cache_root
 from mergebench.plan import MergePlan, TensorPlan, build_plan
 from mergebench.recipe import MergeRecipe
 from mergebench.stats import ModelSource, StatisticsReader, StatsOptions, run_stage
 from mergebench.stream.format import DTYPES
 from mergebench.stream.reader import TensorStream
-from mergebench.stream.writer import BackgroundWriter, ShardWriter, sha256_file, write_index
+from mergebench.stream.writer import BackgroundWriter, ShardWriter, checksum_file, write_index
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,11 @@ class MergeOptions:
     """How to run a merge (not what to merge: that is the recipe)."""
 
     threads: int = 4
+    """Read threads (network and page-in overlap compute)."""
+    compute_threads: int | None = None
+    """Threads for the merge arithmetic of elementwise methods and the top-k passes (``None``: every core)."""
+    compute_chunk: int = CHUNK_ENTRIES
+    """Entries per model merged at once by those threads (results do not depend on it)."""
     shard_size: int = 5 << 30
     read_ahead_bytes: int = 512 << 20
     chunk_bytes: int = 64 << 20
@@ -273,7 +283,7 @@ def _resume_state(partial: Path, fingerprint: str) -> dict | None:
         return None
     kept = {}
     for filename, sha in state.get("shards", {}).items():
-        if (partial / filename).exists() and sha256_file(partial / filename) == sha:
+        if (partial / filename).exists() and checksum_file(partial / filename) == sha:
             kept[filename] = sha
         else:
             logger.warning("Shard %s failed verification; it will be rewritten.", filename)
@@ -308,12 +318,19 @@ def _to_tensor(raw: memoryview, entry_dtype: str, shape: tuple[int, ...]) -> tor
         return torch.frombuffer(raw, dtype=DTYPES[entry_dtype]).view(shape)
 
 
-def _load_stack(inputs: _Inputs, t: TensorPlan, raw: tuple, *, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 base and ``[n, *shape]`` fp32 stack of expert weights; checks finiteness of every input."""
-    base = _to_tensor(raw[0], t.in_dtype, t.shape).to(torch.float32, copy=True)
-    stack = torch.empty((len(inputs.experts), *t.shape), dtype=torch.float32)
+def _flat_views(inputs: _Inputs, t: TensorPlan, raw: tuple) -> list[torch.Tensor]:
+    """Each model's raw bytes of ``t`` as a flat tensor in its stored dtype (zero-copy)."""
+    return [_to_tensor(r, t.in_dtype, (t.numel,)) for r in raw[: len(inputs.experts) + 1]]
+
+
+def _load_into(inputs: _Inputs, t: TensorPlan, flats: Sequence[torch.Tensor], base: torch.Tensor,
+               stack: torch.Tensor, start: int, *, check_finite: bool) -> None:
+    """Fill float32 ``base [m]`` and ``stack [n, m]`` with entries ``[start, start + m)`` of every model's
+    tensor, checking that each model's entries are finite."""
+    end = start + base.numel()
+    base.copy_(flats[0][start:end])
     for i in range(len(inputs.experts)):
-        stack[i].copy_(_to_tensor(raw[i + 1], t.in_dtype, t.shape))
+        stack[i].copy_(flats[i + 1][start:end])
     if check_finite:
         for model, values in [(inputs.base, base), *zip(inputs.experts, stack, strict=True)]:
             if not _all_finite(values):
@@ -321,7 +338,26 @@ def _load_stack(inputs: _Inputs, t: TensorPlan, raw: tuple, *, check_finite: boo
                     f"Tensor '{t.name}' of '{model.label}' holds NaN or Inf values.",
                     model=model.label, filename=model.weight_map[t.name], tensor=t.name,
                     hint="Fix the checkpoint, or set 'check_finite: false' in the recipe to merge it as is.")
-    return base, stack
+
+
+def _load_stack(inputs: _Inputs, t: TensorPlan, raw: tuple, *, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-tensor fp32 base and ``[n, *shape]`` fp32 stack of expert weights (methods that are not elementwise)."""
+    base = torch.empty(t.numel, dtype=torch.float32)
+    stack = torch.empty((len(inputs.experts), t.numel), dtype=torch.float32)
+    _load_into(inputs, t, _flat_views(inputs, t, raw), base, stack, 0, check_finite=check_finite)
+    return base.view(t.shape), stack.view(len(inputs.experts), *t.shape)
+
+
+def _count_chunk(inputs: _Inputs, t: TensorPlan, flats: Sequence[torch.Tensor], pool: ChunkPool, acc: GlobalTopK,
+                 pass_index: int, check_finite: bool, start: int, end: int) -> None:
+    """Feed the task vectors of one chunk to a top-k counting pass."""
+    base, stack = pool.buffers(end - start)
+    _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
+    acc.update(pass_index, stack.sub_(base))
+
+
+def _compute_pool(inputs: _Inputs, options: MergeOptions) -> ChunkPool:
+    return ChunkPool(len(inputs.experts), chunk=options.compute_chunk, threads=options.compute_threads)
 
 
 def _all_finite(values: torch.Tensor) -> bool:
@@ -335,21 +371,20 @@ def _global_thresholds(inputs: _Inputs, options: MergeOptions) -> tuple[torch.Te
     """Exact per-expert global top-k thresholds of |τᵢ| over all mergeable entries (extra streaming passes).
 
     Returns the ``[n]`` thresholds and the bytes read to compute them."""
-    from mergebench.methods._topk import GlobalTopK
-
     fraction = inputs.params.global_topk()
     assert fraction is not None
     experts = range(len(inputs.experts) + 1)
     order = [(t.name, experts) for t in inputs.plan.tensors if t.mergeable]
     by_name = {t.name: t for t in inputs.plan.tensors}
     acc = GlobalTopK(len(inputs.experts), fraction)
+    check_finite = inputs.recipe.check_finite
     for pass_index in range(acc.passes):
         stream, bar = _open_stream(inputs, order, options, f"top-k pass {pass_index + 1}/{acc.passes}")
-        with bar:
+        with bar, _compute_pool(inputs, options) as pool:
             for item in stream:
-                base, stack = _load_stack(inputs, by_name[item.name], item.raw,
-                                          check_finite=inputs.recipe.check_finite)
-                acc.update(pass_index, stack.sub_(base))
+                t = by_name[item.name]
+                flats = _flat_views(inputs, t, item.raw)
+                pool.run(t.numel, partial(_count_chunk, inputs, t, flats, pool, acc, pass_index, check_finite))
         acc.finish_pass(pass_index)
     return acc.thresholds(), acc.passes * stream.bytes_to_read
 
@@ -376,20 +411,25 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
     stream, bar = _open_stream(inputs, order, options, f"merge ({inputs.spec.name})")
     weights = inputs.recipe.weights
     expert_ids = tuple(range(len(inputs.experts)))
+    chunked = inputs.params.elementwise() and statistics is None
     try:
-        with bar, _bar(options, len(order), "tensors written", unit="tensor") as written:
+        with bar, _bar(options, len(order), "tensors written", unit="tensor") as written, \
+                _compute_pool(inputs, options) if chunked else contextlib.nullcontext() as pool:
             for item in stream:
                 t = by_name[item.name]
                 if t.mergeable:
-                    base, stack = _load_stack(inputs, t, item.raw, check_finite=inputs.recipe.check_finite)
-                    if inputs.spec.inputs == "deltas":
-                        stack.sub_(base)
                     ctx = MergeContext(name=t.name, expert_ids=expert_ids, weights=weights,
                                        seed=inputs.recipe.seed, thresholds=thresholds,
                                        data=statistics.data_for(t.name) if statistics else {})
-                    merged = inputs.spec.fn(base, stack, inputs.params, ctx)
-                    del stack
-                    out_tensor = merged.to(DTYPES[t.out_dtype])
+                    if pool is not None:
+                        out_tensor = _merge_chunked(inputs, t, item.raw, ctx, pool)
+                    else:
+                        base, stack = _load_stack(inputs, t, item.raw, check_finite=inputs.recipe.check_finite)
+                        if inputs.spec.inputs == "deltas":
+                            stack.sub_(base)
+                        merged = inputs.spec.fn(base, stack, inputs.params, ctx)
+                        del stack
+                        out_tensor = merged.to(DTYPES[t.out_dtype])
                 elif t.out_dtype != t.in_dtype:
                     out_tensor = _to_tensor(item.raw[0], t.in_dtype, t.shape).to(DTYPES[t.out_dtype])
                 else:
@@ -401,3 +441,30 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
     finally:
         writer.close()
     return stream.bytes_to_read
+
+
+def _merge_chunked(inputs: _Inputs, t: TensorPlan, raw: tuple, ctx: MergeContext, pool: ChunkPool) -> torch.Tensor:
+    """An elementwise method over the chunks of one tensor, written straight into the output dtype.
+
+    Per-tensor top-k thresholds (``Params.tensor_topk()``) come first, from two counting passes over the
+    same chunks (exact radix selection, as for the global ones), so no whole-tensor float32 stack is needed."""
+    out = torch.empty(t.numel, dtype=DTYPES[t.out_dtype])
+    flats = _flat_views(inputs, t, raw)
+    check_finite, deltas = inputs.recipe.check_finite, inputs.spec.inputs == "deltas"
+    fraction = inputs.params.tensor_topk()
+    if fraction is not None:
+        acc = GlobalTopK(len(inputs.experts), fraction)
+        for pass_index in range(acc.passes):
+            pool.run(t.numel, partial(_count_chunk, inputs, t, flats, pool, acc, pass_index, check_finite))
+            acc.finish_pass(pass_index)
+        ctx = dataclasses.replace(ctx, thresholds=acc.thresholds())
+
+    def merge_chunk(start: int, end: int) -> None:
+        base, stack = pool.buffers(end - start)
+        _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
+        if deltas:
+            stack.sub_(base)
+        out[start:end].copy_(inputs.spec.fn(base, stack, inputs.params, ctx))
+
+    pool.run(t.numel, merge_chunk)
+    return out.view(t.shape)

@@ -17,7 +17,8 @@ found by radix selection on the bits, one expert per histogram row, without ever
 Each pass costs one ``abs`` + shift + ``bincount`` per entry, vectorised over experts and processed in
 chunks of :data:`CHUNK_ENTRIES` per expert, so temporary memory stays at ``n × CHUNK_ENTRIES × 4`` bytes
 (20 MB for five experts) whatever the tensor size. Feeding order, tensor boundaries and chunking do not
-change the result (counts are integers). ``N`` is counted in pass 0 and checked in pass 1.
+change the result (counts are integers), so :meth:`GlobalTopK.update` may be called from several threads
+at once. ``N`` is counted in pass 0 and checked in pass 1.
 
 Per tensor (:func:`tensor_thresholds`): the same definition over one tensor, with ``torch.kthvalue``.
 
@@ -28,6 +29,7 @@ keeps 3, not ``⌈3.0000000000000004⌉ = 4``.
 from __future__ import annotations
 
 import math
+import threading
 from fractions import Fraction
 
 import torch
@@ -92,6 +94,7 @@ class GlobalTopK:
         self._rank: Tensor | None = None  # 1-based rank of the threshold inside its high bin
         self._high: Tensor | None = None  # [n] int64 high 16 bits of each threshold
         self._result: Tensor | None = None
+        self._lock = threading.Lock()
 
     def update(self, pass_index: int, stack: Tensor) -> None:
         """Count the entries of ``stack`` (``[n, *shape]`` float32 task vectors; it is not modified)."""
@@ -102,7 +105,6 @@ class GlobalTopK:
             raise ValueError(f"stack has {stack.shape[0]} experts, expected {self.n}")
         flat = stack.reshape(self.n, -1)
         m = flat.shape[1]
-        self._seen[pass_index] += m
         if m == 0:
             return
         chunk = min(m, CHUNK_ENTRIES)
@@ -124,7 +126,11 @@ class GlobalTopK:
             else:
                 in_bin = (bits >= low_start) & (bits <= low_start + (BINS - 1))  # no int32 overflow
                 counts = torch.bincount(bits.add_(shift)[in_bin], minlength=self.n * BINS)
-            self._hist += counts.cpu()
+            counts = counts.cpu()
+            with self._lock:  # the engine feeds chunks from several threads
+                self._hist += counts
+        with self._lock:
+            self._seen[pass_index] += m
 
     def finish_pass(self, pass_index: int) -> None:
         """Close a pass: after pass 0 locate each expert's high bin, after pass 1 its exact threshold."""

@@ -21,6 +21,9 @@ class ModelSoupParams(Params):
     scaling: float = 1.0
     """λ on the averaged task vector; 1.0 is the plain weight average."""
 
+    def elementwise(self) -> bool:
+        return True
+
 
 @register("model_soup", params=ModelSoupParams, paper="https://arxiv.org/abs/2203.05482")
 def model_soup(base: Tensor, deltas: Tensor, p: ModelSoupParams, ctx: MergeContext) -> Tensor:

@@ -54,6 +54,22 @@ class Params:
         """
         return None
 
+    def tensor_topk(self) -> float | None:
+        """Fraction ``k`` for which the engine may pass each tensor's own exact top-k thresholds in
+        ``ctx.thresholds`` (the method computes them itself when they are absent). ``None`` by default."""
+        return None
+
+    def elementwise(self) -> bool:
+        """Whether each output entry depends only on the inputs at the same position and the context
+        (including the thresholds the engine computes for :meth:`global_topk` and :meth:`tensor_topk`).
+
+        The engine then splits tensors into cache-sized chunks merged on several threads with reused
+        buffers, which is several times faster than whole-tensor float32 stacks and needs no stack of the
+        largest tensor. ``False`` (the default) for anything that looks at a whole tensor (per-tensor
+        top-k, matrix statistics) or at positions (DARE's masks).
+        """
+        return False
+
     def uses_data(self) -> bool:
         """Whether these values need the method's statistics stage (:attr:`MethodSpec.data_stats`).
 
@@ -78,7 +94,8 @@ class MergeContext:
     """Per-expert coefficients from the recipe, or ``None`` when the user gave none."""
     seed: int = 0
     thresholds: Tensor | None = None
-    """``[n]`` float32: expert i's exact global top-k threshold on ``|τᵢ|``, when ``global_topk()`` is set."""
+    """``[n]`` float32: expert i's exact top-k threshold on ``|τᵢ|``: over the whole model when ``global_topk()``
+    is set, over this tensor when ``tensor_topk()`` is (the engine computes it in chunks)."""
     data: Mapping[str, Tensor] = field(default_factory=dict)
     """Per-expert data statistics for this tensor, keyed by stage: ``{"gram": [n, in, in]}``, ``{"fisher": [n, *S]}``
     or ``{"mask": [n, *S] bool}``; empty when the tensor has none (see :class:`mergebench.stats.StatisticsReader`)."""

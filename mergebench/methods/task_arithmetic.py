@@ -21,6 +21,9 @@ class TaskArithmeticParams(Params):
     scaling: float = 1.0
     """λ, applied to the summed task vectors."""
 
+    def elementwise(self) -> bool:
+        return True
+
 
 @register(
     "task_arithmetic",

@@ -56,10 +56,17 @@ class TiesParams(Params):
     def global_topk(self) -> float | None:
         return self.top_k if self.topk_scope == "global" else None
 
+    def tensor_topk(self) -> float | None:
+        return self.top_k if self.topk_scope == "tensor" else None
+
+    def elementwise(self) -> bool:
+        return True
+
 
 def thresholds_for(deltas: Tensor, fraction: float, scope: str, ctx: MergeContext) -> Tensor:
-    """``[n]`` top-k thresholds: the engine's global ones from ``ctx``, or this tensor's own."""
-    if scope == "tensor":
+    """``[n]`` top-k thresholds: the engine's from ``ctx`` (global, or this tensor's when it computed them
+    for a chunked merge), else this tensor's own."""
+    if scope == "tensor" and ctx.thresholds is None:
         return tensor_thresholds(deltas, fraction)
     if ctx.thresholds is None:
         raise StatisticsError(f"Tensor '{ctx.name}': global top-k thresholds are missing from the merge context.",

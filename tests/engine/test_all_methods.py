@@ -30,6 +30,7 @@ PARAMETERS = {
     "model_soup": {},
     "task_arithmetic": {"scaling": 0.6},
     "ties": {"top_k": 0.2, "scaling": 0.8, "aggregate": "mean"},
+    "ties_tensor": {"top_k": 0.2, "scaling": 0.8, "topk_scope": "tensor"},
     "dare": {"drop_rate": 0.7, "scaling": 0.5},
     "consensus": {"k": 2, "tall_lambda": 0.4},
     "localize_stitch": {"sparsity": 0.1},
@@ -47,7 +48,7 @@ def load_dir(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def make_recipe(family, validation_dir: Path, key: str) -> dict:
-    return {"method": key.removesuffix("_trained"), "base_model": str(family.base),
+    return {"method": key.removesuffix("_trained").removesuffix("_tensor"), "base_model": str(family.base),
             "models": [{"model": str(family.experts[d]), "domain": d} for d in DOMAINS],
             "parameters": PARAMETERS[key], "data": {d: str(validation_dir / f"{d}.jsonl") for d in DOMAINS},
             "seed": 3}
@@ -87,7 +88,9 @@ def in_memory_merge(config: dict, cache_dir: Path) -> dict[str, torch.Tensor]:
 def test_streaming_equals_in_memory(key: str, arch: str, tiny_llama, tiny_gemma2, validation_dir, tmp_path) -> None:
     family = tiny_llama if arch == "llama" else tiny_gemma2
     config = make_recipe(family, validation_dir, key)
-    options = MergeOptions(progress=False, shard_size=100_000, chunk_bytes=50_000, cache_dir=tmp_path / "cache")
+    # compute_chunk: elementwise methods are merged in many odd-sized chunks on two threads
+    options = MergeOptions(progress=False, shard_size=100_000, chunk_bytes=50_000, cache_dir=tmp_path / "cache",
+                           compute_chunk=777, compute_threads=2)
     result = merge(config, tmp_path / "out", options=options)
     streamed = load_dir(result.out_dir)
     expected = in_memory_merge(config, tmp_path / "cache")

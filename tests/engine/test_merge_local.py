@@ -61,7 +61,8 @@ def test_output_independent_of_input_sharding_output_shards_and_threads(tmp_path
     sharded = family(tmp_path / "three", 3, shards=3)
     a = merge(recipe(single[0], single[1]), tmp_path / "a", options=QUIET)
     b = merge(recipe(sharded[0], sharded[1]), tmp_path / "b",
-              options=MergeOptions(progress=False, threads=1, shard_size=600, chunk_bytes=300))
+              options=MergeOptions(progress=False, threads=1, shard_size=600, chunk_bytes=300, compute_chunk=5,
+                                   compute_threads=1))
     assert len(list(b.out_dir.glob("model-*.safetensors"))) > 2
     index = json.loads((b.out_dir / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(load_dir(a.out_dir))
