@@ -1,0 +1,79 @@
+"""The Space's configuration: where results come from, where jobs live and go, and the limits.
+
+Everything arrives as environment variables (a Space's secrets and variables are environment variables;
+``HF_TOKEN`` is the Space's own write token and is read by ``huggingface_hub`` itself, never here), or
+as keyword overrides from ``mergebench space`` and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MERGEBENCH_"
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """What one running Space reads, writes and allows."""
+
+    results: str = "mergebench/mergebench-results"
+    """Results shown: a Hub results dataset id, a benchmark run's ``results/`` folder, or one results file."""
+    work_dir: Path = Path("space-state")
+    """Local disk for live state: ``jobs/*.json``, logs, merge outputs. Not a bucket mount (no locking there)."""
+    results_repo: str | None = None
+    """Results dataset that submissions push to (``None``: results stay local, for offline Tiny use)."""
+    requests_repo: str | None = None
+    """Dataset that mirrors every job's request and status as ``requests/{job_id}.json``."""
+    models_org: str | None = None
+    """Namespace merged models are pushed to (``None``: the results repo's namespace; else not pushed)."""
+    backend: str = "transformers"
+    """``vllm`` on the Space's GPU, ``transformers`` on CPU (MergeBench-Tiny)."""
+    eval_tasks: tuple[str, ...] = ()
+    """Tasks to score submissions on (empty: the tasks the base's reference results were scored on)."""
+    eval_max_samples: int | None = None
+    """Items per task for submissions (``None``: as the base's reference results)."""
+    validation_data: dict[str, str] = field(default_factory=dict)
+    """Domain → validation dataset repo, for data-dependent methods (RegMean, Fisher, trained masks)."""
+    max_active_per_user: int = 2
+    """Pending + running jobs one user may have at once."""
+    max_daily_per_user: int = 5
+    """Jobs one user may submit per 24 hours."""
+    max_attempts: int = 2
+    """A job interrupted by restarts this many times is failed instead of resumed."""
+    hub_url: str = "https://huggingface.co"
+    """Where model links point."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> SpaceConfig:
+        """``MERGEBENCH_<FIELD>`` variables (``MERGEBENCH_EVAL_TASKS`` comma-separated,
+        ``MERGEBENCH_VALIDATION_DATA`` JSON), then ``overrides`` (``None`` values ignored)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw)
+        config = cls(**values)
+        return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def model_namespace(self) -> str | None:
+        if self.models_org:
+            return self.models_org
+        return self.results_repo.split("/")[0] if self.results_repo else None
+
+
+def _parse(name: str, raw: str) -> Any:
+    if name == "work_dir":
+        return Path(raw)
+    if name == "eval_tasks":
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
+    if name == "validation_data":
+        return json.loads(raw)
+    if name in ("eval_max_samples", "max_active_per_user", "max_daily_per_user", "max_attempts"):
+        return int(raw)
+    return raw or None

@@ -1,0 +1,142 @@
+"""The one worker thread: takes the oldest pending job, runs ``pipeline.py`` on it in a child process,
+records the outcome. One job at a time, so one GPU job at a time; request handlers never run jobs.
+
+The child gets ``PR_SET_PDEATHSIG`` (it dies with the Space); at start-up :func:`kill_stale` also stops
+any child a previous process left behind, before :meth:`JobStore.recover` requeues its job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from jobs import Job, JobStore, now
+from settings import SpaceConfig
+
+logger = logging.getLogger(__name__)
+
+PIPELINE = Path(__file__).resolve().parent / "pipeline.py"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it when the parent (the Space process) dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_stale(job: Job) -> bool:
+    """Kill the pipeline process of ``job`` if one survived a previous Space process (pid + job id checked)."""
+    if not job.pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    if str(PIPELINE) not in cmdline or job.id not in cmdline:
+        return False  # the pid was reused by something else
+    os.kill(job.pid, signal.SIGKILL)
+    logger.warning("killed the leftover pipeline process %d of job %s", job.pid, job.id)
+    return True
+
+
+def _config_json(config: SpaceConfig) -> str:
+    data = asdict(config)
+    data["work_dir"] = str(config.work_dir)
+    return json.dumps(data, indent=2)
+
+
+class Worker:
+    """Runs queued jobs one after another on a daemon thread."""
+
+    def __init__(self, store: JobStore, config: SpaceConfig, *, on_finish: Callable[[Job], None] | None = None,
+                 poll_seconds: float = 1.0) -> None:
+        self.store, self.config, self.on_finish = store, config, on_finish
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        for job in self.store.all():
+            if job.status == "running":
+                kill_stale(job)
+        self.store.recover(max_attempts=self.config.max_attempts)
+        self._thread = threading.Thread(target=self._loop, name="mergebench-space-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """A job was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs and kill a running child (its job stays RUNNING and resumes at the next start)."""
+        self._stop.set()
+        self._wake.set()
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.store.claim_next()
+            if job is None:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+                continue
+            try:
+                finished = self._run(job)
+            except Exception as e:  # a bug here must not kill the only worker
+                logger.exception("job %s crashed the worker", job.id)
+                finished = self.store.update(job.id, status="failed", finished_at=now(), stage=None,
+                                             message=f"Internal error: {type(e).__name__}: {e}")
+            if finished is not None and self.on_finish is not None:
+                self.on_finish(finished)
+
+    def _run(self, job: Job) -> Job | None:
+        job_dir = self.store.job_dir(job.id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "outcome.json").unlink(missing_ok=True)
+        (job_dir / "job.json").write_text(json.dumps(asdict(job), indent=2))
+        (job_dir / "config.json").write_text(_config_json(self.config))
+        with open(self.store.log_path(job.id), "a", encoding="utf-8") as log:
+            log.write(f"--- attempt {job.attempts} started {now()} ---\n")
+            log.flush()
+            self._process = subprocess.Popen(
+                [sys.executable, str(PIPELINE), str(job_dir)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=job_dir, preexec_fn=_die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "2"})
+            self.store.update(job.id, pid=self._process.pid)
+            stage = None
+            while self._process.poll() is None:
+                current = _read(job_dir / "stage")
+                if current and current != stage:
+                    stage = current
+                    self.store.update(job.id, stage=stage)
+                self._stop.wait(0.5)
+                if self._stop.is_set():
+                    self._process.kill()
+                    self._process.wait()
+                    return None
+        outcome = json.loads(_read(job_dir / "outcome.json") or "null") or {
+            "status": "failed", "message": f"The job process exited with code {self._process.returncode} "
+                                           "before writing an outcome; see the log."}
+        return self.store.update(job.id, finished_at=now(), stage=None, pid=None, **outcome)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
