@@ -88,10 +88,10 @@ def display(df: pd.DataFrame, columns: list[str], *, raw: bool = False, sort_by:
         for c in tasks:
             out[c.removeprefix(TASK_PREFIX)] = df[c]
         wanted += [c.removeprefix(TASK_PREFIX) for c in tasks]
-    out = out[wanted]
-    if sort_by in out:
+    if sort_by in out:  # sorted on every column, shown or not
         out = out.sort_values(sort_by, ascending=sort_by in ("Total cost s", "Merge s", "Peak memory GB"),
                               na_position="last", kind="stable")
+    out = out[wanted]
     return out.round(3).astype(object).where(out.notna(), None).reset_index(drop=True)
 
 
@@ -115,5 +115,5 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 def log_tail(text: str, lines: int = 60) -> str:
     """The last ``lines`` lines of a log as a terminal would show them (a ``\\r`` progress bar keeps only
     its last state), with tokens redacted."""
-    shown = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    shown = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")]  # not splitlines(): it splits at \\r too
     return redact("\n".join(line for line in shown[-lines:]))
