@@ -2,7 +2,7 @@
 evaluate with lighteval → push the results. ``python pipeline.py JOB_DIR``.
 
 Why a child process: the log is simply its stdout/stderr (tqdm bars and logging included) in a file the
-page tails; lighteval and CUDA state die with it; and it is killed with the Space (``PR_SET_PDEATHSIG``),
+page tails; lighteval and CUDA state die with it; and it is killed with the Space (:func:`die_with_parent`),
 so a restart never leaves an orphan writing into a job the new process resumes.
 
 Each step leaves a marker in ``JOB_DIR`` so a resumed job skips what is done: ``merge.json`` (merge
@@ -23,6 +23,21 @@ from typing import Any
 from mergebench.eval.results import write_atomic
 
 logger = logging.getLogger("mergebench.space.pipeline")
+
+PARENT_ENV = "MERGEBENCH_SPACE_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when the Space process that started it dies (Linux), and exit at once if it
+    already has (the signal would never come)."""
+    import ctypes
+    import os
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.environ.get(PARENT_ENV) and str(os.getppid()) != os.environ[PARENT_ENV]:
+        sys.exit("The Space process that started this job is gone.")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -111,6 +126,7 @@ def run(job_dir: Path) -> dict[str, Any]:
 
 
 def main(job_dir: Path) -> int:
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:

@@ -35,7 +35,8 @@ def per_domain(df: pd.DataFrame) -> go.Figure:
     long = best.melt(id_vars=["method", "base_model"], value_vars=list(DOMAINS), var_name="domain",
                      value_name="score").dropna(subset=["score"])
     # several bases selected: each method's bar is the mean over them (n_bases says how many)
-    bars = long.groupby(["method", "domain"], sort=False).agg(score=("score", "mean"), n_bases=("base_model", "nunique"))
+    bars = long.groupby(["method", "domain"], sort=False).agg(score=("score", "mean"),
+                                                              n_bases=("base_model", "nunique"))
     fig = px.bar(bars.reset_index(), x="domain", y="score", color="method", barmode="group", hover_data=["n_bases"],
                  category_orders={"domain": list(DOMAINS)})
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="expert")

@@ -115,5 +115,5 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 def log_tail(text: str, lines: int = 60) -> str:
     """The last ``lines`` lines of a log as a terminal would show them (a ``\\r`` progress bar keeps only
     its last state), with tokens redacted."""
-    shown = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")]  # not splitlines(): it splits at \\r too
+    shown = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")]  # splitlines() splits at \r
     return redact("\n".join(line for line in shown[-lines:]))

@@ -1,13 +1,13 @@
 """The one worker thread: takes the oldest pending job, runs ``pipeline.py`` on it in a child process,
 records the outcome. One job at a time, so one GPU job at a time; request handlers never run jobs.
 
-The child gets ``PR_SET_PDEATHSIG`` (it dies with the Space); at start-up :func:`kill_stale` also stops
-any child a previous process left behind, before :meth:`JobStore.recover` requeues its job.
+The child asks for ``PR_SET_PDEATHSIG`` itself (:func:`pipeline.die_with_parent`: a ``preexec_fn`` can
+deadlock in a process with Gradio's threads); at start-up :func:`kill_stale` also stops any child a
+previous process left behind, before :meth:`JobStore.recover` requeues its job.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -20,18 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from jobs import Job, JobStore, now
+from pipeline import PARENT_ENV
 from settings import SpaceConfig
 
 logger = logging.getLogger(__name__)
 
 PIPELINE = Path(__file__).resolve().parent / "pipeline.py"
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the parent (the Space process) dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def kill_stale(job: Job) -> bool:
@@ -115,8 +109,8 @@ class Worker:
             log.flush()
             self._process = subprocess.Popen(
                 [sys.executable, str(PIPELINE), str(job_dir)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=job_dir, preexec_fn=_die_with_parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "2"})
+                stdin=subprocess.DEVNULL, cwd=job_dir,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "2", PARENT_ENV: str(os.getpid())})
             self.store.update(job.id, pid=self._process.pid)
             stage = None
             while self._process.poll() is None:

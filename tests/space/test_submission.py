@@ -57,7 +57,7 @@ def test_parameters_out_of_range_or_malformed(catalogue, parameters, expected):
 
 
 def test_unknown_method_expert_base(catalogue):
-    with pytest.raises(ConfigError, match="Unknown merge method 'tie'. Did you mean 'ties'"):
+    with pytest.raises(ConfigError, match=r"Unknown merge method 'tie'\. Did you mean 'ties'"):
         validate_merge(catalogue, base=BASE, experts=_experts(catalogue, "math", "coding"), method="tie",
                        parameters="", validation_data={})
     with pytest.raises(SubmissionError, match="are not experts of"):
@@ -84,6 +84,7 @@ def test_a_catalogued_expert_missing_from_the_hub_is_an_unknown_model(catalogue)
                        method="ties", parameters="", validation_data={})
     message, hint = explain(info.value)
     assert message.startswith("Model 'mergebench-fixtures/tiny-llama-instruct") and "not found on the Hub" in message
+    assert hint == "Check the spelling; the Space can only read public repos."
 
 
 def test_merged_model_checks(catalogue, space_hub):
