@@ -25,7 +25,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
-from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub import HfApi, constants, hf_api, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -257,6 +257,8 @@ def use_endpoint(url: str, *, hf_home: Path, token: str | None = None) -> Iterat
 
         patches += [(datasets.config, "HF_ENDPOINT", url), (datasets.config, "HF_HUB_OFFLINE", False),
                     (datasets.config, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}")]
+    # the module-level functions (huggingface_hub.whoami, create_repo, ...) share one HfApi bound at import
+    patches.append((hf_api.api, "endpoint", url))
     if "transformers.utils.hub" in sys.modules:  # it keeps one HfApi, bound to the endpoint it was created with
         patches.append((sys.modules["transformers.utils.hub"], "_hf_api", None))
     saved_attrs = [(obj, name, getattr(obj, name, None)) for obj, name, _ in patches]
