@@ -102,6 +102,7 @@ def datatypes(df: pd.DataFrame) -> list[str]:
 
 
 _TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -114,6 +115,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 def log_tail(text: str, lines: int = 60) -> str:
     """The last ``lines`` lines of a log as a terminal would show them (a ``\\r`` progress bar keeps only
-    its last state), with tokens redacted."""
+    its last state, terminal escapes and blank lines go), with tokens redacted."""
+    text = _ANSI.sub("", text)
     shown = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")]  # splitlines() splits at \r
-    return redact("\n".join(line for line in shown[-lines:]))
+    return redact("\n".join([line for line in shown if line.strip()][-lines:]))

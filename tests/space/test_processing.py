@@ -53,6 +53,6 @@ def test_plots_have_one_trace_per_method(df):
 
 def test_log_tail_redacts_tokens_and_keeps_the_last_progress_state(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "secret-space-token-123")
-    log = "start\nbar 10%\rbar 50%\rbar 100%\nusing secret-space-token-123 and hf_abcdefghijklmnop\n"
+    log = "start\n\x1b[A\nbar 10%\rbar 50%\rbar 100%\nusing secret-space-token-123 and hf_abcdefghijklmnop\n"
     assert log_tail(log) == "start\nbar 100%\nusing *** and hf_***"
     assert redact("no secrets here") == "no secrets here"
