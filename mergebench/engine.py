@@ -334,7 +334,7 @@ def _load_into(inputs: _Inputs, t: TensorPlan, flats: Sequence[torch.Tensor], ba
     base.copy_(flats[0][start:end])
     for i in range(len(inputs.experts)):
         stack[i].copy_(flats[i + 1][start:end])
-    if check_finite:
+    if check_finite and not (_all_finite(base) and _all_finite(stack)):  # then name the culprit
         for model, values in [(inputs.base, base), *zip(inputs.experts, stack, strict=True)]:
             if not _all_finite(values):
                 raise NonFiniteError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from mergebench.stream.format import header_length
 logger = logging.getLogger(__name__)
 
 _PAGE = mmap.PAGESIZE
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None)
+"""Linux's value where Python (3.11) lacks the name; elsewhere pages are touched one by one."""
 
 
 class ByteSource(Protocol):
@@ -60,8 +63,14 @@ class LocalSource:
 
     def read(self, begin: int, end: int) -> memoryview:
         view = memoryview(self._map)[self._start + begin: self._start + end]
-        if len(view):  # touch one byte per page so the consumer never waits on the disk
-            np.frombuffer(view, dtype=np.uint8)[::_PAGE].sum()
+        if len(view):  # map every page now (on a read thread) so the consumer never waits on the disk
+            start = (self._start + begin) // _PAGE * _PAGE
+            try:  # one call instead of a page fault per page (Linux ≥ 5.14)
+                if _MADV_POPULATE_READ is None:
+                    raise OSError("MADV_POPULATE_READ is not available")
+                self._map.madvise(_MADV_POPULATE_READ, start, self._start + end - start)
+            except OSError:
+                np.frombuffer(view, dtype=np.uint8)[::_PAGE].sum()
         return view
 
     def release(self, begin: int, end: int) -> None:
