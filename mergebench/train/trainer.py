@@ -295,7 +295,8 @@ def _fit(base: ResolvedModel, sources: Mapping[str, DataSource], splits: Mapping
     checkpoint = get_last_checkpoint(str(work_dir)) if config.save_steps and work_dir.is_dir() else None
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with torch.enable_grad():  # grad mode is global: lighteval, for one, switches it off at import
+        trainer.train(resume_from_checkpoint=checkpoint)
     return trainer, callback, stats
 
 
