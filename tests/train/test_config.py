@@ -22,7 +22,7 @@ def test_paper_recipe_is_the_papers() -> None:
 
 def test_tiny_recipe_trains_and_saves_float32_for_a_fixed_budget() -> None:
     c = load_train_config("tiny")
-    assert (c.precision, c.save_dtype, c.max_steps is not None, c.max_length <= 256) == ("fp32", "float32", True, True)
+    assert (c.save_dtype, c.max_steps is not None, c.max_length <= 256) == ("float32", True, True)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES.glob("*.yaml")))
