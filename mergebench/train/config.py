@@ -132,7 +132,7 @@ def load_train_config(name_or_path: str | Path = "paper", **overrides: Any) -> T
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if not path.suffix and not path.exists():
+    if not path.suffix and not path.is_file():  # a bare name is a shipped recipe, even if a folder has that name
         path = RECIPES / f"{text}.yaml"
         if not path.is_file():
             shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))

@@ -35,6 +35,12 @@ def test_shipped_recipes_list_every_key_and_round_trip(name: str, tmp_path) -> N
     assert load_train_config(path) == config
 
 
+def test_a_recipe_name_is_not_shadowed_by_a_folder_of_that_name(tmp_path, monkeypatch) -> None:
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_train_config("tiny") == load_train_config(RECIPES / "tiny.yaml")
+
+
 def test_overrides_are_validated_like_the_file() -> None:
     assert load_train_config("tiny", max_steps=3, learning_rate=1e-3).max_steps == 3
     with pytest.raises(ConfigError, match="max_steps"):
