@@ -173,14 +173,18 @@ def _register_subcommands() -> None:
     from mergebench.cli.demo import demo
     from mergebench.cli.eval import eval_command
     from mergebench.cli.hub import hub_app
+    from mergebench.cli.run import run_command
     from mergebench.cli.space import space_command
+    from mergebench.cli.tiny import tiny_command
     from mergebench.cli.train import train_command
 
     app.add_typer(hub_app, name="hub")
     app.command()(demo)
     app.command("eval")(eval_command)
     app.command("train")(train_command)
+    app.command("run")(run_command)
     app.command("space")(space_command)
+    app.command("tiny")(tiny_command)
     try:
         from mergebench.cli.data import data_app
     except ImportError:  # the data pipeline's optional dependencies are missing

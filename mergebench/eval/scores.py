@@ -96,6 +96,17 @@ def normalised(model: Results, experts: Mapping[str, Results]) -> tuple[float | 
     return (fmean(means) if means else None), domains
 
 
+def validation_score(model: Results, experts: Mapping[str, Results]) -> float | None:
+    """Grid-search score: like :func:`normalised`, over the validation-role tasks (the surrogates) only."""
+    means = []
+    for domain, expert in experts.items():
+        tasks = [n for n, t in model.tasks.items() if t.domain == domain and t.role == "validation"]
+        mean = ratios(model, expert, tasks).mean if tasks else None
+        if mean is not None:
+            means.append(mean)
+    return fmean(means) if means else None
+
+
 def forgetting(model: Results, base: Results | None) -> Ratios:
     """General tasks: model ÷ base."""
     tasks = _tasks_of(model, "general")

@@ -1,0 +1,44 @@
+"""``mergebench run BENCH.yaml``: the benchmark runner."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from mergebench.runner import RunSummary
+
+
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Benchmark configuration (BENCH.yaml).")],
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the output folder first instead of resuming.")] = False,
+    methods: Annotated[str | None, typer.Option("--methods", help="Only these method rows (comma-separated).")] = None,
+) -> None:
+    """Grid-search every method on the validation tasks, evaluate each winner, print the leaderboard.
+
+    Finished grid points and evaluations are cached in the output folder: run the same command again to
+    resume an interrupted run.
+
+    EXAMPLES: mergebench run bench.yaml --methods ties,task_arithmetic
+    """
+    from mergebench.runner import run_benchmark
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    summary = run_benchmark(config, resume=not fresh, progress=sys.stderr.isatty(), methods=names)
+    print_summary(summary)
+
+
+def print_summary(summary: RunSummary) -> None:
+    """The leaderboard, where the results are, and the command that opens the Space on them."""
+    from mergebench.leaderboard import format_table
+
+    out = Console(soft_wrap=True)
+    out.print(format_table(summary.table), markup=False, highlight=False)
+    out.print(f"\nFinished in {summary.seconds:.0f}s. Results: {summary.results_dir.resolve()}", markup=False)
+    out.print(f"Open the Space on them:  mergebench space --results {shlex.quote(str(summary.results_dir))}",
+              markup=False, highlight=False)

@@ -1,0 +1,220 @@
+"""The benchmark configuration (``BENCH.yaml``), validated as a whole before any work.
+
+```yaml
+name: my-bench
+output: runs/my-bench                 # default: runs/<name>; relative paths are relative to this file
+bases:
+  - name: llama-3.2-3b                # label used in file names (default: the model's last path part)
+    model: org/Llama-3.2-3B           # org/name[@rev] or ./local/dir
+    experts: {instruction: org/x_instruction, math: org/x_math, multilingual: ..., coding: ..., safety: ...}
+    multitask: org/x_all              # optional: the multi-task baseline
+data: {math: org/mergebench-math, ...}  # validation rows per domain, for RegMean / Fisher / trained L&S
+methods:                              # default: all eight, each with its registered search grid
+  - {method: ties, parameters: {top_k: 0.2}, grid: {scaling: [0.6, 1.0]}}
+  - {method: localize_stitch, label: localize_stitch (trained), parameters: {mode: trained}}
+validation: {suites: [validation]}     # what a grid point is scored on (normalised by the experts)
+evaluation: {suites: [domains, forgetting]}
+eval_data: null                       # mergebench-eval repo or folder; null = the packaged sets
+merge: {dtype: null}
+push: {results: org/mergebench-results, models: org}   # optional
+keep_models: true                     # keep each method's chosen merged model on disk
+```
+
+Unknown keys are errors, and every problem (unknown method or parameter, grid values out of range, a
+missing expert or data domain, an unknown task) is reported at once, naming where it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from mergebench.errors import ConfigError, MergeBenchError
+from mergebench.fixtures.domains import DOMAINS
+from mergebench.recipe import read_yaml
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EvalSettings(_Strict):
+    """Which tasks to run (suites and/or task names) and how."""
+
+    suites: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(default_factory=list)
+    max_samples: int | None = Field(None, ge=1)
+    dtype: str = "float32"
+    batch_size: int = Field(32, ge=1)
+
+    def task_names(self) -> list[str]:
+        """The resolved ``mb_*`` task names, suites first, without duplicates (unknown names raise)."""
+        from mergebench.eval.tasks import resolve_tasks
+
+        names = [s.name for suite in self.suites for s in resolve_tasks(suite, None)]
+        if self.tasks:
+            names += [s.name for s in resolve_tasks(None, self.tasks)]
+        return list(dict.fromkeys(names))
+
+
+class BaseEntry(_Strict):
+    name: str | None = None
+    model: str
+    experts: dict[str, str]
+    multitask: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model.rstrip("/").split("@")[0].rsplit("/", 1)[-1]
+
+
+class MethodEntry(_Strict):
+    method: str
+    label: str | None = None
+    """Row label; needed when one method appears twice (e.g. Localize-and-Stitch dataless and trained)."""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | None = None
+    """Values to search; ``None``: the method's registered grid (minus keys fixed in ``parameters``)."""
+
+    @property
+    def key(self) -> str:
+        """File-system name of the method's row (label or method name)."""
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in (self.label or self.method)).strip("_")
+
+    def search_grid(self) -> dict[str, list[Any]]:
+        from mergebench import methods
+
+        if self.grid is not None:
+            return {k: list(v) for k, v in self.grid.items()}
+        registered = methods.get(self.method).grid
+        return {k: list(v) for k, v in registered.items() if k not in self.parameters}
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every parameter set of the grid (fixed parameters merged in), in a stable order, keys sorted (so a
+        configuration read from YAML or built in Python labels its rows the same way)."""
+        grid = self.search_grid()
+        keys = list(grid)
+        return [dict(sorted({**self.parameters, **dict(zip(keys, values, strict=True))}.items()))
+                for values in itertools.product(*(grid[k] for k in keys))]
+
+
+class MergeSettings(_Strict):
+    dtype: str | None = None
+    shard_size: int = Field(5 << 30, ge=1 << 20)
+    threads: int = Field(4, ge=1)
+
+
+class PushSettings(_Strict):
+    results: str | None = None
+    """Results dataset (``org/mergebench-results``) every results file is appended to."""
+    models: str | None = None
+    """Namespace the chosen merged models are pushed to, as ``<namespace>/<base>-<method>``."""
+    private: bool = False
+
+
+def default_methods() -> list[MethodEntry]:
+    """All registered methods with their registered grids, plus trained Localize-and-Stitch as its own row."""
+    from mergebench import methods
+
+    entries = [MethodEntry(method=spec.name) for spec in methods.REGISTRY]
+    entries.append(MethodEntry(method="localize_stitch", label="localize_stitch (trained)",
+                               parameters={"mode": "trained"}))
+    return entries
+
+
+class BenchConfig(_Strict):
+    name: str
+    output: str | None = None
+    bases: list[BaseEntry] = Field(min_length=1)
+    data: dict[str, str] = Field(default_factory=dict)
+    methods: list[MethodEntry] = Field(default_factory=default_methods)
+    validation: EvalSettings = EvalSettings(suites=["validation"])
+    evaluation: EvalSettings = EvalSettings(suites=["domains", "forgetting"])
+    eval_data: str | None = None
+    merge: MergeSettings = MergeSettings()
+    push: PushSettings | None = None
+    keep_models: bool = True
+    root: Path = Field(default=Path("."), exclude=True)
+    """Folder relative paths are resolved against (the YAML file's folder)."""
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve_path(self.output or f"runs/{self.name}")
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.root / path).resolve()
+
+    def model_ref(self, ref: str) -> str:
+        """A local folder as an absolute path; a Hub id (``org/name[@rev]``) unchanged."""
+        local = ref.startswith((".", "/", "~")) or (self.root / ref).exists()
+        return str(self.resolve_path(ref)) if local else ref
+
+    def data_ref(self, ref: str) -> str:
+        return str(self.resolve_path(ref)) if ref.endswith(".jsonl") or (self.root / ref).exists() else ref
+
+    @classmethod
+    def from_dict(cls, data: Any, *, root: Path | None = None, source: str = "benchmark configuration"
+                  ) -> BenchConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"The {source} must be a YAML mapping, got {type(data).__name__}.")
+        try:
+            config = cls.model_validate({**data, "root": Path(root or ".").resolve()})
+        except pydantic.ValidationError as e:
+            problems = "\n".join(f"  - {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
+                                 for err in e.errors())
+            raise ConfigError(f"Invalid {source}:\n{problems}",
+                              hint="See the BENCH.yaml format in `mergebench run --help` and the README.") from e
+        config.check()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BenchConfig:
+        path = Path(path)
+        return cls.from_dict(read_yaml(path, what="Benchmark configuration"), root=path.parent,
+                             source=f"benchmark configuration '{path}'")
+
+    def check(self) -> None:
+        """Every semantic problem at once, as one :class:`ConfigError`."""
+        from mergebench import methods
+
+        problems: list[str] = []
+        for i, base in enumerate(self.bases):
+            unknown = sorted(set(base.experts) - set(DOMAINS))
+            missing = [d for d in DOMAINS if d not in base.experts]
+            if unknown:
+                problems.append(f"bases[{i}].experts: unknown domain(s) {', '.join(unknown)} "
+                                f"(domains: {', '.join(DOMAINS)})")
+            if missing:
+                problems.append(f"bases[{i}].experts: no expert for {', '.join(missing)}")
+        labels = [m.key for m in self.methods]
+        for dup in sorted({k for k in labels if labels.count(k) > 1}):
+            problems.append(f"methods: '{dup}' appears twice; give one of them a distinct 'label:'")
+        for i, entry in enumerate(self.methods):
+            try:
+                spec = methods.get(entry.method)
+                points = entry.points()
+                for values in points:
+                    params = spec.make_params(values)
+                    if spec.stats_stage(params):
+                        absent = [d for d in DOMAINS if d not in self.data]
+                        if absent:
+                            problems.append(f"methods[{i}] ({entry.key}) needs validation data; 'data:' has "
+                                            f"nothing for {', '.join(absent)}")
+                            break
+            except MergeBenchError as e:
+                problems.append(f"methods[{i}] ({entry.key}): {e.message}")
+        for section in ("validation", "evaluation"):
+            try:
+                if not getattr(self, section).task_names():
+                    problems.append(f"{section}: no tasks (give 'suites:' or 'tasks:')")
+            except MergeBenchError as e:
+                problems.append(f"{section}: {e.message}")
+        if problems:
+            raise ConfigError("Invalid benchmark configuration:\n" + "\n".join(f"  - {p}" for p in problems),
+                              hint="Fix these entries; `mergebench methods ls` lists methods, parameters and grids, "
+                                   "`mergebench eval --list` the tasks and suites.")

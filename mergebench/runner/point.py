@@ -1,0 +1,128 @@
+"""A grid point: one merge of one base's experts with one parameter set, scored on the validation tasks.
+
+A point is a self-contained, resumable unit of work: :class:`GridPoint` holds everything it needs (the
+recipe with absolute or pinned model references, the validation settings and the experts' validation
+results to normalise by), its ``id`` is a digest of all of that plus the inputs' fingerprints, and its
+record is written atomically to ``grid/<method>/<id>.json`` only when it is finished. A killed run leaves
+either no record (the point runs again; an interrupted merge resumes from its verified shards) or a
+complete one (the point is skipped). Points are independent, so they can also run elsewhere — e.g. one
+Hugging Face Job per point — and be collected by copying their records into the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergebench.eval.results import Results, results_from_dict, write_atomic
+
+logger = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    base: str
+    """The base's label."""
+    method_key: str
+    """The method row's file-system name (label or method)."""
+    recipe: dict[str, Any]
+    """A complete merge recipe (``mergebench.recipe.MergeRecipe`` fields)."""
+    validation_tasks: tuple[str, ...]
+    """Empty: the point is the method's only one and needs no validation score."""
+    eval_settings: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    """Model reference → content fingerprint (commit sha, or a digest of a local folder's files)."""
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return dict(self.recipe.get("parameters") or {})
+
+    @property
+    def id(self) -> str:
+        payload = json.dumps({"recipe": self.recipe, "validation": self.validation_tasks,
+                              "settings": self.eval_settings, "inputs": self.fingerprints,
+                              "version": RECORD_VERSION}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """What a finished point leaves behind (``grid/<method>/<id>.json``)."""
+
+    id: str
+    method_key: str
+    parameters: dict[str, Any]
+    recipe: dict[str, Any]
+    """The pinned recipe the engine wrote (Hub references resolved to commit shas)."""
+    merge_seconds: float
+    stats_seconds: float
+    peak_memory_bytes: int
+    validation_seconds: float
+    score: float | None
+    validation: dict[str, Any] | None
+    """The validation results document, or ``None`` for a single-point grid."""
+
+    @property
+    def validation_results(self) -> Results | None:
+        return results_from_dict(self.validation, "grid point") if self.validation else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"record_version": RECORD_VERSION, **self.__dict__}
+
+    @classmethod
+    def load(cls, path: Path) -> PointRecord | None:
+        """The record at ``path``, or ``None`` if it is missing or from another record version."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if data.pop("record_version", None) != RECORD_VERSION:
+            return None
+        return cls(**data)
+
+
+def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_validation: dict[str, Results],
+              merge_options: Any, eval_options: Any, eval_data: str | None, progress: bool) -> PointRecord:
+    """Merge (or reuse the merged folder of) ``point``, score it on its validation tasks, write its record."""
+    from mergebench.engine import RECIPE_FILE, merge
+    from mergebench.eval import evaluate
+    from mergebench.eval.scores import validation_score
+    from mergebench.recipe import MergeRecipe
+
+    started = time.perf_counter()
+    stats_file = model_dir.with_name(f"{model_dir.name}.merge.json")
+    if (model_dir / RECIPE_FILE).is_file() and stats_file.is_file():
+        logger.info("Reusing the merged model in %s", model_dir)
+        stats = json.loads(stats_file.read_text(encoding="utf-8"))
+    else:
+        shutil.rmtree(model_dir, ignore_errors=True)  # finished but unrecorded: its timings are lost, merge again
+        result = merge(point.recipe, model_dir, options=merge_options)
+        stats = {"merge_seconds": result.seconds, "stats_seconds": result.stats_seconds,
+                 "peak_memory_bytes": result.peak_rss_bytes}
+        write_atomic(stats_file, json.dumps(stats))
+    pinned = MergeRecipe.from_yaml(model_dir / RECIPE_FILE).model_dump(exclude_defaults=True)
+    validation, score, validation_seconds = None, None, 0.0
+    if point.validation_tasks:
+        eval_started = time.perf_counter()
+        results = evaluate(str(model_dir), tasks=list(point.validation_tasks), eval_data=eval_data,
+                           options=eval_options, progress=progress,
+                           model_info={"role": "merged", "method": point.recipe["method"], "base_model": point.base,
+                                       "parameters": point.parameters, "grid_point": point.id})
+        validation_seconds = time.perf_counter() - eval_started
+        validation, score = results.to_dict(), validation_score(results, experts_validation)
+    record = PointRecord(id=point.id, method_key=point.method_key, parameters=point.parameters, recipe=pinned,
+                         merge_seconds=stats["merge_seconds"], stats_seconds=stats["stats_seconds"],
+                         peak_memory_bytes=stats["peak_memory_bytes"], validation_seconds=validation_seconds,
+                         score=score, validation=validation)
+    write_atomic(record_path, json.dumps(record.to_dict(), indent=1, default=str))
+    logger.info("Grid point %s %s: score %s (%.1fs)", point.method_key, point.parameters, score,
+                time.perf_counter() - started)
+    return record

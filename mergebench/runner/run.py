@@ -1,0 +1,246 @@
+"""``mergebench run BENCH.yaml``: grid search per (base, method), final evaluation, scores, leaderboard.
+
+For each base, in order:
+
+1. **References** — the base on every evaluation task; each expert on its own domain's evaluation and
+   validation tasks (all that normalisation needs); the multi-task model, if any, on both. One results
+   file each, reused when complete for the same tasks.
+2. **Grid search** — every point of each method's grid (:mod:`mergebench.runner.point`), scored on the
+   validation tasks normalised by the experts' validation scores; a method with a single point skips
+   validation. The best point wins (ties: the first in grid order); the other points' weights are deleted.
+3. **Final evaluation** of each method's winner on the evaluation tasks, written as
+   ``results/<base>/<method>.json`` with its costs: ``merge_seconds`` (the winner's merge, statistics
+   stage included), ``merge_peak_memory_bytes`` (its peak RSS) and ``validation_seconds`` (the whole grid
+   search: every point's merge and validation evaluation; 0 for a single point).
+4. **Leaderboard** — :func:`mergebench.leaderboard.table` over ``results/``, written as
+   ``leaderboard.md`` and ``leaderboard.csv``; optional pushes of results and chosen models.
+
+Everything is cached under the output folder, so running the same configuration again resumes: finished
+grid points and evaluations are skipped, and the final table is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mergebench.eval.results import Results, load_results
+from mergebench.fixtures.domains import DOMAINS
+from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
+from mergebench.runner.point import GridPoint, PointRecord, run_point
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    output: Path
+    results_dir: Path
+    table: pd.DataFrame
+    seconds: float
+
+
+def _fingerprint(ref: str) -> str:
+    """A commit sha for a Hub reference; a digest of names, sizes and mtimes of a local folder's files."""
+    path = Path(ref)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.iterdir() if p.is_file()):
+            st = f.stat()
+            digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return "local:" + digest.hexdigest()[:16]
+    from huggingface_hub import HfApi
+
+    repo, _, revision = ref.partition("@")
+    return HfApi().model_info(repo, revision=revision or None).sha
+
+
+class _Run:
+    """One benchmark run's state: the configuration, resolved tasks and where everything goes."""
+
+    def __init__(self, config: BenchConfig, *, progress: bool) -> None:
+        from mergebench.engine import MergeOptions
+        from mergebench.eval.lighteval_wrapper import ModelOptions
+
+        self.config, self.progress = config, progress
+        self.out = config.output_dir
+        self.results_dir = self.out / "results"
+        self.evaluation_tasks = config.evaluation.task_names()
+        self.validation_tasks = config.validation.task_names()
+        self.merge_options = MergeOptions(threads=config.merge.threads, shard_size=config.merge.shard_size,
+                                          resume=True, progress=progress)
+        self.eval_options = {
+            "validation": ModelOptions(batch_size=config.validation.batch_size, dtype=config.validation.dtype),
+            "evaluation": ModelOptions(batch_size=config.evaluation.batch_size, dtype=config.evaluation.dtype)}
+        self.eval_data = config.resolve_path(config.eval_data) if config.eval_data and Path(
+            config.root / config.eval_data).exists() else config.eval_data
+
+    def tasks_of(self, tasks: list[str], domains: set[str]) -> list[str]:
+        from mergebench.eval.tasks import TASKS
+
+        return [t for t in tasks if TASKS[t].domain in domains]
+
+    def evaluate(self, model: str, path: Path, tasks: list[str], model_info: dict, *, section: str,
+                 cost: dict | None = None) -> Results:
+        """Evaluate ``model`` on ``tasks`` into ``path``, or reuse that file if complete for the same tasks."""
+        from mergebench.eval import evaluate
+
+        if path.is_file():
+            old = load_results(path)
+            settings = self.config.validation if section == "validation" else self.config.evaluation
+            if (old.run.get("status") == "complete" and old.settings.get("tasks") == tasks
+                    and old.settings.get("max_samples") == settings.max_samples and old.model.get("id") == model):
+                return old
+        settings = self.config.validation if section == "validation" else self.config.evaluation
+        return evaluate(model, tasks=tasks, max_samples=settings.max_samples, out=path, eval_data=self.eval_data,
+                        options=self.eval_options[section], model_info=model_info, cost=cost,
+                        progress=self.progress)
+
+
+def _references(run: _Run, base: BaseEntry) -> tuple[Results, dict[str, Results], Results | None]:
+    config, folder = run.config, run.results_dir / base.label
+    base_ref = config.model_ref(base.model)
+    base_results = run.evaluate(base_ref, folder / "base.json", run.evaluation_tasks,
+                                {"role": "base", "base_model": base_ref, "label": "base"}, section="evaluation")
+    experts = {}
+    for domain in DOMAINS:
+        ref = config.model_ref(base.experts[domain])
+        tasks = run.tasks_of(run.evaluation_tasks, {domain}) + run.tasks_of(run.validation_tasks, {domain})
+        experts[domain] = run.evaluate(ref, folder / f"expert_{domain}.json", tasks,
+                                       {"role": "expert", "domain": domain, "base_model": base_ref},
+                                       section="evaluation")
+    multitask = None
+    if base.multitask:
+        ref = config.model_ref(base.multitask)
+        multitask = run.evaluate(ref, folder / "multitask.json", run.evaluation_tasks + run.validation_tasks,
+                                 {"role": "multitask", "base_model": base_ref}, section="evaluation")
+    return base_results, experts, multitask
+
+
+def _grid(run: _Run, base: BaseEntry, entry: MethodEntry, fingerprints: dict[str, str]) -> list[GridPoint]:
+    config = run.config
+    experts = [{"model": config.model_ref(base.experts[d]), "domain": d} for d in DOMAINS]
+    points = entry.points()
+    validation = tuple(run.validation_tasks) if len(points) > 1 else ()
+    settings = {"max_samples": config.validation.max_samples, "dtype": config.validation.dtype,
+                "eval_data": str(run.eval_data)}
+    grid = []
+    for parameters in points:
+        recipe: dict[str, Any] = {"method": entry.method, "base_model": config.model_ref(base.model),
+                                  "models": experts, "parameters": parameters}
+        if config.merge.dtype:
+            recipe["dtype"] = config.merge.dtype
+        if config.data:
+            recipe["data"] = {d: config.data_ref(ref) for d, ref in config.data.items()}
+        grid.append(GridPoint(base=base.label, method_key=entry.key, recipe=recipe, validation_tasks=validation,
+                              eval_settings=settings, fingerprints=fingerprints))
+    return grid
+
+
+def _search(run: _Run, base: BaseEntry, entry: MethodEntry, experts: dict[str, Results],
+            fingerprints: dict[str, str]) -> tuple[GridPoint, PointRecord, list[PointRecord]]:
+    """Run (or reuse) every grid point of one method; the winner and all records."""
+    grid_dir = run.out / "grid" / base.label / entry.key
+    models_dir = run.out / "models" / base.label / entry.key
+    records = []
+    points = _grid(run, base, entry, fingerprints)
+    for point in tqdm(points, desc=f"{entry.key} grid", unit="point", disable=not run.progress or len(points) < 2):
+        record = PointRecord.load(grid_dir / f"{point.id}.json")
+        if record is None:
+            record = run_point(point, model_dir=models_dir / point.id, record_path=grid_dir / f"{point.id}.json",
+                               experts_validation=experts, merge_options=run.merge_options,
+                               eval_options=run.eval_options["validation"], eval_data=run.eval_data,
+                               progress=run.progress)
+        records.append(record)
+    best = max(range(len(records)), key=lambda i: (records[i].score is not None, records[i].score or 0.0, -i))
+    for point in points:  # only the winner's weights are kept
+        if point.id != points[best].id:
+            shutil.rmtree(models_dir / point.id, ignore_errors=True)
+    return points[best], records[best], records
+
+
+def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, record: PointRecord,
+           records: list[PointRecord]) -> Results:
+    model_dir = run.out / "models" / base.label / entry.key / point.id
+    path = run.results_dir / base.label / f"{entry.key}.json"
+    validation_seconds = sum(r.merge_seconds + r.validation_seconds for r in records) if len(records) > 1 else 0.0
+    cost = {"merge_seconds": round(record.merge_seconds, 3), "merge_peak_memory_bytes": record.peak_memory_bytes,
+            "validation_seconds": round(validation_seconds, 3)}
+    info = {"role": "merged", "base_model": run.config.model_ref(base.model), "method": entry.method,
+            "parameters": record.parameters, "experts": [m["model"] for m in point.recipe["models"]],
+            "grid_point": point.id, "validation_score": record.score}
+    if entry.label:
+        info["label"] = entry.label
+    if path.is_file():
+        old = load_results(path)
+        if old.run.get("status") == "complete" and old.model.get("grid_point") == point.id:
+            return old
+    if not (model_dir / "config.json").is_file():  # deleted, or not kept: merge the winner again (deterministic)
+        from mergebench.engine import merge
+
+        shutil.rmtree(model_dir, ignore_errors=True)
+        merge(point.recipe, model_dir, options=run.merge_options)
+    results = run.evaluate(str(model_dir), path, run.evaluation_tasks, info, section="evaluation", cost=cost)
+    push = run.config.push
+    if push and push.models:
+        from mergebench.push import push_folder
+
+        push_folder(model_dir, f"{push.models}/{base.label}-{entry.key}", private=push.private)
+    if not run.config.keep_models:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return results
+
+
+def run_benchmark(config: BenchConfig | str | Path, *, resume: bool = True, progress: bool = True,
+                  methods: list[str] | None = None) -> RunSummary:
+    """Run (or resume) a benchmark; see the module docstring.
+
+    Args:
+        config: a :class:`BenchConfig` or the path of a ``BENCH.yaml``.
+        resume: reuse finished grid points and evaluations (default); ``False`` deletes the output folder first.
+        methods: only these method rows (names or labels).
+
+    Raises:
+        ConfigError: an invalid configuration or an unknown name in ``methods`` — before any work.
+    """
+    from mergebench.errors import ConfigError
+    from mergebench.leaderboard import format_table, read_results, table
+
+    started = time.perf_counter()
+    config = config if isinstance(config, BenchConfig) else BenchConfig.from_yaml(config)
+    entries = config.methods
+    if methods:
+        unknown = [m for m in methods if m not in {e.key for e in entries} | {e.method for e in entries}]
+        if unknown:
+            raise ConfigError(f"No method row named {', '.join(unknown)} in the configuration.",
+                              hint=f"Rows: {', '.join(e.key for e in entries)}.")
+        entries = [e for e in entries if e.key in methods or e.method in methods]
+    run = _Run(config, progress=progress)
+    if not resume:
+        shutil.rmtree(run.out, ignore_errors=True)
+    run.out.mkdir(parents=True, exist_ok=True)
+    for base in config.bases:
+        refs = [config.model_ref(base.model), *(config.model_ref(base.experts[d]) for d in DOMAINS)]
+        fingerprints = {ref: _fingerprint(ref) for ref in refs}
+        _, experts, _ = _references(run, base)
+        for entry in tqdm(entries, desc=f"{base.label} methods", unit="method", disable=not progress):
+            point, record, records = _search(run, base, entry, experts, fingerprints)
+            _final(run, base, entry, point, record, records)
+    results = read_results(run.results_dir)
+    board = table(results)
+    (run.out / "leaderboard.md").write_text(format_table(board) + "\n", encoding="utf-8")
+    board.to_csv(run.out / "leaderboard.csv", index=False)
+    if config.push and config.push.results:
+        from mergebench.eval.results import push_results
+
+        for r in results:
+            push_results(config.push.results, r, private=config.push.private)
+    return RunSummary(run.out, run.results_dir, board, time.perf_counter() - started)
