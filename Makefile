@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/mergebench demo
+	$(BIN)/mergebench tiny
 
 test: venv
 	$(BIN)/ruff check .

@@ -241,8 +241,8 @@ TINY_DOMAINS: dict[str, TinyDomain] = {d.name: d for d in (
 )}
 """The five domains and ``general`` (the forgetting task; evaluation only). Coding shares its eight kinds of
 expression between splits (the lists and numbers differ): holding a kind out would test a skill never taught."""
-TEST_ITEMS = 32
-VALIDATION_ITEMS = 16
+TEST_ITEMS = 24
+VALIDATION_ITEMS = 12
 
 
 def items(domain: str, split: Split, n: int, *, seed: int = 0) -> list[Item]:
