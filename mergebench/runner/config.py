@@ -69,6 +69,7 @@ class BaseEntry(_Strict):
 
     @property
     def label(self) -> str:
+        """File-system name of the base (its ``name``, else the model's last path part)."""
         return self.name or self.model.rstrip("/").split("@")[0].rsplit("/", 1)[-1]
 
 
@@ -153,6 +154,10 @@ class BenchConfig(_Strict):
         """A local folder as an absolute path; a Hub id (``org/name[@rev]``) unchanged."""
         local = ref.startswith((".", "/", "~")) or (self.root / ref).exists()
         return str(self.resolve_path(ref)) if local else ref
+
+    def base_id(self, base: BaseEntry) -> str:
+        """The base as results and leaderboards name it: its Hub id, or its label for a local folder."""
+        return base.model.split("@")[0] if self.model_ref(base.model) == base.model else base.label
 
     def data_ref(self, ref: str) -> str:
         return str(self.resolve_path(ref)) if ref.endswith(".jsonl") or (self.root / ref).exists() else ref

@@ -107,21 +107,21 @@ class _Run:
 
 def _references(run: _Run, base: BaseEntry) -> tuple[Results, dict[str, Results], Results | None]:
     config, folder = run.config, run.results_dir / base.label
-    base_ref = config.model_ref(base.model)
+    base_ref, base_id = config.model_ref(base.model), config.base_id(base)
     base_results = run.evaluate(base_ref, folder / "base.json", run.evaluation_tasks,
-                                {"role": "base", "base_model": base_ref, "label": "base"}, section="evaluation")
+                                {"role": "base", "base_model": base_id, "label": "base"}, section="evaluation")
     experts = {}
     for domain in DOMAINS:
         ref = config.model_ref(base.experts[domain])
         tasks = run.tasks_of(run.evaluation_tasks, {domain}) + run.tasks_of(run.validation_tasks, {domain})
         experts[domain] = run.evaluate(ref, folder / f"expert_{domain}.json", tasks,
-                                       {"role": "expert", "domain": domain, "base_model": base_ref},
+                                       {"role": "expert", "domain": domain, "base_model": base_id},
                                        section="evaluation")
     multitask = None
     if base.multitask:
         ref = config.model_ref(base.multitask)
         multitask = run.evaluate(ref, folder / "multitask.json", run.evaluation_tasks + run.validation_tasks,
-                                 {"role": "multitask", "base_model": base_ref}, section="evaluation")
+                                 {"role": "multitask", "base_model": base_id}, section="evaluation")
     return base_results, experts, multitask
 
 
@@ -174,7 +174,7 @@ def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, rec
     validation_seconds = sum(r.merge_seconds + r.validation_seconds for r in records) if len(records) > 1 else 0.0
     cost = {"merge_seconds": round(record.merge_seconds, 3), "merge_peak_memory_bytes": record.peak_memory_bytes,
             "validation_seconds": round(validation_seconds, 3)}
-    info = {"role": "merged", "base_model": run.config.model_ref(base.model), "method": entry.method,
+    info = {"role": "merged", "base_model": run.config.base_id(base), "method": entry.method,
             "parameters": record.parameters, "experts": [m["model"] for m in point.recipe["models"]],
             "grid_point": point.id, "validation_score": record.score}
     if entry.label:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-NUM_SAMPLES = 16
+NUM_SAMPLES = 8
 
 METHODS: tuple[dict[str, Any], ...] = (
     {"method": "model_soup"},
