@@ -10,7 +10,6 @@ expert (the paper: 1,000).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 NUM_SAMPLES = 8
@@ -29,7 +28,7 @@ METHODS: tuple[dict[str, Any], ...] = (
 )
 
 
-def tiny_bench(*, base: Path, experts: Mapping[str, Path], data: Mapping[str, Path], output: Path) -> dict[str, Any]:
+def tiny_bench(*, base: str, experts: Mapping[str, str], data: Mapping[str, str], output: str) -> dict[str, Any]:
     """The runner configuration (as a ``BENCH.yaml`` mapping) for one Tiny base and its five experts."""
     return {
         "name": "mergebench-tiny",

@@ -102,12 +102,16 @@ class TinyWork:
         return self.root / "bench.yaml"
 
 
-def write_bench_config(work: TinyWork, experts: dict[str, Path], data: dict[str, Path]) -> Path:
-    """The runner's configuration for Tiny: the base, its five experts, eight methods with small grids."""
+def write_bench_config(work: TinyWork) -> Path:
+    """The runner's configuration for Tiny: the base, its five experts, eight methods with small grids.
+
+    Paths are written relative to the configuration file (``./base``, ``./experts/math``), so the work folder
+    can be moved or opened from any working directory.
+    """
     from mergebench.tiny.bench import tiny_bench
 
-    config = tiny_bench(base=work.base, experts=experts, data={d: p / "validation.jsonl" for d, p in data.items()},
-                        output=work.root / "run")
+    config = tiny_bench(base="./base", experts={d: f"./experts/{d}" for d in DOMAINS},
+                        data={d: f"./data/{d}/validation.jsonl" for d in DOMAINS}, output="./run")
     work.bench.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return work.bench
 
@@ -117,8 +121,8 @@ def prepare(work_dir: Path, *, progress: bool = True) -> Path:
     work = TinyWork(Path(work_dir))
     data = write_domain_datasets(work.data)
     base = prepare_base(work.base)
-    experts = train_experts(base, data, work.experts, progress=progress)
-    return write_bench_config(work, experts, data)
+    train_experts(base, data, work.experts, progress=progress)
+    return write_bench_config(work)
 
 
 def run_tiny(work_dir: Path, *, progress: bool = True) -> Any:
