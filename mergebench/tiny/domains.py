@@ -241,8 +241,10 @@ TINY_DOMAINS: dict[str, TinyDomain] = {d.name: d for d in (
 )}
 """The five domains and ``general`` (the forgetting task; evaluation only). Coding shares its eight kinds of
 expression between splits (the lists and numbers differ): holding a kind out would test a skill never taught."""
-TEST_ITEMS = 24
+TEST_ITEMS = 20
 VALIDATION_ITEMS = 12
+GENERAL_ITEMS = 16
+"""The forgetting task only needs to notice lost knowledge, so it is smaller."""
 
 
 def items(domain: str, split: Split, n: int, *, seed: int = 0) -> list[Item]:
@@ -266,7 +268,8 @@ def chat_rows(domain: str, split: Split, n: int, *, seed: int = 0) -> list[dict]
 
 def eval_splits(domain: str, *, seed: int = 0) -> dict[str, list[dict]]:
     """The evaluation set of ``domain``: ``test`` (:data:`TEST_ITEMS`) and ``validation`` rows."""
-    return {"test": eval_rows(domain, "test", TEST_ITEMS, seed=seed),
+    n_test = GENERAL_ITEMS if domain == "general" else TEST_ITEMS
+    return {"test": eval_rows(domain, "test", n_test, seed=seed),
             "validation": eval_rows(domain, "validation", VALIDATION_ITEMS, seed=seed)}
 
 

@@ -27,7 +27,7 @@ def test_the_configuration_validates_resolves_inside_the_work_folder_and_has_sma
         d: str((work.experts / d).resolve()) for d in DOMAINS}
     assert config.data_ref(config.data["math"]) == str((work.data / "math" / "validation.jsonl").resolve())
     points = {m.key: len(m.points()) for m in config.methods}
-    assert points == {"model_soup": 1, "task_arithmetic": 2, "ties": 2, "dare": 1, "consensus": 1,
+    assert points == {"model_soup": 1, "task_arithmetic": 2, "ties": 1, "dare": 1, "consensus": 1,
                       "localize_stitch": 1, "localize_stitch__trained": 1, "regmean": 1, "fisher": 1}
     assert config.validation.task_names() == [f"mb_tinybench_{d}_val" for d in DOMAINS]
     assert path == work.bench
