@@ -136,6 +136,8 @@ class Run:
     peak_rss: int
     disk_bytes: int
     """Output folder plus anything left in the contender's Hub cache."""
+    cache_bytes: int
+    """What the run left in its Hub cache (input copies)."""
 
 
 def mergebench_run(case: Case, work: Path, env: dict[str, str]) -> tuple[Run, Path]:
@@ -166,7 +168,8 @@ def _home_env(env: dict[str, str], home: Path) -> dict[str, str]:
 
 
 def _run(m: Measured, out: Path, home: Path) -> Run:
-    return Run(m.seconds, m.peak_rss, folder_bytes(out) + folder_bytes(home))
+    cache = folder_bytes(home)
+    return Run(m.seconds, m.peak_rss, folder_bytes(out) + cache, cache)
 
 
 def download_once(repo_ids: list[str], work: Path, env: dict[str, str]) -> tuple[float, int]:
@@ -262,7 +265,9 @@ def main() -> None:
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     mergekit = ensure_mergekit()
+    setup = time.perf_counter()
     base, experts = write_family(work / "family", SHAPE, N_EXPERTS, shard_bytes=INPUT_SHARD_BYTES)
+    generated = time.perf_counter()
     family = [base, *experts]
     load_before = os.getloadavg()
     rows = []
@@ -282,7 +287,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     doc = {"machine": machine(), "load": [load_before, os.getloadavg()], "rows": rows,
            "download": {"seconds": download[0], "disk": download[1], "fetched": download_fetched},
-           "seconds": elapsed}
+           "seconds": elapsed, "setup": {"mergekit_venv": setup - started, "family": generated - setup}}
     (work / "results.json").write_text(json.dumps(doc, indent=1))
     table = render(doc)
     print(table)
@@ -304,7 +309,8 @@ def render(doc: dict) -> str:
         f"Inputs read once (warm page cache) before every timed run. Memory bound = n_models × largest "
         f"tensor (fp32) + 1 GB = {bound / gb:.2f} GB. Hub: loopback server on 127.0.0.1; downloading all inputs "
         f"once with `snapshot_download` took {d['seconds']:.1f} s ({d['fetched'] / gb:.2f} GB). "
-        f"Whole benchmark: {doc['seconds'] / 60:.1f} min.",
+        f"Whole benchmark: {doc['seconds'] / 60:.1f} min, of which {doc['setup']['mergekit_venv']:.0f} s creating "
+        f"mergekit's venv and {doc['setup']['family']:.0f} s generating the family (both reused when present).",
         "",
         "| source | method | MergeBench (s) | mergekit (s) | speed-up | MB peak RSS (GB) | mk peak RSS (GB) "
         "| MB disk (GB) | mk disk (GB) | MB fetched (GB) | mk fetched (GB) | agreement |",
@@ -326,7 +332,39 @@ def render(doc: dict) -> str:
         lines.append(f"| {r['source']} | {r['case']} | {mb['seconds']:.1f} | {f(mk, 'seconds', 1, '.1f')} | {speed} "
                      f"| {f(mb, 'peak_rss')} | {f(mk, 'peak_rss')} | {f(mb, 'disk_bytes')} | {f(mk, 'disk_bytes')} "
                      f"| {f(mb, 'fetched')} | {f(mk, 'fetched')} | {agreement} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *goals(doc, bound)])
+
+
+def goals(doc: dict, bound: int) -> list[str]:
+    """The issue's goals, each checked against this run's numbers."""
+    rows = {(r["source"], r["case"]): r for r in doc["rows"]}
+    ta, tt, _ = cases("", [])
+    download = doc["download"]["seconds"]
+
+    def speed(case: Case) -> float:
+        r = rows["local", case.label]
+        return r["mergekit"]["seconds"] / r["mergebench"]["seconds"]
+
+    hub_mb = {case: r["mergebench"] for (source, case), r in rows.items() if source == "hub"}
+    left = max(r["cache_bytes"] for r in hub_mb.values())
+    peaks = [r["mergebench"]["peak_rss"] for r in doc["rows"]]
+    below_mk = all(r["mergebench"]["peak_rss"] < r["mergekit"]["peak_rss"] for r in doc["rows"] if "mergekit" in r)
+
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    hub = "; ".join(f"{case} {r['seconds']:.1f} s = {r['seconds'] / download:.2f}× "
+                    f"{met(r['seconds'] <= 1.2 * download)}" for case, r in hub_mb.items())
+
+    return [
+        "Goals (this run):",
+        f"- Local, ≥ 3× faster than mergekit: Task Arithmetic {speed(ta):.1f}× {met(speed(ta) >= 3)}; "
+        f"TIES (same maths) {speed(tt):.1f}× {met(speed(tt) >= 3)}.",
+        f"- Hub, total ≤ 1.2 × one download of the inputs ({download:.1f} s): {hub}; no input copy left on disk "
+        f"(largest Hub cache after a MergeBench Hub run: {left} bytes) {met(left == 0)}.",
+        f"- Peak RSS ≤ bound ({bound / 1e9:.2f} GB): MergeBench's highest {max(peaks) / 1e9:.2f} GB "
+        f"{met(max(peaks) <= bound)}; below mergekit's in every paired row {met(below_mk)}.",
+    ]
 
 
 if __name__ == "__main__":
