@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-NUM_SAMPLES = 8
+NUM_SAMPLES = 4
 
 METHODS: tuple[dict[str, Any], ...] = (
     {"method": "model_soup"},

@@ -241,9 +241,9 @@ TINY_DOMAINS: dict[str, TinyDomain] = {d.name: d for d in (
 )}
 """The five domains and ``general`` (the forgetting task; evaluation only). Coding shares its eight kinds of
 expression between splits (the lists and numbers differ): holding a kind out would test a skill never taught."""
-TEST_ITEMS = 20
+TEST_ITEMS = 16
 VALIDATION_ITEMS = 12
-GENERAL_ITEMS = 16
+GENERAL_ITEMS = 12
 """The forgetting task only needs to notice lost knowledge, so it is smaller."""
 
 
