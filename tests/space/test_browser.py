@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from tests.space.conftest import BIN_ONLY, EVAL_TASKS, GEMMA
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
+TINY_RESULTS = Path(__file__).parent / "tiny_results"
+"""The results folder of a real MergeBench-Tiny run (`make demo`), copied as it was written."""
 
 if CHROMIUM is None:
     if os.environ.get("CI") == "true":
@@ -36,12 +39,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(space_hub, tmp_path_factory):
+def _serve(results: Path, tmp_path_factory) -> Iterator[str]:
     from app import launch
     from settings import SpaceConfig
 
-    config = SpaceConfig(results=str(space_hub.results_dir), work_dir=tmp_path_factory.mktemp("space-state"),
+    config = SpaceConfig(results=str(results), work_dir=tmp_path_factory.mktemp("space-state"),
                          results_repo="alice/browser-results", eval_tasks=EVAL_TASKS, eval_max_samples=2)
     demo, services = launch(config, host="127.0.0.1", port=_free_port(), block=False)
     url = demo.local_url
@@ -49,6 +51,16 @@ def app_url(space_hub, tmp_path_factory):
     yield url
     services.worker.stop()
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(space_hub, tmp_path_factory):
+    yield from _serve(space_hub.results_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny_app_url(space_hub, tmp_path_factory):
+    yield from _serve(TINY_RESULTS, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +184,24 @@ def test_a_submission_runs_to_completion_and_its_row_appears(page, space_hub):
     expect(page.locator("#lb [role=row]")).to_have_count(20, timeout=30_000)  # header + 18 fixture merges + ours
     expect(page.locator("#lb")).to_contain_text("ties (top_k=0.25, scaling=0.8", timeout=30_000)
     page.screenshot(path=ARTIFACTS / "leaderboard-with-submission.png", full_page=True)
+
+
+def test_a_real_tiny_run_shows_every_method_a_filter_and_plots(browser, tiny_app_url):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.goto(tiny_app_url)
+    page.wait_for_selector("gradio-app .gradio-container", timeout=60_000)
+    expect(page.locator("#lb")).to_contain_text("localize_stitch (trained)", timeout=30_000)
+    page.locator("#f-ref input").uncheck()
+    expect(page.locator("#lb [role=row]")).to_have_count(10, timeout=30_000)  # header + 9 rows: L&S twice
+    assert set(_column(page, "Method")) == {"model_soup", "task_arithmetic", "ties", "dare", "consensus",
+                                            "localize_stitch", "regmean", "fisher"}
+    page.screenshot(path=ARTIFACTS / "tiny-leaderboard.png", full_page=True)
+    page.locator("#f-method label", has_text="localize_stitch").click()
+    expect(page.locator("#lb [role=row]")).to_have_count(3, timeout=30_000)  # header + dataless + trained
+    page.get_by_role("tab", name="Plots").click()
+    page.wait_for_selector("#plot-1 .js-plotly-plot", timeout=30_000)
+    page.screenshot(path=ARTIFACTS / "tiny-plots.png", full_page=True)
+    context.close()
