@@ -39,6 +39,6 @@ def print_summary(summary: RunSummary) -> None:
 
     out = Console(soft_wrap=True)
     out.print(format_table(summary.table), markup=False, highlight=False)
-    out.print(f"\nFinished in {summary.seconds:.0f}s. Results: {summary.results_dir.resolve()}", markup=False)
+    out.print(f"\nBenchmark run: {summary.seconds:.0f}s. Results: {summary.results_dir.resolve()}", markup=False)
     out.print(f"Open the Space on them:  mergebench space --results {shlex.quote(str(summary.results_dir))}",
               markup=False, highlight=False)
