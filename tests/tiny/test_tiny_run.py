@@ -18,7 +18,7 @@ import pytest
 from mergebench.fixtures.domains import DOMAINS
 from mergebench.leaderboard import read_results, table
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 EIGHT = {"model_soup", "task_arithmetic", "ties", "dare", "consensus", "localize_stitch", "localize_stitch (trained)",
          "regmean", "fisher"}
@@ -38,12 +38,14 @@ def _grid_points(work: Path) -> dict[Path, int]:
 def test_tiny_runs_resumes_after_a_kill_and_scores_every_method(tmp_path: Path) -> None:
     work = tmp_path / "tiny"
     first = _tiny(work)
-    deadline = time.monotonic() + 1800
-    while not _grid_points(work) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(2)
-    assert first.poll() is None, first.stdout.read()  # still running: killed mid-way, not after the end
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    try:
+        deadline = time.monotonic() + 1800
+        while not _grid_points(work) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)
+        assert first.poll() is None, first.stdout.read()  # still running: killed mid-way, not after the end
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
     before = _grid_points(work)
     experts = {d: (work / "experts" / d / "model.safetensors").stat().st_mtime_ns for d in DOMAINS}
 
