@@ -77,15 +77,20 @@ def ratios(model: Results, reference: Results, tasks: list[str]) -> Ratios:
     return Ratios(out, skipped)
 
 
-def _tasks_of(results: Results, domain: str) -> list[str]:
-    return [n for n, t in results.tasks.items() if t.domain == domain and t.role != "validation"]
+def _tasks_of(results: Results, domain: str, *, validation: bool = False) -> list[str]:
+    return [n for n, t in results.tasks.items() if t.domain == domain and (t.role == "validation") == validation]
 
 
-def normalised(model: Results, experts: Mapping[str, Results]) -> tuple[float | None, dict[str, Ratios]]:
-    """(mean over domains of the within-domain mean ratio to the expert, per-domain ratios)."""
+def normalised(model: Results, experts: Mapping[str, Results], *, validation: bool = False
+               ) -> tuple[float | None, dict[str, Ratios]]:
+    """(mean over domains of the within-domain mean ratio to the expert, per-domain ratios).
+
+    ``validation=True`` scores the validation-role tasks (the surrogates a grid search selects on) instead
+    of the test tasks.
+    """
     domains = {}
     for domain in DOMAINS:
-        tasks = _tasks_of(model, domain)
+        tasks = _tasks_of(model, domain, validation=validation)
         if not tasks:
             continue
         if domain not in experts:
@@ -94,17 +99,6 @@ def normalised(model: Results, experts: Mapping[str, Results]) -> tuple[float | 
         domains[domain] = ratios(model, experts[domain], tasks)
     means = [r.mean for r in domains.values() if r.mean is not None]
     return (fmean(means) if means else None), domains
-
-
-def validation_score(model: Results, experts: Mapping[str, Results]) -> float | None:
-    """Grid-search score: like :func:`normalised`, over the validation-role tasks (the surrogates) only."""
-    means = []
-    for domain, expert in experts.items():
-        tasks = [n for n, t in model.tasks.items() if t.domain == domain and t.role == "validation"]
-        mean = ratios(model, expert, tasks).mean if tasks else None
-        if mean is not None:
-            means.append(mean)
-    return fmean(means) if means else None
 
 
 def forgetting(model: Results, base: Results | None) -> Ratios:

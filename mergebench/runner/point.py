@@ -94,7 +94,7 @@ def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_v
     """Merge (or reuse the merged folder of) ``point``, score it on its validation tasks, write its record."""
     from mergebench.engine import RECIPE_FILE, merge
     from mergebench.eval import evaluate
-    from mergebench.eval.scores import validation_score
+    from mergebench.eval.scores import normalised
     from mergebench.recipe import MergeRecipe
 
     started = time.perf_counter()
@@ -117,7 +117,7 @@ def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_v
                            model_info={"role": "merged", "method": point.recipe["method"], "base_model": point.base,
                                        "parameters": point.parameters, "grid_point": point.id})
         validation_seconds = time.perf_counter() - eval_started
-        validation, score = results.to_dict(), validation_score(results, experts_validation)
+        validation, score = results.to_dict(), normalised(results, experts_validation, validation=True)[0]
     record = PointRecord(id=point.id, method_key=point.method_key, parameters=point.parameters, recipe=pinned,
                          merge_seconds=stats["merge_seconds"], stats_seconds=stats["stats_seconds"],
                          peak_memory_bytes=stats["peak_memory_bytes"], validation_seconds=validation_seconds,

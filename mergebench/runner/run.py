@@ -80,8 +80,7 @@ class _Run:
         self.eval_options = {
             "validation": ModelOptions(batch_size=config.validation.batch_size, dtype=config.validation.dtype),
             "evaluation": ModelOptions(batch_size=config.evaluation.batch_size, dtype=config.evaluation.dtype)}
-        self.eval_data = config.resolve_path(config.eval_data) if config.eval_data and Path(
-            config.root / config.eval_data).exists() else config.eval_data
+        self.eval_data = config.data_ref(config.eval_data) if config.eval_data else None
 
     def tasks_of(self, tasks: list[str], domains: set[str]) -> list[str]:
         from mergebench.eval.tasks import TASKS
@@ -93,13 +92,12 @@ class _Run:
         """Evaluate ``model`` on ``tasks`` into ``path``, or reuse that file if complete for the same tasks."""
         from mergebench.eval import evaluate
 
+        settings = self.config.validation if section == "validation" else self.config.evaluation
         if path.is_file():
             old = load_results(path)
-            settings = self.config.validation if section == "validation" else self.config.evaluation
             if (old.run.get("status") == "complete" and old.settings.get("tasks") == tasks
                     and old.settings.get("max_samples") == settings.max_samples and old.model.get("id") == model):
                 return old
-        settings = self.config.validation if section == "validation" else self.config.evaluation
         return evaluate(model, tasks=tasks, max_samples=settings.max_samples, out=path, eval_data=self.eval_data,
                         options=self.eval_options[section], model_info=model_info, cost=cost,
                         progress=self.progress)

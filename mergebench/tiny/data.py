@@ -2,7 +2,7 @@
 
 Each domain becomes a dataset folder that ``datasets.load_dataset`` and :func:`mergebench.train.train_expert`
 read exactly like a built ``mergebench-<domain>`` repo (``data/{train,validation}-*.parquet`` in the project
-schema, a ``README.md`` dataset card with ``configs``), plus a ``validation/<domain>.jsonl`` copy of the
+schema, a ``README.md`` dataset card with ``configs``), plus a ``<domain>/validation.jsonl`` copy of the
 validation split for the data-dependent merge methods (the recipe's ``data:`` mapping). The evaluation items
 are not written here: the ``mb_tinybench_*`` tasks generate them (they are a pure function of the seed).
 """
