@@ -89,7 +89,7 @@ def render_model_card(recipe: MergeRecipe, spec: MethodSpec, params: Params, mod
             for r in eval_rows
         ] or None,
     )
-    entries = [{"name": m.ref.repo_id or m.ref.text, "revision": m.sha or "local"} for m in [base, *experts]]
+    entries = [{"name": m.ref.public_name, "revision": m.sha or "local"} for m in [base, *experts]]
     for entry, item in zip(entries[1:], recipe.models, strict=True):
         entry.update(domain=item.domain, weight=item.weight)
     paragraphs = spec.doc.split("\n\n")

@@ -35,7 +35,8 @@ from mergebench.card import write_model_card
 from mergebench.compute import CHUNK_ENTRIES, ChunkPool
 from mergebench.data.validation import load_validation_rows
 from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError, StatisticsError
-from mergebench.hub import ModelRef, ResolvedModel, resolve
+from mergebench.fingerprint import folder_fingerprint
+from mergebench.hub import ModelRef, ResolvedModel, public_path, resolve
 from mergebench.memory import peak_rss_bytes, reset_peak_rss
 from mergebench.methods import MergeContext, MethodSpec, Params
 from mergebench.methods._topk import GlobalTopK
@@ -185,6 +186,22 @@ def _local_folder(model: ResolvedModel) -> Path:
     return Path(snapshot_download(model.ref.repo_id, revision=model.sha))
 
 
+def _published(inputs: _Inputs) -> MergeRecipe:
+    """The pinned recipe as the merged folder (and so a push) shows it: Hub inputs at their commit, local
+    models and data files by :func:`~mergebench.hub.public_path`, never by this machine's absolute paths."""
+    pinned = inputs.pinned
+
+    def name(model: ResolvedModel) -> str:
+        return _pinned(model) if model.ref.repo_id else model.ref.public_name
+
+    return pinned.model_copy(update={
+        "base_model": name(inputs.base),
+        "models": [m.model_copy(update={"model": name(e)}) for m, e in zip(pinned.models, inputs.experts, strict=True)],
+        "tokenizer_source": name(inputs.tokenizer_source) if pinned.tokenizer_source else None,
+        "data": {domain: public_path(ref) for domain, ref in pinned.data.items()},
+    })
+
+
 def _pinned(model: ResolvedModel) -> str:
     if model.ref.repo_id:
         return f"{model.ref.repo_id}@{model.sha}"
@@ -214,10 +231,8 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     started = time.perf_counter()
     reset_peak_rss()
     out_dir = Path(out_dir)
+    _check_output_dir(out_dir)
     inputs = prepare(config, shard_size=options.shard_size, read_ahead_bytes=options.read_ahead_bytes)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise OutputExistsError(f"Output folder '{out_dir}' already exists and is not empty.",
-                                hint="Choose another --out, or delete the folder first.")
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     fingerprint = _fingerprint(inputs)
     state = _resume_state(partial, fingerprint) if options.resume else None
@@ -249,12 +264,13 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     for name in AUX_FILES:
         if name in inputs.tokenizer_source.file_list:
             inputs.tokenizer_source.copy_file(name, partial / name)
-    (partial / RECIPE_FILE).write_text(inputs.pinned.to_yaml(), encoding="utf-8")
+    published = _published(inputs)
+    (partial / RECIPE_FILE).write_text(published.to_yaml(), encoding="utf-8")
     seconds = time.perf_counter() - started
     peak = peak_rss_bytes()
     result = MergeResult(out_dir, inputs.pinned, inputs.plan, seconds=seconds, peak_rss_bytes=peak,
                          bytes_read=bytes_read, stats_seconds=stats_seconds, resumed_shards=done)
-    write_model_card(partial, inputs.pinned, inputs.spec, inputs.params, [*inputs.experts, inputs.base], result)
+    write_model_card(partial, published, inputs.spec, inputs.params, [*inputs.experts, inputs.base], result)
     (partial / PROGRESS_FILE).unlink()
     if out_dir.exists():
         out_dir.rmdir()
@@ -269,9 +285,30 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     return result
 
 
+def _check_output_dir(out_dir: Path) -> None:
+    """The destination must be a new or empty folder with a name (its sibling ``.NAME.partial`` is the work
+    folder), checked before any input is read."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"Output '{out_dir}' is a file, not a folder.",
+                                hint="Choose a folder path for --out that does not exist yet.")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise OutputExistsError(f"Output folder '{out_dir}' already exists and is not empty.",
+                                hint="Choose another --out, or delete the folder first.")
+    if not out_dir.resolve().name or out_dir.resolve() == Path.cwd():
+        raise OutputExistsError(f"Output '{out_dir}' is the current folder (or the root); the merge needs a folder "
+                                "of its own, written beside it and renamed into place.",
+                                hint="Pass a new folder name, e.g. --out merged/.")
+
+
 def _fingerprint(inputs: _Inputs) -> str:
+    """What the merge is computed from: the pinned recipe (Hub inputs by commit sha), the plan, the method's
+    version and the contents of local inputs (:mod:`mergebench.fingerprint`), so ``--resume`` never
+    continues from shards or thresholds computed from a file that has changed since."""
+    local = [(m.ref.text, folder_fingerprint(m.ref.local_path, m.files))
+             for m in (inputs.base, *inputs.experts, inputs.tokenizer_source) if m.ref.local_path is not None]
     doc = {"recipe": inputs.pinned.model_dump(), "shards": [(s.filename, s.tensors) for s in inputs.plan.shards],
-           "dtypes": [(t.name, t.out_dtype) for t in inputs.plan.tensors], "version": inputs.spec.version}
+           "dtypes": [(t.name, t.out_dtype) for t in inputs.plan.tensors], "version": inputs.spec.version,
+           "local_inputs": local}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -282,7 +319,8 @@ def _resume_state(partial: Path, fingerprint: str) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     if state.get("fingerprint") != fingerprint:
-        logger.warning("The interrupted merge in %s used another recipe or plan; starting over.", partial)
+        logger.warning("The interrupted merge in %s used another recipe or plan, or a local input has changed "
+                       "since; starting over.", partial)
         return None
     kept = {}
     for filename, sha in state.get("shards", {}).items():
@@ -363,6 +401,17 @@ def _compute_pool(inputs: _Inputs, options: MergeOptions) -> ChunkPool:
     return ChunkPool(len(inputs.experts), chunk=options.compute_chunk, threads=options.compute_threads)
 
 
+def _check_output(inputs: _Inputs, t: TensorPlan, merged: torch.Tensor) -> None:
+    """Refuse to write a merged tensor (in its output dtype) holding NaN/Inf from finite inputs: an overflow
+    of the method's arithmetic or of the cast (e.g. a huge ``scaling``) must fail the merge, not finish it
+    with exit status 0."""
+    if inputs.recipe.check_finite and not _all_finite(merged):
+        raise NonFiniteError(
+            f"Merging tensor '{t.name}' with {inputs.spec.name} {inputs.params} produced NaN or Inf from finite "
+            "inputs (an overflow of float32 or of the output dtype).", model="(merged output)", filename=t.name,
+            tensor=t.name, hint="Lower 'scaling' or the expert weights.")
+
+
 def _all_finite(values: torch.Tensor) -> bool:
     """Whether a tensor holds no NaN/Inf. A sum is ~10× cheaper than ``isfinite().all()`` and is finite
     whenever every entry is, so the exact check only runs to confirm a non-finite sum (NaN, Inf or an
@@ -433,6 +482,7 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
                         merged = inputs.spec.fn(base, stack, inputs.params, ctx)
                         del stack
                         out_tensor = merged.to(DTYPES[t.out_dtype])
+                        _check_output(inputs, t, out_tensor)
                 elif t.out_dtype != t.in_dtype:
                     out_tensor = _to_tensor(item.raw[0], t.in_dtype, t.shape).to(DTYPES[t.out_dtype])
                 else:
@@ -468,6 +518,7 @@ def _merge_chunked(inputs: _Inputs, t: TensorPlan, raw: tuple, ctx: MergeContext
         if deltas:
             stack.sub_(base)
         out[start:end].copy_(inputs.spec.fn(base, stack, inputs.params, ctx))
+        _check_output(inputs, t, out[start:end])
 
     pool.run(t.numel, merge_chunk)
     return out.view(t.shape)

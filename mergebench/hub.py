@@ -30,11 +30,12 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from mergebench.errors import CorruptFileError, ModelRefError
-from mergebench.stream.format import FileHeader, TensorEntry, header_length, parse_header
+from mergebench.stream.format import FileHeader, TensorEntry, check_layout, header_length, parse_header
 
 logger = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+_CORRUPT_HINT = "The file is corrupt or not safetensors; re-download or re-save it."
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -70,6 +71,20 @@ class ModelRef:
                 ref=text,
             )
         return cls(text=text, repo_id=repo_id, revision=revision or None)
+
+    @property
+    def public_name(self) -> str:
+        """The repo id, or a local folder's :func:`public_path` (what cards and pushed files show)."""
+        return self.repo_id or public_path(self.text)
+
+
+def public_path(text: str) -> str:
+    """How a published file (a card, the saved recipe) names a local path: as written when relative,
+    else by its last component only, so a push never reveals the merging machine's directory layout."""
+    path = Path(text)
+    if text.startswith("~") or path.is_absolute():
+        return f"./{path.name}"
+    return text
 
 
 @dataclass(frozen=True)
@@ -146,7 +161,8 @@ def _resolve_local(ref: ModelRef) -> ResolvedModel:
     file_list = tuple(sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()))
     shards = _shard_names(ref, file_list, lambda name: (root / name).read_text(encoding="utf-8"))
     files = {name: read_local_header(root / name, model=ref.text) for name in shards}
-    config = json.loads((root / "config.json").read_text()) if "config.json" in file_list else {}
+    config_text = (root / "config.json").read_text(encoding="utf-8") if "config.json" in file_list else None
+    config = _parse_json(config_text, model=ref.text, filename="config.json") if config_text else {}
     return ResolvedModel(ref, None, files, _weight_map(files), config, file_list)
 
 
@@ -164,23 +180,31 @@ def _resolve_hub(ref: ModelRef, api: HfApi) -> ResolvedModel:
     files = {}
     for name in shards:
         fm = with_retries(lambda n=name: api.parse_safetensors_file_metadata(ref.repo_id, n, revision=sha))
-        entries = (TensorEntry(t, i.dtype, tuple(i.shape), *i.data_offsets) for t, i in fm.tensors.items())
-        files[name] = FileHeader(tensors={e.name: e for e in sorted(entries, key=lambda e: e.begin)},
-                                 metadata=dict(fm.metadata or {}))
+        entries = [TensorEntry(t, i.dtype, tuple(i.shape), *i.data_offsets) for t, i in fm.tensors.items()]
+        try:
+            files[name] = FileHeader(tensors=check_layout(entries), metadata=dict(fm.metadata or {}))
+        except (ValueError, KeyError) as e:
+            raise CorruptFileError(f"The safetensors header of '{name}' in '{pinned.label}' is invalid: {e}",
+                                   model=pinned.label, filename=name, hint=_CORRUPT_HINT) from e
     for name, header in files.items():
         if name in sizes and sizes[name] < 8 + header.data_size:
             raise CorruptFileError(
                 f"'{name}' in '{ref.text}' is truncated on the Hub: {sizes[name]} bytes, but its header needs "
                 f"more than {8 + header.data_size}.", model=pinned.label, filename=name, hint="Re-upload the shard.")
     config_text = pinned.read_text("config.json")
-    config = json.loads(config_text) if config_text else {}
+    config = _parse_json(config_text, model=pinned.label, filename="config.json") if config_text else {}
     return ResolvedModel(ref, sha, files, _weight_map(files), config, file_list)
 
 
 def _shard_names(ref: ModelRef, file_list: tuple[str, ...], read) -> list[str]:
     if INDEX_FILE in file_list:
-        index = json.loads(read(INDEX_FILE))
-        shards = sorted(set(index.get("weight_map", {}).values()))
+        index = _parse_json(read(INDEX_FILE), model=ref.text, filename=INDEX_FILE)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CorruptFileError(f"{INDEX_FILE} of '{ref.text}' has no 'weight_map' of tensor → shard names.",
+                                   model=ref.text, filename=INDEX_FILE,
+                                   hint="Re-save the model with `save_pretrained`, or fix the index.")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if s not in file_list]
         if missing:
             raise ModelRefError(
@@ -198,6 +222,19 @@ def _shard_names(ref: ModelRef, file_list: tuple[str, ...], read) -> list[str]:
     )
 
 
+def _parse_json(text: str, *, model: str, filename: str) -> dict:
+    """A model's JSON file (``config.json``, the shard index) as a dict; anything else is a CorruptFileError."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"'{filename}' of '{model}' is not valid JSON: {e}.", model=model, filename=filename,
+                               hint=f"Fix or re-download '{filename}'.") from e
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"'{filename}' of '{model}' is not a JSON object.", model=model, filename=filename,
+                               hint=f"Fix or re-download '{filename}'.")
+    return value
+
+
 def _weight_map(files: dict[str, FileHeader]) -> dict[str, str]:
     return {tensor: name for name, header in files.items() for tensor in header.tensors}
 
@@ -210,12 +247,12 @@ def read_local_header(path: Path, *, model: str) -> FileHeader:
             header = parse_header(f.read(n))
     except (ValueError, OSError) as e:
         raise CorruptFileError(f"Cannot read the safetensors header of '{path.name}' in '{model}': {e}",
-                               model=model, filename=path.name,
-                               hint="The file is corrupt or not safetensors; re-download or re-save it.") from e
-    size = path.stat().st_size
-    if size < 8 + n + header.data_size:
+                               model=model, filename=path.name, hint=_CORRUPT_HINT) from e
+    size, expected = path.stat().st_size, 8 + n + header.data_size
+    if size != expected:
+        problem = "is truncated" if size < expected else "has trailing bytes after its last tensor"
         raise CorruptFileError(
-            f"'{path.name}' in '{model}' is truncated: {size} bytes, but its header needs {8 + n + header.data_size}.",
+            f"'{path.name}' in '{model}' {problem}: {size} bytes, but its header describes exactly {expected}.",
             model=model, filename=path.name, hint="Re-download or re-save the shard.",
         )
     return header

@@ -26,16 +26,61 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from mergebench.errors import ConfigError
+from mergebench.finite import bad_numbers, describe
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping.
+
+    Plain YAML lets the last occurrence win, so ``method:`` written twice would silently merge with the
+    second method; a benchmark configuration must never be read differently from how it looks.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key '{key}' (first given at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, *, name: str = "<string>") -> Any:
+    """Parse YAML safely, rejecting duplicate keys (``yaml.YAMLError`` on any defect; marks quote ``name``)."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: Path, *, what: str) -> Any:
-    """The parsed YAML of ``path``; a missing file or bad YAML is a :class:`ConfigError` naming ``what``."""
+    """The parsed YAML of ``path``; a missing, unreadable or binary file, bad YAML or a duplicate key is a
+    :class:`ConfigError` naming ``what``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a folder, not a YAML file.",
+                          hint="Pass the path of the .yaml file itself.")
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} '{path}' does not exist.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} '{path}' is not a text file (it is not valid UTF-8).",
+                          hint="Pass a YAML file.") from None
+    except OSError as e:
+        raise ConfigError(f"{what} '{path}' cannot be read: {e.strerror or e}.") from e
+    if "\x00" in text:
+        raise ConfigError(f"{what} '{path}' is a binary file, not YAML.", hint="Pass a YAML file.")
+    try:
+        return parse_yaml(text, name=str(path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}") from e
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}",
+                          hint="Each key may appear once per mapping; check the quoted line.") from e
 
 
 class ModelEntry(BaseModel):
@@ -77,6 +122,14 @@ class MergeRecipe(BaseModel):
                 raise ValueError(f"'parameters.weights' must be a list of {len(self.models)} numbers, one per model")
         elif any(per_model) and not all(per_model):
             raise ValueError("either every model has a 'weight:' or none does")
+        try:
+            weights = self.weights
+        except (TypeError, ValueError):
+            raise ValueError("expert weights must be numbers") from None
+        where = "parameters.weights" if "weights" in self.parameters else "weight"
+        problems = bad_numbers(list(weights or ()), where)
+        if problems:
+            raise ValueError(describe(problems))
         return self
 
     @property

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import httpx2 as httpx  # the HTTP client huggingface_hub uses: its connection errors reach us unwrapped
 import typer
 from huggingface_hub.errors import HfHubHTTPError
 from rich.console import Console
@@ -199,11 +200,17 @@ def main() -> None:
     """Console entry point: run the app, turning MergeBench and Hub errors into ``Error:``/``Hint:`` lines."""
     try:
         app()
-    except (MergeBenchError, HfHubHTTPError) as e:
+    except (MergeBenchError, HfHubHTTPError, httpx.TransportError) as e:
         if os.environ.get("MERGEBENCH_DEBUG") == "1":
             raise
-        err.print(f"[red]Error:[/red] {escape(str(e))}", highlight=False)
-        hint = getattr(e, "hint", None)
+        message, hint = str(e), getattr(e, "hint", None)
+        if isinstance(e, httpx.TransportError):  # no answer at all: DNS, refused or reset connection, timeout
+            from huggingface_hub import constants
+
+            message = f"Cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e})."
+            hint = ("Check your network connection and HF_ENDPOINT, then re-run (an interrupted merge continues "
+                    "with --resume); for local models, pass their folders as ./path.")
+        err.print(f"[red]Error:[/red] {escape(message)}", highlight=False)
         if hint:
             err.print(f"Hint: {hint}", markup=False, highlight=False)
         sys.exit(1)

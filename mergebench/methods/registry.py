@@ -29,6 +29,7 @@ import pydantic
 from torch import Tensor
 
 from mergebench.errors import ConfigError
+from mergebench.finite import bad_numbers, describe
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class MethodSpec(Generic[P]):
                          f"See `mergebench methods show {self.name}`.",
                 )
         try:
-            return pydantic.TypeAdapter(self.params_cls).validate_python(values)
+            params = pydantic.TypeAdapter(self.params_cls).validate_python(values)
         except pydantic.ValidationError as e:
             for err in e.errors():  # a range check in __post_init__: keep its message and hint
                 inner = (err.get("ctx") or {}).get("error")
@@ -161,6 +162,12 @@ class MethodSpec(Generic[P]):
                                       hint=inner.hint) from e
             problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise ConfigError(f"Invalid parameters for method '{self.name}': {problems}") from e
+        # checked after conversion: YAML 1.1 reads `1e39` as a string, which pydantic then turns into a float
+        problems = bad_numbers(dataclasses.asdict(params), "parameters")
+        if problems:
+            raise ConfigError(f"Invalid parameters for method '{self.name}': {describe(problems)}.",
+                              hint=f"Use finite values; see the ranges in `mergebench methods show {self.name}`.")
+        return params
 
 
 class MethodRegistry:

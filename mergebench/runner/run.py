@@ -21,7 +21,6 @@ grid points and evaluations are skipped, and the final table is the same.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -33,6 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mergebench.eval.results import Results, load_results
+from mergebench.fingerprint import folder_fingerprint
 from mergebench.fixtures.domains import DOMAINS
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
 from mergebench.runner.point import GridPoint, PointRecord, run_point
@@ -49,14 +49,10 @@ class RunSummary:
 
 
 def _fingerprint(ref: str) -> str:
-    """A commit sha for a Hub reference; a digest of names, sizes and mtimes of a local folder's files."""
+    """A commit sha for a Hub reference; a local folder's :func:`~mergebench.fingerprint.folder_fingerprint`."""
     path = Path(ref)
     if path.is_dir():
-        digest = hashlib.sha256()
-        for f in sorted(p for p in path.iterdir() if p.is_file()):
-            st = f.stat()
-            digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-        return "local:" + digest.hexdigest()[:16]
+        return folder_fingerprint(path, [p.name for p in path.iterdir() if p.is_file()])
     from huggingface_hub import HfApi
 
     repo, _, revision = ref.partition("@")

@@ -69,8 +69,35 @@ class FileHeader:
 
     @property
     def data_size(self) -> int:
-        """Bytes the data section must hold: the end of its last tensor."""
+        """Bytes of the data section: the end of its last tensor (the section holds exactly this many)."""
         return max((t.end for t in self.tensors.values()), default=0)
+
+
+def check_layout(tensors: list[TensorEntry]) -> dict[str, TensorEntry]:
+    """Check that tensors tile the data section as the format requires; return them in file order.
+
+    The safetensors specification (and its reference implementation) accepts a header only if, sorted
+    by offset, each tensor starts where the previous one ends, the first at 0, and each spans exactly
+    ``numel × element size`` bytes: no gaps, no overlaps, no two tensors aliasing the same bytes (a merge
+    of aliased tensors would silently read one tensor's weights as another's). The file must then end
+    exactly at the last tensor's end, which the byte sources check against the file's size.
+
+    Raises:
+        ValueError: naming the first tensor at fault and its offsets.
+    """
+    ordered = sorted(tensors, key=lambda t: (t.begin, t.end))
+    position = 0
+    for t in ordered:
+        expected = t.numel * element_size(t.dtype)
+        if t.end - t.begin != expected:
+            raise ValueError(f"tensor '{t.name}' spans bytes [{t.begin}, {t.end}) but "
+                             f"{t.dtype}{list(t.shape)} needs {expected} bytes")
+        if t.begin != position:
+            problem = "overlaps the previous tensor" if t.begin < position else "leaves a gap after the previous one"
+            raise ValueError(f"tensor '{t.name}' starts at byte {t.begin} of the data section, where {position} "
+                             f"was expected: it {problem} (offsets must be contiguous and in order)")
+        position = t.end
+    return {t.name: t for t in ordered}
 
 
 def element_size(dtype: str) -> int:
@@ -104,14 +131,12 @@ def parse_header(raw: bytes) -> FileHeader:
             raise ValueError(f"tensor '{name}' has a malformed header entry: {info!r}") from None
         if dtype not in DTYPES:
             raise ValueError(f"tensor '{name}' has unsupported dtype '{dtype}'")
-        expected = math.prod(shape) * element_size(dtype)
-        if end - begin != expected or begin < 0:
-            raise ValueError(
-                f"tensor '{name}' spans bytes [{begin}, {end}) but {dtype}{list(shape)} needs {expected} bytes"
-            )
+        if not (isinstance(begin, int) and isinstance(end, int)) or min((begin, end, *shape)) < 0:
+            raise ValueError(f"tensor '{name}' has negative or non-integer offsets or shape: {info!r}")
         tensors[name] = TensorEntry(name, dtype, shape, begin, end)
-    ordered = dict(sorted(tensors.items(), key=lambda kv: kv[1].begin))
-    return FileHeader(tensors=ordered, metadata=dict(metadata))
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("__metadata__ must map strings to strings")
+    return FileHeader(tensors=check_layout(list(tensors.values())), metadata=dict(metadata))
 
 
 def encode_header(
