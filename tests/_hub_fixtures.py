@@ -50,9 +50,12 @@ def hub(hub_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 
 
 @contextlib.contextmanager
-def hub_subprocess(root: Path, *, timeout: float = 30.0) -> Iterator[str]:
-    """Run ``python -m mergebench.cli.hub serve ROOT --port 0`` and yield its URL; stopped on exit."""
-    cmd = [sys.executable, "-m", "mergebench.cli.hub", "serve", str(root), "--port", "0"]
+def hub_subprocess(root: Path, *options: str, timeout: float = 30.0,
+                   startup: list[str] | None = None) -> Iterator[str]:
+    """Run ``python -m mergebench.cli.hub serve ROOT --port 0 OPTIONS`` and yield its URL; stopped on exit.
+
+    ``startup``, when given, receives the server's stderr lines up to the URL (e.g. its armed faults)."""
+    cmd = [sys.executable, "-m", "mergebench.cli.hub", "serve", str(root), "--port", "0", *options]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -67,6 +70,8 @@ def hub_subprocess(root: Path, *, timeout: float = 30.0) -> Iterator[str]:
                 url = match.group(1)
         if url is None:
             raise RuntimeError("The loopback Hub subprocess did not start:\n" + "".join(seen))
+        if startup is not None:
+            startup.extend(seen)
         stderr = proc.stderr
         threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()  # never let the pipe fill
         yield url

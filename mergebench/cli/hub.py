@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from mergebench.hubserver import Faults, LoopbackHub
 
 hub_app = typer.Typer(
     help="Serve model/dataset/space folders as a Hugging Face Hub on 127.0.0.1 (downloads, uploads, cards).",
@@ -16,10 +21,55 @@ hub_app = typer.Typer(
     add_completion=False,
 )
 
+_FAULTS = "Fault injection"
+
 
 @hub_app.callback()
 def _group() -> None:
     """Loopback Hub commands."""
+
+
+@dataclass(frozen=True)
+class FaultOptions:
+    """The faults asked for on the command line; each one affects ``times`` requests matching ``path``.
+
+    One of each kind, sharing ``times`` and ``path``: enough to reproduce any single-fault scenario of the
+    test suite from a shell, without the combinatorics of per-fault selectors.
+    """
+
+    drop_after_bytes: int | None = None
+    stall_after_bytes: int | None = None
+    stall_seconds: float | None = None
+    http_error: int | None = None
+    delay: float | None = None
+    times: int | None = 1  # None: every matching request
+    path: str = "*"
+
+    def arm(self, faults: Faults) -> list[str]:
+        """Arm every requested fault on ``faults``; returns one human-readable line per fault."""
+        common = {"times": self.times, "path_glob": self.path}
+        armed: list[tuple[str, Callable[[], object]]] = []
+        if self.http_error is not None:
+            status = self.http_error
+            armed.append((f"HTTP {status} instead of the answer", lambda: faults.http_error(status, **common)))
+        if self.delay is not None:
+            delay = self.delay
+            armed.append((f"{delay}s delay before the headers and each 1 MiB chunk",
+                          lambda: faults.delay(delay, **common)))
+        if self.drop_after_bytes is not None:
+            n = self.drop_after_bytes
+            armed.append((f"connection cut after {n} body bytes", lambda: faults.drop_after_bytes(n, **common)))
+        if self.stall_after_bytes is not None:
+            n, pause = self.stall_after_bytes, self.stall_seconds
+            armed.append((f"silence after {n} body bytes " + ("until the server stops" if pause is None
+                                                                 else f"for {pause}s"),
+                           lambda: faults.stall_after_bytes(n, seconds=pause, **common)))
+        every = "every request" if self.times is None else f"{self.times} request(s)"
+        lines = []
+        for text, add in armed:
+            add()
+            lines.append(f"Fault armed: {text}, on {every} matching '{self.path}'")
+        return lines
 
 
 @hub_app.command("serve")
@@ -28,15 +78,56 @@ def serve_command(
     host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 (no authentication).")] = (
         "127.0.0.1"),
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")] = 8000,
+    drop_after_bytes: Annotated[int | None, typer.Option(
+        "--drop-after-bytes", min=0, metavar="N", rich_help_panel=_FAULTS,
+        help="Cut the connection after N body bytes of a file download (a dropped connection).")] = None,
+    stall_after_bytes: Annotated[int | None, typer.Option(
+        "--stall-after-bytes", min=0, metavar="N", rich_help_panel=_FAULTS,
+        help="Send N body bytes of a file download, then nothing with the connection open (a hung link).")] = None,
+    stall_seconds: Annotated[float | None, typer.Option(
+        "--stall-seconds", min=0, metavar="SECONDS", rich_help_panel=_FAULTS, show_default="until the server stops",
+        help="How long a stall lasts before the rest is sent.")] = None,
+    http_error: Annotated[int | None, typer.Option(
+        "--http-error", min=400, max=599, metavar="STATUS", rich_help_panel=_FAULTS,
+        help="Answer with HTTP STATUS (e.g. 503, 429, 500) instead of serving the request.")] = None,
+    delay: Annotated[float | None, typer.Option(
+        "--delay", min=0, metavar="SECONDS", rich_help_panel=_FAULTS,
+        help="Sleep SECONDS before the headers and before each 1 MiB body chunk (a slow link).")] = None,
+    fault_times: Annotated[int, typer.Option(
+        "--fault-times", min=0, metavar="K", rich_help_panel=_FAULTS,
+        help="How many matching requests each fault affects before it expires; 0: every one.")] = 1,
+    fault_path: Annotated[str, typer.Option(
+        "--fault-path", metavar="GLOB", rich_help_panel=_FAULTS,
+        help="Only requests whose path, or its last segment, matches GLOB (e.g. '*.safetensors', "
+             "'/api/models/*').")] = "*",
 ) -> None:
     """Serve ROOT as a Hub until Ctrl-C; the URL and the `export` line for clients go to stderr.
 
+    Fault options reproduce a network problem without Python: each hits K matching requests, then expires.
+
     EXAMPLES: mergebench hub serve ./hub --port 8000
               export HF_ENDPOINT=http://127.0.0.1:8000 HF_HUB_DISABLE_XET=1; hf download org/model
+
+              # the first two shard downloads get a 503, then they succeed
+              mergebench hub serve ./hub --http-error 503 --fault-times 2 --fault-path '*.safetensors'
+
+              # every shard download is cut after 300 kB: clients must resume with Range requests
+              mergebench hub serve ./hub --drop-after-bytes 300000 --fault-times 0 --fault-path '*.safetensors'
+
+              # the first shard download hangs after 1 MB until Ctrl-C: clients need a read timeout
+              mergebench hub serve ./hub --stall-after-bytes 1000000 --fault-path '*.safetensors'
     """
-    from mergebench.hubserver import LoopbackHub, serve
+    from mergebench.hubserver import serve
+
+    faults = FaultOptions(drop_after_bytes=drop_after_bytes, stall_after_bytes=stall_after_bytes,
+                          stall_seconds=stall_seconds, http_error=http_error, delay=delay,
+                          times=fault_times or None, path=fault_path)
+    if stall_seconds is not None and stall_after_bytes is None:
+        raise typer.BadParameter("--stall-seconds needs --stall-after-bytes.", param_hint="--stall-seconds")
 
     def ready(hub: LoopbackHub) -> None:
+        for line in faults.arm(hub.faults):
+            typer.echo(line, err=True)
         typer.echo(f"Loopback Hub serving {hub.root} at {hub.url}", err=True)
         typer.echo(f"export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1", err=True)
 

@@ -11,6 +11,7 @@ expires (``None``: until :meth:`Faults.clear`).
 
 >>> hub.faults.drop_after_bytes(3000, times=2, path_glob="*.safetensors")   # doctest: +SKIP
 >>> hub.faults.http_error(503, times=1)                                     # doctest: +SKIP
+>>> hub.faults.stall_after_bytes(0, times=None)   # headers, then silence     # doctest: +SKIP
 >>> hub.stats.bytes_for("*.safetensors")                                    # doctest: +SKIP
 """
 
@@ -25,7 +26,7 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-FaultKind = Literal["drop", "error", "delay"]
+FaultKind = Literal["drop", "error", "delay", "stall"]
 
 
 def path_matches(path: str, glob: str) -> bool:
@@ -41,9 +42,10 @@ class FaultRule:
     path_glob: str = "*"
     method: str | None = None
     remaining: int | None = 1
-    after_bytes: int = 0  # drop: body bytes sent before the connection is cut
+    after_bytes: int = 0  # drop: body bytes sent before the connection is cut; stall: before the pause
     status: int = 503  # error: HTTP status returned instead of the real answer
     seconds: float = 0.0  # delay: sleep before each body chunk (and before the headers)
+    pause: float | None = None  # stall: seconds of silence after ``after_bytes`` (None: until the server stops)
     fired: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -77,6 +79,19 @@ class Faults:
         if seconds_per_chunk < 0:
             raise ValueError(f"delay needs seconds_per_chunk >= 0, got {seconds_per_chunk}.")
         return self._add(FaultRule("delay", path_glob, method, times, seconds=seconds_per_chunk))
+
+    def stall_after_bytes(self, n: int, *, seconds: float | None = None, times: int | None = 1,
+                          path_glob: str = "*", method: str | None = "GET") -> FaultRule:
+        """Send ``n`` body bytes of each matching file download, then nothing for ``seconds``, then the rest.
+
+        The connection stays open and silent, as when a link or a proxy hangs: only a client-side read
+        timeout gets out of it. ``seconds=None`` pauses until the server stops (stopping ends the pause).
+        """
+        if n < 0:
+            raise ValueError(f"stall_after_bytes needs n >= 0, got {n}.")
+        if seconds is not None and seconds < 0:
+            raise ValueError(f"stall_after_bytes needs seconds >= 0 or None, got {seconds}.")
+        return self._add(FaultRule("stall", path_glob, method, times, after_bytes=n, pause=seconds))
 
     def clear(self) -> None:
         """Disarm every fault."""
@@ -139,7 +154,11 @@ class Stats:
 
     @property
     def bytes_served(self) -> dict[str, int]:
-        """A copy: ``{path: body bytes sent}`` (file downloads only; partial bodies count what was sent)."""
+        """A copy: ``{path: body bytes sent}`` (file downloads only; partial bodies count what was sent).
+
+        Bytes are counted as they are handed to the socket, so whatever a client has received is already
+        counted when its call returns; a write that fails (the client went away) counts its whole chunk.
+        """
         with self._lock:
             return dict(self._bytes)
 

@@ -33,6 +33,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], hub: LoopbackHub) -> None:
         self.hub = hub
+        self.stopping = threading.Event()  # set by LoopbackHub.stop(): ends injected stalls
         self.connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -144,7 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         if response.file is None:
             self.wfile.write(response.body)
             return
-        drop = self.server.hub.faults.take("drop", method, path)
+        faults = self.server.hub.faults
+        drop, stall = faults.take("drop", method, path), faults.take("stall", method, path)
         response.file.seek(response.file_start)
         sent, stats = 0, self.server.hub.stats
         while sent < length:
@@ -154,15 +156,29 @@ class _Handler(BaseHTTPRequestHandler):
                 if n <= 0:
                     logger.info("fault: dropping %s %s after %d bytes", method, path, sent)
                     raise _Cut
+            if stall is not None:
+                if sent >= stall.after_bytes:
+                    self._stall(stall, method, path, sent)
+                    stall = None
+                else:
+                    n = min(n, stall.after_bytes - sent)
             if delay is not None:
                 time.sleep(delay.seconds)
             data = response.file.read(n)
             if not data:
                 logger.warning("%s shrank while being served; cutting the connection", path)
                 raise _Cut
+            stats.record_bytes(path, len(data))  # before the write: a client never has bytes not yet counted
             self.wfile.write(data)
-            stats.record_bytes(path, len(data))
             sent += len(data)
+
+    def _stall(self, rule: FaultRule, method: str, path: str, sent: int) -> None:
+        """Hold the connection open and silent (flushed, so the client has every byte sent so far)."""
+        logger.info("fault: stalling %s %s after %d bytes for %s", method, path, sent,
+                    "ever" if rule.pause is None else f"{rule.pause}s")
+        self.wfile.flush()
+        if self.server.stopping.wait(rule.pause):
+            raise _Cut
 
 
 class LoopbackHub:
@@ -253,6 +269,7 @@ class LoopbackHub:
         server, thread = self._server, self._thread
         if server is None:
             return
+        server.stopping.set()
         if thread is not None:
             server.shutdown()
             thread.join(timeout=10)

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
 import numpy as np
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from mergebench.errors import CorruptFileError
+from mergebench.errors import ConfigError, CorruptFileError
 from mergebench.stream.format import header_length
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,10 @@ class LocalSource:
                                        model=model, filename=path.name)
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._start = 8 + header_length(self._map[:8])
-        if size < self._start + data_size:
+        if size != self._start + data_size:  # the data section ends exactly at the last tensor (format spec)
             self._map.close()
-            raise CorruptFileError(f"'{path.name}' in '{model}' is truncated ({size} bytes).",
-                                   model=model, filename=path.name)
+            raise CorruptFileError(f"'{path.name}' in '{model}' {_size_problem(size, self._start + data_size)}.",
+                                   model=model, filename=path.name, hint="Re-download or re-save the shard.")
 
     def read(self, begin: int, end: int) -> memoryview:
         view = memoryview(self._map)[self._start + begin: self._start + end]
@@ -81,18 +82,36 @@ class LocalSource:
         pass  # views handed out may still be alive; the map is unmapped when the last one is dropped
 
 
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to open a connection (``MERGEBENCH_CONNECT_TIMEOUT``)."""
+DEFAULT_READ_TIMEOUT = 30.0
+"""Seconds without a byte before a read counts as stalled (``MERGEBENCH_READ_TIMEOUT``, else
+``HF_HUB_DOWNLOAD_TIMEOUT``, the variable ``huggingface_hub`` reads for its own downloads)."""
+
+
 class HttpSource:
     """One file on the Hub read with Range requests on its pinned resolve URL.
 
-    A dropped connection or a 5xx/429 answer is retried with exponential back-off, resuming at the
-    first byte not yet received, so a flaky network costs at most the bytes in flight.
+    A dropped connection, a stalled one (no byte for ``read_timeout`` seconds) or a 5xx/429 answer is retried
+    with exponential back-off, resuming at the first byte not yet received — the body is consumed as it
+    arrives — so a flaky network costs at most the bytes in flight. ``retries`` bounds the attempts *in a
+    row* that receive nothing: a connection that keeps dropping but makes progress each time still finishes.
+    ``connect_timeout``/``read_timeout`` default to :data:`DEFAULT_CONNECT_TIMEOUT`/:data:`DEFAULT_READ_TIMEOUT`
+    or the environment variables named there: a hung link must never hang a merge.
     """
 
     def __init__(self, url: str, *, model: str, filename: str, data_size: int,
-                 retries: int = 5, backoff: float = 0.2) -> None:
+                 retries: int = 5, backoff: float = 0.2,
+                 connect_timeout: float | None = None, read_timeout: float | None = None) -> None:
         self._url, self._model, self._filename = url, model, filename
         self._retries, self._backoff = retries, backoff
-        self._headers = build_hf_headers()
+        connect = _timeout("connect_timeout", connect_timeout, ("MERGEBENCH_CONNECT_TIMEOUT",),
+                           DEFAULT_CONNECT_TIMEOUT)
+        read = _timeout("read_timeout", read_timeout, ("MERGEBENCH_READ_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"),
+                        DEFAULT_READ_TIMEOUT)
+        self.timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=read)
+        # no compression: Range offsets must count the file's own bytes (as huggingface_hub's downloads do)
+        self._headers = {**build_hf_headers(), "Accept-Encoding": "identity"}
         self._lock = threading.Lock()
         self._data_start: int | None = None
         self._data_size = data_size
@@ -103,10 +122,10 @@ class HttpSource:
             if self._data_start is None:
                 prefix, total = self._fetch(0, 8, want_total=True)
                 start = 8 + header_length(bytes(prefix))
-                if total is not None and total < start + self._data_size:
+                expected = start + self._data_size
+                if total is not None and total != expected:
                     raise CorruptFileError(
-                        f"'{self._filename}' in '{self._model}' is truncated on the Hub: {total} bytes, "
-                        f"but its header needs {start + self._data_size}.",
+                        f"'{self._filename}' in '{self._model}' on the Hub {_size_problem(total, expected)}.",
                         model=self._model, filename=self._filename, hint="Re-upload the shard.")
                 self._data_start = start
             return self._data_start
@@ -117,45 +136,70 @@ class HttpSource:
         return memoryview(data)
 
     def _fetch(self, begin: int, end: int, *, want_total: bool = False) -> tuple[bytearray, int | None]:
-        buf = bytearray(end - begin)
-        got, total, attempt = 0, None, 0
-        session = get_session()
-        while got < len(buf):
-            headers = {**self._headers, "Range": f"bytes={begin + got}-{end - 1}"}
+        """Bytes ``[begin, end)`` of the file, retried until complete or ``retries + 1`` attempts in a row fail."""
+        t = _Transfer(begin, bytearray(end - begin))
+        idle = 0  # attempts in a row that received nothing
+        while not t.done:
+            reached = t.got
             try:
-                with session.stream("GET", self._url, headers=headers, follow_redirects=True) as response:
-                    if response.status_code in (429, 500, 502, 503, 504):
-                        raise _Retryable(f"HTTP {response.status_code}")
-                    if response.status_code == 416:
-                        raise CorruptFileError(
-                            f"'{self._filename}' in '{self._model}' is shorter than its header says "
-                            f"(bytes {begin + got}-{end - 1} are not there).",
-                            model=self._model, filename=self._filename, hint="Re-upload the shard.")
-                    response.raise_for_status()
-                    if response.status_code != 206:
-                        raise CorruptFileError(
-                            f"The server ignored the Range request for '{self._filename}' of '{self._model}'.",
-                            model=self._model, filename=self._filename)
-                    if want_total and total is None:
-                        total = _content_range_total(response.headers.get("Content-Range", ""))
-                    for chunk in response.iter_bytes(1 << 20):
-                        n = min(len(chunk), len(buf) - got)
-                        buf[got: got + n] = chunk[:n]
-                        got += n
-                        self.bytes_fetched += n
-                if got < len(buf):
-                    raise _Retryable("connection closed early")
+                self._attempt(t, want_total)
             except (_Retryable, httpx.TransportError) as e:
-                attempt += 1
-                if attempt > self._retries:
+                idle = 0 if t.got > reached else idle + 1
+                if idle > self._retries:
                     raise OSError(
-                        f"Reading '{self._filename}' of '{self._model}' failed after {self._retries} retries "
-                        f"({got}/{len(buf)} bytes of the range received): {e}") from e
-                delay = self._backoff * 2 ** (attempt - 1)
-                logger.warning("Retrying %s of %s at byte %d in %.1fs (%s)", self._filename, self._model,
-                               begin + got, delay, e)
+                        f"Reading '{self._filename}' of '{self._model}' failed: {idle} attempts in a row received "
+                        f"nothing ({t.got}/{len(t.buf)} bytes of the range received, at byte {t.position}); "
+                        f"the last one: {self._describe(e)}.") from e
+                delay = self._backoff * 2 ** max(idle - 1, 0)
+                logger.warning("Retrying %s of %s at byte %d in %gs: %s", self._filename, self._model,
+                               t.position, delay, self._describe(e))
                 time.sleep(delay)
-        return buf, total
+        return t.buf, t.total
+
+    def _attempt(self, t: _Transfer, want_total: bool) -> None:
+        """One Range request for what ``t`` still lacks, copying the body into ``t`` as it arrives."""
+        headers = {**self._headers, "Range": f"bytes={t.position}-{t.begin + len(t.buf) - 1}"}
+        with get_session().stream("GET", self._url, headers=headers, follow_redirects=True,
+                                  timeout=self.timeout) as response:
+            self._check(response, t)
+            first, total = _content_range(response.headers.get("Content-Range", ""))
+            if first is not None and first != t.position:  # bytes of another offset would be stored as these
+                raise CorruptFileError(
+                    f"The Hub answered a Range request for byte {t.position} of '{self._filename}' of '{self._model}' "
+                    f"with bytes from {first}.", model=self._model, filename=self._filename,
+                    hint="A proxy between you and the Hub is rewriting Range requests; bypass it.")
+            if want_total and t.total is None:
+                t.total = total
+            for chunk in response.iter_bytes():  # no chunk size: nothing received is held back
+                n = min(len(chunk), len(t.buf) - t.got)
+                t.buf[t.got: t.got + n] = chunk[:n]
+                t.got += n
+                self.bytes_fetched += n
+        if not t.done:
+            raise _Retryable("connection closed early")
+
+    def _check(self, response: httpx.Response, t: _Transfer) -> None:
+        """Retry answers a later attempt may not get (429, 5xx); fail on those no retry can fix."""
+        if response.status_code in (429, 500, 502, 503, 504):
+            raise _Retryable(f"HTTP {response.status_code}")
+        if response.status_code == 416:
+            raise CorruptFileError(
+                f"'{self._filename}' in '{self._model}' is shorter than its header says "
+                f"(bytes {t.position}-{t.begin + len(t.buf) - 1} are not there).",
+                model=self._model, filename=self._filename, hint="Re-upload the shard.")
+        response.raise_for_status()
+        if response.status_code != 206:
+            raise CorruptFileError(
+                f"The server ignored the Range request for '{self._filename}' of '{self._model}'.",
+                model=self._model, filename=self._filename)
+
+    def _describe(self, error: Exception) -> str:
+        """What went wrong, in words: a read timeout is a stall, worth saying so with the time waited."""
+        if isinstance(error, httpx.ReadTimeout):
+            return f"connection stalled (no data for {self.timeout.read:g}s)"
+        if isinstance(error, httpx.ConnectTimeout):
+            return f"no connection within {self.timeout.connect:g}s"
+        return str(error) or type(error).__name__
 
     def release(self, begin: int, end: int) -> None:
         pass  # the buffer returned by read() is freed when its last view is dropped
@@ -164,10 +208,60 @@ class HttpSource:
         pass
 
 
+@dataclass
+class _Transfer:
+    """A range being fetched: ``buf`` holds bytes ``[begin, begin + got)`` of the file so far."""
+
+    begin: int
+    buf: bytearray
+    got: int = 0
+    total: int | None = None  # the file's size, from Content-Range
+
+    @property
+    def done(self) -> bool:
+        return self.got >= len(self.buf)
+
+    @property
+    def position(self) -> int:
+        """The first byte of the file not received yet: where the next attempt resumes."""
+        return self.begin + self.got
+
+
+def _timeout(name: str, value: float | None, env: tuple[str, ...], default: float) -> float:
+    """``value``, else the first of the ``env`` variables that is set, else ``default``."""
+    if value is not None:
+        return _positive_seconds(value, name, default)
+    for var in env:
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = float("nan")
+            return _positive_seconds(seconds, f"{var}={raw!r}", default)
+    return default
+
+
+def _positive_seconds(seconds: float, origin: str, default: float) -> float:
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{origin} is not a timeout: it must be a positive, finite number of seconds.",
+                          hint=f"Use e.g. {default:g} (seconds).")
+    return seconds
+
+
 class _Retryable(Exception):
     pass
 
 
-def _content_range_total(value: str) -> int | None:
-    _, _, total = value.rpartition("/")
-    return int(total) if total.isdigit() else None
+def _content_range(value: str) -> tuple[int | None, int | None]:
+    """``(first byte, file size)`` of a ``Content-Range: bytes FIRST-LAST/SIZE`` header (``None`` when absent)."""
+    span, _, total = value.removeprefix("bytes ").rpartition("/")
+    first = span.partition("-")[0].strip()
+    return (int(first) if first.isdigit() else None), (int(total) if total.isdigit() else None)
+
+
+def _size_problem(size: int, expected: int) -> str:
+    """Why a shard's size disagrees with its header, in words."""
+    if size < expected:
+        return f"is truncated: {size} bytes, but its header needs {expected}"
+    return f"has {size - expected} bytes after its last tensor ({size} bytes, its header describes {expected})"

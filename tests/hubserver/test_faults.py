@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,15 @@ def blob(hub: LoopbackHub) -> bytes:
     (folder / "weights.safetensors").write_bytes(data)
     (folder / "config.json").write_text("{}")
     return data
+
+
+@pytest.fixture
+def blob_repo_root(hub_root: Path) -> Path:
+    """The ``blob`` repo written into ``hub_root`` for a server started by the test itself."""
+    folder = hub_root / "models" / REPO
+    folder.mkdir(parents=True)
+    (folder / "weights.safetensors").write_bytes(bytes(range(256)) * 40)
+    return hub_root
 
 
 def _get(hub: LoopbackHub, filename: str = "weights.safetensors", **kwargs: object) -> httpx.Response:
@@ -91,6 +101,45 @@ def test_delay_slows_each_chunk_until_cleared(hub, blob) -> None:
     assert time.monotonic() - start < slow
 
 
+def test_stall_sends_the_first_bytes_then_nothing_until_the_client_times_out(hub, blob) -> None:
+    rule = hub.faults.stall_after_bytes(1000, times=1, path_glob="*.safetensors")
+    received = bytearray()
+    with pytest.raises(httpx.ReadTimeout), httpx.stream(
+            "GET", hf_hub_url(REPO, "weights.safetensors", endpoint=hub.url), timeout=0.3) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_bytes():
+            received += chunk
+    assert bytes(received) == blob[:1000] and rule.fired == 1
+    assert _get(hub).content == blob  # expired after one use
+
+
+def test_a_timed_stall_pauses_then_sends_the_rest(hub, blob) -> None:
+    hub.faults.stall_after_bytes(0, seconds=0.3, path_glob="*.safetensors")
+    start = time.monotonic()
+    assert _get(hub).content == blob
+    assert time.monotonic() - start >= 0.3
+
+
+def test_stopping_the_server_ends_a_stall(blob_repo_root) -> None:
+    outcome: list[BaseException | bytes] = []
+    with LoopbackHub(blob_repo_root) as hub:
+        hub.faults.stall_after_bytes(100, times=None)
+        url = hf_hub_url(REPO, "weights.safetensors", endpoint=hub.url)
+
+        def read() -> None:
+            try:
+                outcome.append(httpx.get(url, timeout=None).content)
+            except httpx.HTTPError as e:
+                outcome.append(e)
+
+        client = threading.Thread(target=read, daemon=True)
+        client.start()
+        time.sleep(0.3)
+        assert client.is_alive() and hub.faults.rules[0].fired == 1
+    client.join(5)
+    assert not client.is_alive() and isinstance(outcome[0], httpx.RemoteProtocolError)
+
+
 def test_stats_count_requests_and_bytes_and_reset(hub, blob) -> None:
     hub.stats.reset()
     _get(hub, headers={"Range": "bytes=0-99"})
@@ -111,3 +160,7 @@ def test_fault_arguments_are_checked(hub) -> None:
         hub.faults.drop_after_bytes(10, times=0)
     with pytest.raises(ValueError, match="n >= 0"):
         hub.faults.drop_after_bytes(-1)
+    with pytest.raises(ValueError, match="n >= 0"):
+        hub.faults.stall_after_bytes(-1)
+    with pytest.raises(ValueError, match="seconds >= 0 or None"):
+        hub.faults.stall_after_bytes(0, seconds=-1)

@@ -1,0 +1,87 @@
+"""``mergebench hub serve`` with fault options, run in a subprocess and observed with a plain HTTP client."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from mergebench.cli.hub import hub_app
+from tests._hub_fixtures import hub_subprocess
+
+REPO = "org/faulty"
+BLOB = bytes(range(256)) * 40  # 10 240 bytes
+
+
+@pytest.fixture
+def root(hub_root: Path) -> Path:
+    folder = hub_root / "models" / REPO
+    folder.mkdir(parents=True)
+    (folder / "weights.safetensors").write_bytes(BLOB)
+    (folder / "config.json").write_text("{}")
+    return hub_root
+
+
+@contextlib.contextmanager
+def serve(root: Path, *options: str) -> Iterator[tuple[str, list[str]]]:
+    """The server in a subprocess with ``options``; yields its URL and its stderr up to the URL."""
+    startup: list[str] = []
+    with hub_subprocess(root, *options, startup=startup) as url:
+        yield url, startup
+
+
+def _url(base: str, filename: str = "weights.safetensors") -> str:
+    return f"{base}/{REPO}/resolve/main/{filename}"
+
+
+def _received(url: str, timeout: float = 5.0) -> tuple[bytes, Exception | None]:
+    """The body bytes that arrived, and the error that ended the download early (``None`` if complete)."""
+    received = bytearray()
+    try:
+        with httpx.stream("GET", url, timeout=timeout) as r:
+            r.raise_for_status()
+            for chunk in r.iter_bytes():
+                received += chunk
+    except httpx.HTTPError as e:
+        return bytes(received), e
+    return bytes(received), None
+
+
+@pytest.mark.timeout(60)
+def test_http_error_then_drop_then_recovery(root) -> None:
+    options = ("--http-error", "503", "--drop-after-bytes", "1000", "--fault-times", "1",
+               "--fault-path", "*.safetensors")
+    with serve(root, *options) as (url, stderr):
+        assert any("Fault armed: HTTP 503" in line for line in stderr)
+        assert any("Fault armed: connection cut after 1000 body bytes" in line for line in stderr)
+        assert httpx.get(_url(url, "config.json")).content == b"{}"  # not matched by --fault-path
+        first = httpx.get(_url(url))
+        assert first.status_code == 503 and first.json() == {"error": "Injected fault: HTTP 503."}
+        data, error = _received(_url(url))
+        assert data == BLOB[:1000] and isinstance(error, httpx.RemoteProtocolError)
+        assert _received(_url(url)) == (BLOB, None)  # each fault hit one request, then expired
+
+
+@pytest.mark.timeout(60)
+def test_stall_on_every_request_until_the_server_stops(root) -> None:
+    with serve(root, "--stall-after-bytes", "500", "--fault-times", "0") as (url, stderr):
+        assert any("silence after 500 body bytes until the server stops, on every request" in line
+                   for line in stderr)
+        for _ in range(2):
+            data, error = _received(_url(url), timeout=0.5)
+            assert data == BLOB[:500] and isinstance(error, httpx.ReadTimeout)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--http-error", "302"], "--http-error"),
+    (["--stall-seconds", "1"], "--stall-seconds needs --stall-after-bytes"),
+    (["--fault-times", "-1"], "--fault-times"),
+])
+def test_bad_fault_options_are_usage_errors(tmp_path, options, message) -> None:
+    result = CliRunner().invoke(hub_app, ["serve", str(tmp_path), "--port", "0", *options],
+                                env={"COLUMNS": "200"})  # the message on one line of the error box
+    assert result.exit_code == 2 and message in result.output
