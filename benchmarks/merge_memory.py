@@ -27,7 +27,7 @@ N_EXPERTS = 5
 
 CHILD = """
 import json, sys, time
-from mergebench.engine import MergeOptions, merge
+from mergebench.merge.engine import MergeOptions, merge
 recipe, out, shard = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 t = time.perf_counter()
 r = merge(recipe, out, options=MergeOptions(progress=False, shard_size=shard))

@@ -44,7 +44,7 @@ from measure import Measured, folder_bytes, run_measured, warm
 from results_file import write_section
 from synthetic import Shape, write_family
 
-from mergebench.hub import endpoint_env
+from mergebench.hub.endpoint import endpoint_env
 from mergebench.hubserver import LoopbackHub
 
 HERE = Path(__file__).resolve().parent

@@ -27,7 +27,7 @@ from mergebench.fixtures import DOMAINS, perturbed_experts, smollm2_model_dir, w
 CHILD = """
 import json, shutil, sys, time
 from pathlib import Path
-from mergebench.engine import MergeOptions, merge
+from mergebench.merge.engine import MergeOptions, merge
 recipe, out, cache = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 shutil.rmtree(out, ignore_errors=True)
 r = merge(recipe, out, options=MergeOptions(progress=False, cache_dir=cache))

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from mergebench.engine import MergeOptions, MergeResult, merge
+    from mergebench.merge import MergeOptions, MergeResult, merge
 
 __all__ = ["MergeOptions", "MergeResult", "merge"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `mergebench --help` must not import torch
     if name in __all__:
-        from mergebench import engine
+        from mergebench.merge import engine
 
         return getattr(engine, name)
     raise AttributeError(f"module 'mergebench' has no attribute {name!r}")

@@ -14,10 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergebench.engine import MergeOptions, MergeResult, merge
 from mergebench.fixtures import build_family, write_family_to_hub_root
-from mergebench.hub import use_endpoint
+from mergebench.hub.endpoint import use_endpoint
 from mergebench.hubserver import LoopbackHub
+from mergebench.merge.engine import MergeOptions, MergeResult, merge
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ class ConfigError(MergeBenchError, ValueError):
     """A recipe, parameter or command-line value is invalid."""
 
 
-class ModelRefError(MergeBenchError, ValueError):
-    """A model reference (``org/name@rev`` or a local path) cannot be resolved."""
+class RefError(MergeBenchError, ValueError):
+    """A reference (``org/name@rev`` or a local path; a model, dataset or Space) cannot be resolved."""
 
     def __init__(self, message: str, *, ref: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)

@@ -1,5 +1,5 @@
 """The MergeBench Space (Gradio 6): leaderboard, plots, submissions, about. Layout and wiring only: the
-table comes from :mod:`mergebench.leaderboard` via :mod:`board` and :mod:`processing`, the queue is
+table comes from :mod:`mergebench.eval.leaderboard` via :mod:`board` and :mod:`processing`, the queue is
 :mod:`jobs` + :mod:`worker`, checks are :mod:`submission`.
 
 Run: ``python app.py`` (a Space), or ``mergebench space --results PATH``. Configuration: :mod:`settings`.

@@ -12,8 +12,8 @@ from jobs import Job, JobStore
 from settings import SpaceConfig
 from submission import Catalogue
 
+from mergebench.eval.leaderboard import read_results, table
 from mergebench.eval.results import Results, load_results
-from mergebench.leaderboard import read_results, table
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from mergebench.eval.results import write_atomic
+from mergebench.work import write_atomic
 
 logger = logging.getLogger(__name__)
 

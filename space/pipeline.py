@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from mergebench.eval.results import write_atomic
+from mergebench.work import write_atomic
 
 logger = logging.getLogger("mergebench.space.pipeline")
 
@@ -65,7 +65,7 @@ def label(request: dict) -> str:
 
 
 def _merge(job_dir: Path, job: dict, config: dict) -> tuple[Path, dict]:
-    from mergebench.engine import MergeOptions, merge
+    from mergebench.merge.engine import MergeOptions, merge
 
     done = _read_json(job_dir / "merge.json")
     out = job_dir / "merged"
@@ -79,7 +79,7 @@ def _merge(job_dir: Path, job: dict, config: dict) -> tuple[Path, dict]:
     namespace = config.get("models_org") or (config["results_repo"].split("/")[0] if config.get("results_repo")
                                               else None)
     if namespace and not (job_dir / "pushed.json").exists():
-        from mergebench.push import push_folder
+        from mergebench.hub.push import push_folder
 
         _stage(job_dir, "pushing the merged model")
         repo = merged_repo_id(namespace, job)

@@ -1,4 +1,4 @@
-"""Pure pandas between :func:`mergebench.leaderboard.table` and what the page shows: filters, search,
+"""Pure pandas between :func:`mergebench.eval.leaderboard.table` and what the page shows: filters, search,
 column choice, sorting, display names, links, and the redacted tail of a job log. No Gradio here, so
 all of it is tested without a browser.
 """
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mergebench.eval.leaderboard import TASK_PREFIX
 from mergebench.eval.tasks import DOMAINS
-from mergebench.leaderboard import TASK_PREFIX
 
 # leaderboard column → header on the page
 HEADERS = {

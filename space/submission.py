@@ -96,7 +96,7 @@ def validate_merge(catalogue: Catalogue, *, base: str, experts: list[str], metho
         The job request: ``{method, base_model, experts: {domain: repo}, parameters, recipe}``.
 
     Raises:
-        SubmissionError, ConfigError, ModelRefError, IncompatibleModelsError, huggingface_hub errors.
+        SubmissionError, ConfigError, RefError, IncompatibleModelsError, huggingface_hub errors.
     """
     known = _base(catalogue, base)
     by_repo = {repo: domain for domain, repo in known.items()}
@@ -119,7 +119,7 @@ def validate_merge(catalogue: Catalogue, *, base: str, experts: list[str], metho
             raise SubmissionError(f"'{spec.name}' needs validation data, which this Space has not configured for "
                                   f"{missing}.", hint="Choose a data-free method.")
         recipe["data"] = {d: validation_data[d] for d in picked}
-    from mergebench.engine import prepare
+    from mergebench.merge.engine import prepare
 
     prepare(recipe)  # resolves every model on the Hub and checks compatibility from headers only
     return {"method": spec.name, "base_model": base, "experts": picked, "parameters": params, "recipe": recipe}
@@ -128,8 +128,9 @@ def validate_merge(catalogue: Catalogue, *, base: str, experts: list[str], metho
 def validate_model(catalogue: Catalogue, *, model: str, base: str, method: str | None,
                    parameters: str | None) -> dict[str, Any]:
     """An already merged Hub model: safetensors weights, no custom code, the base's architecture."""
-    from mergebench.hub import ModelRef, resolve
-    from mergebench.plan import check_compatible
+    from mergebench.hub.models import resolve
+    from mergebench.hub.refs import Ref
+    from mergebench.merge.plan import check_compatible
 
     known = _base(catalogue, base)
     repo = check_repo_id(model, "Model")
@@ -138,11 +139,11 @@ def validate_model(catalogue: Catalogue, *, model: str, base: str, method: str |
     if method:
         spec, params = _method(method, params)
         name = spec.name
-    merged = resolve(ModelRef.parse(repo))
+    merged = resolve(Ref.parse(repo))
     if "auto_map" in merged.config:
         raise SubmissionError(f"'{repo}' needs custom code (auto_map in config.json); the Space never runs remote "
                               "code.", hint="Submit a model that loads with the standard transformers classes.")
-    check_compatible(resolve(ModelRef.parse(base)), [merged])
+    check_compatible(resolve(Ref.parse(base)), [merged])
     return {"model": repo, "base_model": base, "method": name, "parameters": params if name else None,
             "experts": dict(known)}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from mergebench.hub import endpoint_env, use_endpoint
+from mergebench.hub.endpoint import endpoint_env, use_endpoint
 from mergebench.hubserver import LoopbackHub
 
 DUMMY_TOKEN = "hf_loopbackDummyTokenForTests0000000"

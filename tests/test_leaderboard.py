@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from mergebench.errors import EvaluationError
+from mergebench.eval.leaderboard import base_type, format_table, read_results, results_from_rows, table
 from mergebench.eval.results import push_results, result_rows
 from mergebench.eval.tasks import DOMAINS
-from mergebench.leaderboard import base_type, format_table, read_results, results_from_rows, table
 from tests.space.fixture_results import (
     BASE,
     BASES,

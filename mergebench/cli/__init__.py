@@ -74,7 +74,7 @@ def plan(
 
     EXAMPLES: mergebench plan recipe.yaml --shard-size 2GB
     """
-    from mergebench.engine import prepare
+    from mergebench.merge.engine import prepare
 
     inputs = prepare(config, shard_size=parse_size(shard_size))
     p = inputs.plan
@@ -124,8 +124,8 @@ def merge(
 
     EXAMPLES: mergebench merge recipe.yaml --out merged/ --push-to me/my-merge
     """
-    from mergebench.engine import MergeOptions
-    from mergebench.engine import merge as run_merge
+    from mergebench.merge.engine import MergeOptions
+    from mergebench.merge.engine import merge as run_merge
 
     options = MergeOptions(threads=threads, shard_size=parse_size(shard_size), resume=resume,
                            progress=sys.stderr.isatty())

@@ -35,7 +35,7 @@ def run_command(
 
 def print_summary(summary: RunSummary) -> None:
     """The leaderboard, where the results are, and the command that opens the Space on them."""
-    from mergebench.leaderboard import format_table
+    from mergebench.eval.leaderboard import format_table
 
     out = Console(soft_wrap=True)
     out.print(format_table(summary.table), markup=False, highlight=False)

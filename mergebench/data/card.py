@@ -1,4 +1,5 @@
-"""Dataset cards for the domain datasets and ``mergebench-eval``, rendered from ``datasets_cards/*.md``.
+"""Dataset cards for the domain datasets and ``mergebench-eval``: the ``domain``/``eval`` templates of
+:mod:`mergebench.cards`.
 
 The front matter is what the Hub and ``datasets`` read: ``configs`` with ``data_files`` (so
 ``load_dataset(repo)`` finds the splits and named configs without guessing), ``license`` inherited from
@@ -15,10 +16,10 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from mergebench.cards import template_path
 from mergebench.data.schema import SCHEMA_DOC
 from mergebench.data.sources import DomainSpec, SourceSpec
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "datasets_cards"
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
 
@@ -34,9 +35,11 @@ def _one_or_list(values: Sequence[str]) -> str | list[str]:
 
 
 def _template(name: str, template_dir: Path | None) -> str:
-    path = (template_dir or TEMPLATES) / name
+    if template_dir is None:
+        return str(template_path(Path(name).stem))
+    path = template_dir / name
     if not path.is_file():
-        raise FileNotFoundError(f"Dataset card template '{path}' is missing; it ships in the repo's datasets_cards/.")
+        raise FileNotFoundError(f"Dataset card template '{path}' is missing.")
     return str(path)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, HfApi
 
-from mergebench.atomic import atomic_folder as replace_folder
 from mergebench.errors import OutputExistsError
+from mergebench.work import atomic_folder as replace_folder
 
 logger = logging.getLogger(__name__)
 SHARD_ROWS = 50_000

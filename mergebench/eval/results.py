@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mergebench.errors import EvaluationError
+from mergebench.work import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -98,23 +97,6 @@ def new_results(*, model: dict, settings: dict, eval_data: dict, environment: di
     return Results(model=model, settings=settings, run=run, eval_data=eval_data, environment=environment,
                    cost={"merge_seconds": None, "merge_peak_memory_bytes": None, "validation_seconds": None,
                          "eval_seconds": 0.0, **(cost or {})})
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_results(results: Results, path: Path) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mergebench.methods._common import f32, require, scale_experts_
+from mergebench.methods.common import f32, require, scale_experts_
 from mergebench.methods.registry import MergeContext, Params, register
 
 

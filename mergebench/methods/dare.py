@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mergebench.methods._common import expert_weights, f32, require, weighted_sum
+from mergebench.methods.common import expert_weights, f32, require, weighted_sum
 from mergebench.methods.registry import MergeContext, Params, register
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
-from mergebench.methods._common import expert_weights, f32, require, rescale_from_base, weighted_mean
+from mergebench.methods.common import expert_weights, f32, require, rescale_from_base, weighted_mean
 from mergebench.methods.registry import MergeContext, Params, register
 
 EPSILON = 1e-10

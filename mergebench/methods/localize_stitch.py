@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
-from mergebench.methods._common import f32, require, scale_experts_
+from mergebench.methods.common import f32, require, scale_experts_
 from mergebench.methods.registry import MergeContext, Params, register
 from mergebench.methods.ties import thresholds_for
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from mergebench.methods._common import weighted_sum
+from mergebench.methods.common import weighted_sum
 from mergebench.methods.registry import MergeContext, Params, register
 
 

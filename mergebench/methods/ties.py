@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
-from mergebench.methods._common import f32, require, scale_experts_
-from mergebench.methods._topk import tensor_thresholds
+from mergebench.methods.common import f32, require, scale_experts_
 from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.topk import tensor_thresholds
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mergebench.errors import ConfigError, MergeBenchError
 from mergebench.fixtures.domains import DOMAINS
-from mergebench.recipe import read_yaml
+from mergebench.merge.recipe import read_yaml
 
 
 class _Strict(BaseModel):

@@ -34,7 +34,7 @@ class GridPoint:
     method_key: str
     """The method row's file-system name (label or method)."""
     recipe: dict[str, Any]
-    """A complete merge recipe (``mergebench.recipe.MergeRecipe`` fields)."""
+    """A complete merge recipe (``mergebench.merge.recipe.MergeRecipe`` fields)."""
     validation_tasks: tuple[str, ...]
     """Empty: the point is the method's only one and needs no validation score."""
     eval_settings: dict[str, Any] = field(default_factory=dict)
@@ -92,10 +92,10 @@ class PointRecord:
 def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_validation: dict[str, Results],
               merge_options: Any, eval_options: Any, eval_data: str | None, progress: bool) -> PointRecord:
     """Merge (or reuse the merged folder of) ``point``, score it on its validation tasks, write its record."""
-    from mergebench.engine import RECIPE_FILE, merge
     from mergebench.eval import evaluate
     from mergebench.eval.scores import normalised
-    from mergebench.recipe import MergeRecipe
+    from mergebench.merge.engine import RECIPE_FILE, merge
+    from mergebench.merge.recipe import MergeRecipe
 
     started = time.perf_counter()
     stats_file = model_dir.with_name(f"{model_dir.name}.merge.json")

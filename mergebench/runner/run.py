@@ -12,7 +12,7 @@ For each base, in order:
    ``results/<base>/<method>.json`` with its costs: ``merge_seconds`` (the winner's merge, statistics
    stage included), ``merge_peak_memory_bytes`` (its peak RSS) and ``validation_seconds`` (the whole grid
    search: every point's merge and validation evaluation; 0 for a single point).
-4. **Leaderboard** — :func:`mergebench.leaderboard.table` over ``results/``, written as
+4. **Leaderboard** — :func:`mergebench.eval.leaderboard.table` over ``results/``, written as
    ``leaderboard.md`` and ``leaderboard.csv``; optional pushes of results and chosen models.
 
 Everything is cached under the output folder, so running the same configuration again resumes: finished
@@ -32,10 +32,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mergebench.eval.results import Results, load_results
-from mergebench.fingerprint import folder_fingerprint
 from mergebench.fixtures.domains import DOMAINS
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
 from mergebench.runner.point import GridPoint, PointRecord, run_point
+from mergebench.work import folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class RunSummary:
 
 
 def _fingerprint(ref: str) -> str:
-    """A commit sha for a Hub reference; a local folder's :func:`~mergebench.fingerprint.folder_fingerprint`."""
+    """A commit sha for a Hub reference; a local folder's :func:`~mergebench.work.folder_fingerprint`."""
     path = Path(ref)
     if path.is_dir():
         return folder_fingerprint(path, [p.name for p in path.iterdir() if p.is_file()])
@@ -63,8 +63,8 @@ class _Run:
     """One benchmark run's state: the configuration, resolved tasks and where everything goes."""
 
     def __init__(self, config: BenchConfig, *, progress: bool) -> None:
-        from mergebench.engine import MergeOptions
         from mergebench.eval.lighteval_wrapper import ModelOptions
+        from mergebench.merge.engine import MergeOptions
 
         self.config, self.progress = config, progress
         self.out = config.output_dir
@@ -178,14 +178,14 @@ def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, rec
         if old.run.get("status") == "complete" and old.model.get("grid_point") == point.id:
             return old
     if not (model_dir / "config.json").is_file():  # deleted, or not kept: merge the winner again (deterministic)
-        from mergebench.engine import merge
+        from mergebench.merge.engine import merge
 
         shutil.rmtree(model_dir, ignore_errors=True)
         merge(point.recipe, model_dir, options=run.merge_options)
     results = run.evaluate(str(model_dir), path, run.evaluation_tasks, info, section="evaluation", cost=cost)
     push = run.config.push
     if push and push.models:
-        from mergebench.push import push_folder
+        from mergebench.hub.push import push_folder
 
         push_folder(model_dir, f"{push.models}/{base.label}-{entry.key}", private=push.private)
     if not run.config.keep_models:
@@ -206,7 +206,7 @@ def run_benchmark(config: BenchConfig | str | Path, *, resume: bool = True, prog
         ConfigError: an invalid configuration or an unknown name in ``methods`` — before any work.
     """
     from mergebench.errors import ConfigError
-    from mergebench.leaderboard import format_table, read_results, table
+    from mergebench.eval.leaderboard import format_table, read_results, table
 
     started = time.perf_counter()
     config = config if isinstance(config, BenchConfig) else BenchConfig.from_yaml(config)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from torch import Tensor
 from mergebench.errors import StatisticsError
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.stats.data import ModelSource
+from mergebench.work import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +68,8 @@ def write_statistics(path: Path, tensors: Mapping[str, Tensor], metadata: Mappin
     meta = {"format": "pt", "mergebench.format": FORMAT,
             **{f"mergebench.{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
                for k, v in metadata.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
     logger.info("wrote %d statistics tensors to %s", len(tensors), path)
     return path
 

@@ -3,7 +3,7 @@
 For expert i with task vector τ = θᵢ − θ₀ (float32, over the mergeable tensors only: embeddings and the
 output head are excluded unless ``merge_embeddings``):
 
-    t   = dataless threshold: the ⌈s·N⌉-th largest |τ| over all mergeable entries (exact, :mod:`_topk`;
+    t   = dataless threshold: the ⌈s·N⌉-th largest |τ| over all mergeable entries (exact, :mod:`mergebench.methods.topk`;
           ``topk_scope: tensor``: per tensor), the same value the merge engine computes
     S⁰  = +sigmoid_bias where |τ| ≥ t, −sigmoid_bias elsewhere
     θ(S) = θ₀ + σ(S) ⊙ τ                      (non-mergeable tensors stay θ₀, as in the merged model)
@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mergebench.methods._topk import GlobalTopK, tensor_thresholds
+from mergebench.methods.topk import GlobalTopK, tensor_thresholds
 from mergebench.stats.data import Sample, batches, per_sample_nll, require_responses
 
 logger = logging.getLogger(__name__)

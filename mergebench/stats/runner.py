@@ -123,7 +123,7 @@ def _fisher(expert: ModelSource, rows: Sequence[Row], config: FisherConfig, opti
 
 def _mask(expert: ModelSource, rows: Sequence[Row], config: MaskConfig, options: StatsOptions,
           base: ModelSource | None) -> dict:
-    from mergebench.plan import is_embedding
+    from mergebench.merge.plan import is_embedding
 
     assert base is not None
     tokenizer = load_tokenizer(expert, options)

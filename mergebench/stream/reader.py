@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from mergebench.hub import ResolvedModel
+from mergebench.hub.models import ResolvedModel
 from mergebench.stream.sources import ByteSource, HttpSource, LocalSource
 
 logger = logging.getLogger(__name__)

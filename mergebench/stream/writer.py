@@ -25,7 +25,7 @@ from typing import BinaryIO
 import torch
 import xxhash
 
-from mergebench.plan import ShardPlan, TensorPlan
+from mergebench.merge.plan import ShardPlan, TensorPlan
 from mergebench.stream.format import encode_header
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from mergebench.atomic import atomic_folder
 from mergebench.data.publish import write_parquet
 from mergebench.data.schema import features
 from mergebench.fixtures.domains import DOMAINS
 from mergebench.tiny.domains import SOURCE, TINY_DOMAINS, chat_rows
+from mergebench.work import atomic_folder
 
 TRAIN_ROWS = 512
 VALIDATION_ROWS = 64

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from mergebench.atomic import atomic_folder
 from mergebench.fixtures.domains import DOMAINS
 from mergebench.tiny.data import write_domain_datasets
+from mergebench.work import atomic_folder
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The expert model card, rendered from ``model_cards/expert.md`` with ``huggingface_hub``.
+"""The expert model card, rendered from the ``expert`` template (:mod:`mergebench.cards`) with ``huggingface_hub``.
 
 Front matter: ``base_model`` (the base's Hub id) with ``base_model_relation: finetune`` puts the expert in
 its parent's model tree; ``datasets`` lists the training datasets' Hub ids; ``license`` is inherited from the
@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from mergebench.card import TEMPLATES, EvalRow
+from mergebench.cards import template_path
 from mergebench.errors import ConfigError
-from mergebench.eval.results import write_atomic
+from mergebench.merge.card import EvalRow
 from mergebench.prompt import PROMPT_FORMAT_VERSION
+from mergebench.work import write_atomic
 
 if TYPE_CHECKING:
     from mergebench.eval.results import Results
@@ -52,7 +53,7 @@ def render_expert_card(manifest: Mapping[str, Any]) -> ModelCard:
             for d, v in manifest["data"].items()]
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATES / "expert.md"),
+        template_path=str(template_path("expert")),
         model_name=manifest["model_name"],
         domain=domain,
         base={"name": base["repo_id"] or base["source"], "revision": base["revision"] or "local"},

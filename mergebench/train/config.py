@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from mergebench.errors import ConfigError
-from mergebench.recipe import read_yaml
+from mergebench.merge.recipe import read_yaml
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 

@@ -27,7 +27,7 @@ from mergebench.data.schema import ROLES
 from mergebench.data.sources import get_domain
 from mergebench.errors import ConfigError, DataError
 from mergebench.fixtures.domains import DOMAINS
-from mergebench.hub import with_retries
+from mergebench.hub.retry import with_retries
 from mergebench.prompt import CHATML_TEMPLATE, IGNORE_INDEX, encode_chat
 
 logger = logging.getLogger(__name__)

@@ -32,13 +32,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
-from mergebench.atomic import atomic_folder
-from mergebench.card import inherited_license
 from mergebench.data.publish import check_output
-from mergebench.errors import ModelRefError
-from mergebench.hub import ModelRef, ResolvedModel, resolve
+from mergebench.errors import RefError
+from mergebench.hub.models import ResolvedModel, resolve
+from mergebench.hub.push import push_folder
+from mergebench.hub.refs import Ref
+from mergebench.merge.card import inherited_license
 from mergebench.prompt import PROMPT_FORMAT_VERSION
-from mergebench.push import push_folder
 from mergebench.train.card import MANIFEST_VERSION, validate_expert_card, write_manifest_and_card
 from mergebench.train.config import TrainConfig
 from mergebench.train.data import (
@@ -49,6 +49,7 @@ from mergebench.train.data import (
     load_split,
     resolve_sources,
 )
+from mergebench.work import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +143,12 @@ def resolve_base(base: str | Path) -> ResolvedModel:
     """Pin the base and check it is a model: safetensors weights and a ``config.json`` with a ``model_type``.
 
     Raises:
-        ModelRefError: not a folder or ``org/name[@rev]``, no safetensors, or no model config.
+        RefError: not a folder or ``org/name[@rev]``, no safetensors, or no model config.
     """
-    ref = ModelRef.parse(str(base))
+    ref = Ref.parse(str(base))
     model = resolve(ref)
     if not model.config.get("model_type"):
-        raise ModelRefError(f"'{base}' has no config.json with a 'model_type'; it is not a transformers model.",
+        raise RefError(f"'{base}' has no config.json with a 'model_type'; it is not a transformers model.",
                             ref=str(base), hint="Pass a model folder or Hub repo saved with save_pretrained().")
     return model
 
@@ -181,7 +182,7 @@ def train_expert(*, base: str | Path, domain: str, data: Mapping[str, str | Path
 
     Raises:
         ConfigError: unknown domain, data not matching the domain, batch sizes that do not divide.
-        ModelRefError: ``base`` is not a model. DataError: a data source or split is missing or unusable.
+        RefError: ``base`` is not a model. DataError: a data source or split is missing or unusable.
         OutputExistsError: ``out_dir`` holds something and ``overwrite`` is false.
     """
     start = time.monotonic()

@@ -19,11 +19,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mergebench.engine import MergeOptions, _statistics, merge, prepare
 from mergebench.errors import StatisticsError
 from mergebench.fixtures import write_family_to_hub_root
+from mergebench.merge.engine import MergeOptions, _statistics, merge, prepare
+from mergebench.merge.plan import is_embedding
 from mergebench.methods import MergeContext
-from mergebench.plan import is_embedding
 
 DOMAINS = ("math", "coding", "safety")
 PARAMETERS = {

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from mergebench.card import EvalRow, render_model_card
-from mergebench.engine import MergeOptions, merge, prepare
+from mergebench.merge.card import EvalRow, render_model_card
+from mergebench.merge.engine import MergeOptions, merge, prepare
 from tests.engine._build import family, recipe
 
 

@@ -21,9 +21,9 @@ import yaml
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from mergebench.engine import MergeOptions, merge
 from mergebench.errors import ConfigError, CorruptFileError, NonFiniteError
 from mergebench.fixtures import write_family_to_hub_root
+from mergebench.merge.engine import MergeOptions, merge
 from mergebench.stream.format import parse_header
 from tests.engine._build import family, recipe
 from tests.engine.test_merge_local import interrupted_merge, load_dir

@@ -11,9 +11,9 @@ import yaml
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-from mergebench.engine import MergeOptions, merge, prepare
 from mergebench.errors import CorruptFileError
 from mergebench.fixtures import write_family_to_hub_root
+from mergebench.merge.engine import MergeOptions, merge, prepare
 
 QUIET = MergeOptions(progress=False)
 

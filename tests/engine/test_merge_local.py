@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mergebench.engine import MergeOptions, merge, prepare
 from mergebench.errors import (
     ConfigError,
     CorruptFileError,
     IncompatibleModelsError,
-    ModelRefError,
     NonFiniteError,
     OutputExistsError,
+    RefError,
 )
+from mergebench.merge.engine import MergeOptions, merge, prepare
 from mergebench.stream import writer as writer_module
 from tests.engine._build import base_tensors, expert_tensors, family, recipe, write_model
 
@@ -140,7 +140,7 @@ def test_non_finite_input_is_an_error_by_default(tmp_path: Path) -> None:
 
 def test_missing_model_and_existing_output(tmp_path: Path) -> None:
     base_dir, experts, _, _ = family(tmp_path / "in", 1)
-    with pytest.raises(ModelRefError, match="does not exist"):
+    with pytest.raises(RefError, match="does not exist"):
         merge(recipe(base_dir, [tmp_path / "nope"]), tmp_path / "out", options=QUIET)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("keep me")
@@ -205,7 +205,7 @@ def test_plan_reads_headers_only(tmp_path: Path) -> None:
 
 
 def test_resume_reuses_the_global_topk_thresholds(tmp_path: Path, monkeypatch) -> None:
-    from mergebench.methods import _topk
+    from mergebench.methods import topk
 
     base_dir, experts, _, _ = family(tmp_path / "in", 3, shards=2)
     config = recipe(base_dir, experts, method="ties", parameters={"top_k": 0.3})
@@ -216,7 +216,7 @@ def test_resume_reuses_the_global_topk_thresholds(tmp_path: Path, monkeypatch) -
     def no_more_passes(*args, **kwargs):
         raise AssertionError("thresholds must come from the saved state")
 
-    monkeypatch.setattr(_topk.GlobalTopK, "update", no_more_passes)
+    monkeypatch.setattr(topk.GlobalTopK, "update", no_more_passes)
     result = merge(config, tmp_path / "out", options=MergeOptions(progress=False, shard_size=700, resume=True))
     resumed = load_dir(result.out_dir)
     assert result.resumed_shards and all(torch.equal(fresh[k], resumed[k]) for k in fresh)
@@ -225,7 +225,7 @@ def test_resume_reuses_the_global_topk_thresholds(tmp_path: Path, monkeypatch) -
 def test_a_shard_missing_from_the_index_is_named(tmp_path: Path) -> None:
     base_dir, experts, _, _ = family(tmp_path / "in", 2, shards=3)
     (experts[1] / "model-00002-of-00003.safetensors").unlink()
-    with pytest.raises(ModelRefError, match=r"model-00002-of-00003\.safetensors.*missing") as info:
+    with pytest.raises(RefError, match=r"model-00002-of-00003\.safetensors.*missing") as info:
         merge(recipe(base_dir, experts), tmp_path / "out", options=QUIET)
     assert info.value.ref.endswith("e1")
     assert not (tmp_path / "out").exists()

@@ -204,7 +204,7 @@ def test_load_dataset_from_the_hub(hub, tmp_path) -> None:
     (repo / "data").mkdir(parents=True)
     (repo / "data" / "train.jsonl").write_text("".join(json.dumps({"q": f"q{i}", "a": i}) + "\n" for i in range(5)))
     (repo / "data" / "test.jsonl").write_text(json.dumps({"q": "t", "a": 9}) + "\n")
-    from mergebench.hub import use_endpoint
+    from mergebench.hub.endpoint import use_endpoint
 
     with use_endpoint(hub.url, hf_home=tmp_path / "home"):  # `datasets` may have been imported just now
         ds = datasets.load_dataset("org/pairs", cache_dir=str(tmp_path / "ds-cache"))

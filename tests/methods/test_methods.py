@@ -363,7 +363,7 @@ def test_every_registered_method_has_a_golden_case() -> None:
 
 
 def test_golden_thresholds_are_the_exact_topk() -> None:
-    from mergebench.methods._topk import global_thresholds
+    from mergebench.methods.topk import global_thresholds
 
     assert global_thresholds([torch.stack([TAU1, TAU2])], 0.75).tolist() == [0.5, 0.5]
     assert global_thresholds([torch.stack([TAU1, TAU2])], 0.5).tolist() == [1.0, 1.0]

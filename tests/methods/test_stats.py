@@ -174,7 +174,7 @@ def test_trained_masks_with_zero_learning_rate_are_the_dataless_masks(tiny_llama
 
     # ... so the trained merge equals the dataless merge, tensor for tensor (the engine's path)
     from mergebench.methods import MergeContext, get
-    from mergebench.methods._topk import global_thresholds
+    from mergebench.methods.topk import global_thresholds
 
     base = {n: t.float() for n, t in read_tensors(tiny_llama.base).items()}
     weights = [read_tensors(e.path) for e in experts]

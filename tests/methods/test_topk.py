@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mergebench.methods._topk import GlobalTopK, global_thresholds, keep_count, tensor_thresholds
+from mergebench.methods.topk import GlobalTopK, global_thresholds, keep_count, tensor_thresholds
 
 
 def brute_force(stacks: list[torch.Tensor], fraction: float) -> torch.Tensor:
@@ -80,7 +80,7 @@ def test_independent_of_feeding_order_and_chunking(monkeypatch: pytest.MonkeyPat
     g = torch.Generator().manual_seed(2)
     stacks = [torch.randn(2, 100, generator=g) for _ in range(5)]
     reference = global_thresholds(stacks, 0.13)
-    monkeypatch.setattr("mergebench.methods._topk.CHUNK_ENTRIES", 7)
+    monkeypatch.setattr("mergebench.methods.topk.CHUNK_ENTRIES", 7)
     acc = GlobalTopK(2, 0.13)
     for pass_index, order in enumerate([stacks, stacks[::-1]]):
         for s in order:

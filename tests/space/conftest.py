@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mergebench.fixtures import build_family, write_family_to_hub_root
-from mergebench.hub import use_endpoint
+from mergebench.hub.endpoint import use_endpoint
 from mergebench.hubserver import LoopbackHub
 from tests._hub_fixtures import DUMMY_TOKEN
 from tests.space.fixture_results import write_fixture_results

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mergebench.leaderboard import read_results
+from mergebench.eval.leaderboard import read_results
 from tests.space.conftest import BIN_ONLY, EVAL_TASKS, GEMMA
 
 CHROMIUM = shutil.which("chromium")

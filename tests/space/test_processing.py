@@ -6,7 +6,7 @@ import pytest
 from plots import PLOTS, forgetting_vs_score, per_domain, score_vs_cost
 from processing import DEFAULT_COLUMNS, Filters, display, filter_rows, log_tail, redact
 
-from mergebench.leaderboard import table
+from mergebench.eval.leaderboard import table
 from tests.space.fixture_results import BASES, DOMAIN_FACTOR, MERGES, fixture_results
 
 

@@ -8,8 +8,8 @@ import pytest
 from huggingface_hub.errors import RepositoryNotFoundError
 from submission import Catalogue, SubmissionError, explain, parse_parameters, validate_merge, validate_model
 
-from mergebench.errors import ConfigError, IncompatibleModelsError, ModelRefError
-from mergebench.leaderboard import read_results
+from mergebench.errors import ConfigError, IncompatibleModelsError, RefError
+from mergebench.eval.leaderboard import read_results
 from tests.space.conftest import BIN_ONLY, GEMMA
 
 BASE = "mergebench-fixtures/tiny-llama"
@@ -93,7 +93,7 @@ def test_merged_model_checks(catalogue, space_hub):
     with pytest.raises(IncompatibleModelsError) as info:  # architecture mismatch
         validate_model(catalogue, model=GEMMA, base=BASE, method=None, parameters="")
     assert "incompatibilit" in explain(info.value)[0]
-    with pytest.raises(ModelRefError, match="has no safetensors weights"):
+    with pytest.raises(RefError, match="has no safetensors weights"):
         validate_model(catalogue, model=BIN_ONLY, base=BASE, method=None, parameters="")
     with pytest.raises(RepositoryNotFoundError):
         validate_model(catalogue, model="nobody/nothing-here", base=BASE, method=None, parameters="")

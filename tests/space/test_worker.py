@@ -21,8 +21,8 @@ from settings import SpaceConfig
 from submission import Catalogue, validate_merge
 from worker import Worker
 
-from mergebench.hub import endpoint_env
-from mergebench.leaderboard import read_results
+from mergebench.eval.leaderboard import read_results
+from mergebench.hub.endpoint import endpoint_env
 from tests._hub_fixtures import DUMMY_TOKEN
 from tests.space.conftest import EVAL_TASKS
 

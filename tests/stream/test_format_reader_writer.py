@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mergebench.hub import ModelRef, resolve
-from mergebench.plan import ShardPlan, TensorPlan
+from mergebench.hub.models import resolve
+from mergebench.hub.refs import Ref
+from mergebench.merge.plan import ShardPlan, TensorPlan
 from mergebench.stream import reader as reader_module
 from mergebench.stream.format import encode_header, header_length, parse_header
 from mergebench.stream.reader import TensorStream
@@ -53,7 +54,7 @@ def test_reader_coalesces_adjacent_tensors_and_bounds_reads(tmp_path: Path, monk
     folder.mkdir()
     tensors = {f"t{i:02d}": torch.full((256,), float(i)) for i in range(20)}  # 1 KiB each, back to back
     save_file(tensors, folder / "model.safetensors")
-    model = resolve(ModelRef.parse(str(folder)))
+    model = resolve(Ref.parse(str(folder)))
     reads: list[tuple[int, int]] = []
     original = reader_module.LocalSource.read
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from mergebench.eval.results import TaskResult, new_results
 from mergebench.fixtures import DOMAINS
-from mergebench.hub import read_local_header
+from mergebench.hub.models import read_local_header
 from mergebench.train import add_eval_results, load_train_config, train_expert
 from mergebench.train.card import validate_expert_card
 from tests.train._data import write_domain_folder

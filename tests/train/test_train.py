@@ -11,8 +11,8 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mergebench.errors import ConfigError, DataError, ModelRefError, OutputExistsError
-from mergebench.hub import read_local_header
+from mergebench.errors import ConfigError, DataError, OutputExistsError, RefError
+from mergebench.hub.models import read_local_header
 from mergebench.prompt import encode_chat
 from mergebench.train import load_train_config, train_expert
 from mergebench.train import trainer as trainer_module
@@ -117,9 +117,9 @@ def test_bad_inputs_fail_before_training(tiny_llama, tmp_path: Path, no_training
         train_expert(**{**run, "data": {"math": only_validation}})
     with pytest.raises(DataError, match="is not a dataset folder"):
         train_expert(**{**run, "data": {"math": tmp_path / "nowhere"}})
-    with pytest.raises(ModelRefError, match="has no safetensors weights"):
+    with pytest.raises(RefError, match="has no safetensors weights"):
         train_expert(**{**run, "base": data})  # a dataset folder is not a model
-    with pytest.raises(ModelRefError, match="neither an existing folder nor a Hub repo id"):
+    with pytest.raises(RefError, match="neither an existing folder nor a Hub repo id"):
         train_expert(**{**run, "base": "not a model"})
     with pytest.raises(ConfigError, match="not a multiple"):
         train_expert(**{**run, "config": quick_config(effective_batch_size=6)})

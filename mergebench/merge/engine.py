@@ -5,7 +5,7 @@ of every model is converted to float32 once, handed to the method, cast to the o
 appended to the output shard. Peak memory is about ``(n_experts + 2) × largest tensor × 4 bytes`` plus
 the read-ahead budget, whatever the model size. Elementwise methods (``Params.elementwise()``) and the
 top-k counting passes instead work on cache-sized chunks of every tensor on all cores
-(:mod:`mergebench.compute`): the same float32 operations per entry, so the same bytes, several times
+(:mod:`mergebench.merge.compute`): the same float32 operations per entry, so the same bytes, several times
 faster and without whole-tensor float32 stacks. Output goes to a hidden ``.NAME.partial`` folder next
 to the destination and is renamed into place only when complete; ``resume=True`` keeps the verified
 shards of an interrupted run.
@@ -31,22 +31,23 @@ import torch
 from tqdm.auto import tqdm
 
 from mergebench import methods
-from mergebench.card import write_model_card
-from mergebench.compute import CHUNK_ENTRIES, ChunkPool
 from mergebench.data.validation import load_validation_rows
 from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError, StatisticsError
-from mergebench.fingerprint import folder_fingerprint
-from mergebench.hub import ModelRef, ResolvedModel, public_path, resolve
-from mergebench.memory import peak_rss_bytes, reset_peak_rss
+from mergebench.hub.models import ResolvedModel, resolve
+from mergebench.hub.refs import Ref, public_path
+from mergebench.merge.card import write_model_card
+from mergebench.merge.compute import CHUNK_ENTRIES, ChunkPool
+from mergebench.merge.memory import peak_rss_bytes, reset_peak_rss
+from mergebench.merge.plan import MergePlan, TensorPlan, build_plan
+from mergebench.merge.recipe import MergeRecipe
 from mergebench.methods import MergeContext, MethodSpec, Params
-from mergebench.methods._topk import GlobalTopK
+from mergebench.methods.topk import GlobalTopK
 from mergebench.paths import cache_root
-from mergebench.plan import MergePlan, TensorPlan, build_plan
-from mergebench.recipe import MergeRecipe
 from mergebench.stats import ModelSource, StatisticsReader, StatsOptions, run_stage
 from mergebench.stream.format import DTYPES
 from mergebench.stream.reader import TensorStream
 from mergebench.stream.writer import BackgroundWriter, ShardWriter, checksum_file, write_index
+from mergebench.work import folder_fingerprint, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +131,12 @@ def prepare(config: MergeRecipe | Path | str | dict, *, shard_size: int = 5 << 3
     params = spec.make_params(recipe.method_parameters)
     stage = spec.stats_stage(params)
     rows = _validation_rows(recipe, stage, base_dir) if stage else {}
-    refs = [ModelRef.parse(m.model, base_dir=base_dir) for m in recipe.models]
-    base_ref = ModelRef.parse(recipe.base_model, base_dir=base_dir)
+    refs = [Ref.parse(m.model, base_dir=base_dir) for m in recipe.models]
+    base_ref = Ref.parse(recipe.base_model, base_dir=base_dir)
     base = resolve(base_ref)
     experts = [resolve(r) for r in refs]
     tok = recipe.tokenizer_source
-    tokenizer_source = resolve(ModelRef.parse(tok, base_dir=base_dir)) if tok else base
+    tokenizer_source = resolve(Ref.parse(tok, base_dir=base_dir)) if tok else base
     plan = build_plan(base, experts, dtype=recipe.dtype, merge_embeddings=recipe.merge_embeddings,
                       shard_size=shard_size, read_ahead_bytes=read_ahead_bytes)
     pinned = recipe.model_copy(update={
@@ -188,7 +189,7 @@ def _local_folder(model: ResolvedModel) -> Path:
 
 def _published(inputs: _Inputs) -> MergeRecipe:
     """The pinned recipe as the merged folder (and so a push) shows it: Hub inputs at their commit, local
-    models and data files by :func:`~mergebench.hub.public_path`, never by this machine's absolute paths."""
+    models and data files by :func:`~mergebench.hub.refs.public_path`, never by this machine's absolute paths."""
     pinned = inputs.pinned
 
     def name(model: ResolvedModel) -> str:
@@ -278,7 +279,7 @@ def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
     logger.info("Merged %d experts with %s into %s in %.1fs", len(inputs.experts), inputs.spec.name,
                 out_dir, seconds)
     if push_to:
-        from mergebench.push import push_folder
+        from mergebench.hub.push import push_folder
 
         url = push_folder(out_dir, push_to, private=private)
         result = MergeResult(**{**result.__dict__, "commit_url": url})
@@ -302,7 +303,7 @@ def _check_output_dir(out_dir: Path) -> None:
 
 def _fingerprint(inputs: _Inputs) -> str:
     """What the merge is computed from: the pinned recipe (Hub inputs by commit sha), the plan, the method's
-    version and the contents of local inputs (:mod:`mergebench.fingerprint`), so ``--resume`` never
+    version and the contents of local inputs (:mod:`mergebench.work`), so ``--resume`` never
     continues from shards or thresholds computed from a file that has changed since."""
     local = [(m.ref.text, folder_fingerprint(m.ref.local_path, m.files))
              for m in (inputs.base, *inputs.experts, inputs.tokenizer_source) if m.ref.local_path is not None]
@@ -334,9 +335,7 @@ def _resume_state(partial: Path, fingerprint: str) -> dict | None:
 
 
 def _save_state(partial: Path, state: dict) -> None:
-    tmp = partial / (PROGRESS_FILE + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, partial / PROGRESS_FILE)
+    write_atomic(partial / PROGRESS_FILE, json.dumps(state))
 
 
 def _bar(options: MergeOptions, total: int, desc: str, unit: str = "B") -> tqdm:

@@ -1,6 +1,6 @@
 """Plan a merge from headers and configs alone: compatibility, tensor order, output layout, memory.
 
-Everything here is pure: it takes :class:`~mergebench.hub.ResolvedModel` objects (headers already read)
+Everything here is pure: it takes :class:`~mergebench.hub.models.ResolvedModel` objects (headers already read)
 and returns a :class:`MergePlan`, so ``mergebench plan`` can show the whole merge and report every
 incompatibility at once before a single weight byte is downloaded.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mergebench.errors import IncompatibleModelsError
-from mergebench.hub import ResolvedModel
+from mergebench.hub.models import ResolvedModel
 from mergebench.stream.format import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, element_size
 
 EMBEDDING_MARKERS = ("embed_tokens", "lm_head", "wte", "wpe", "embed")

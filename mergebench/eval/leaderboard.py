@@ -13,7 +13,7 @@ the ``model`` block every results file carries (``role``, ``base_model``, ``doma
 
 Re-runs of the same model keep the latest complete run. Raw task scores are columns ``task:<name>``.
 
->>> from mergebench.leaderboard import read_results, table, format_table     # doctest: +SKIP
+>>> from mergebench.eval.leaderboard import read_results, table, format_table     # doctest: +SKIP
 >>> print(format_table(table(read_results("runs/tiny/results"))))             # doctest: +SKIP
 """
 

@@ -1,4 +1,4 @@
-"""Model cards for merged models, rendered from ``model_cards/merged.md`` with ``huggingface_hub``.
+"""Model cards for merged models: the ``merged`` template of :mod:`mergebench.cards`, filled from the merge.
 
 The front matter is what the Hub indexes: ``base_model`` lists the merged models (Hub ids only),
 ``base_model_relation: merge`` puts the model in its parents' model trees, ``tags`` name MergeBench and
@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from mergebench.hub import ResolvedModel
+from mergebench.cards import template_path
+from mergebench.hub.models import ResolvedModel
 from mergebench.methods import MethodSpec, Params
 from mergebench.stream.format import DTYPES
 
 if TYPE_CHECKING:
-    from mergebench.engine import MergeResult
-    from mergebench.recipe import MergeRecipe
+    from mergebench.merge.engine import MergeResult
+    from mergebench.merge.recipe import MergeRecipe
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def render_model_card(recipe: MergeRecipe, spec: MethodSpec, params: Params, mod
     out_dtypes = sorted({str(DTYPES[t.out_dtype]).removeprefix("torch.") for t in result.plan.tensors if t.mergeable})
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATES / "merged.md"),
+        template_path=str(template_path("merged")),
         model_name=result.out_dir.name,
         method={"name": spec.name, "title": spec.title, "version": spec.version, "paper": spec.paper,
                 "formula": formula.strip()},

@@ -1,0 +1,43 @@
+"""Retrying Hub calls: transient failures (5xx, 429, dropped connections) are retried with back-off."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def with_retries(call: Callable[[], T], *, retries: int = 5, backoff: float = 0.2) -> T:
+    """Run a Hub call, retrying transient failures (5xx, 429, dropped connections) with back-off."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except (HfHubHTTPError, httpx.TransportError) as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            transient = isinstance(e, httpx.TransportError) or status in RETRYABLE_STATUS
+            if not transient or attempt == retries:
+                raise
+            delay = backoff * 2**attempt
+            logger.warning("Hub request failed (%s); retrying in %.1fs", status or type(e).__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def get_bytes(url: str) -> bytes:
+    """The body of a small file at ``url`` (configs, indexes, cards), retried like any Hub call."""
+    def call() -> bytes:
+        response = get_session().get(url, headers=build_hf_headers(), follow_redirects=True)
+        hf_raise_for_status(response)
+        return response.content
+
+    return with_retries(call)
