@@ -2,7 +2,7 @@
 
 A recipe's ``data:`` maps each domain key to its validation split: a path (relative to the recipe) of a
 ``.jsonl`` file in the project schema, or a dataset repo ``org/name[@revision]`` whose ``validation``
-split is read with ``datasets.load_dataset`` (the real Hub code path).
+split is read with ``datasets.load_dataset`` (the real Hub code path) at the commit it was pinned to.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from mergebench.data.evalsets import read_jsonl
-from mergebench.errors import StatisticsError
+from mergebench.errors import RefError, StatisticsError
+from mergebench.hub.refs import Pin, Ref, pin
 
 
-def load_validation_rows(source: str, *, base_dir: Path | None = None, split: str = "validation") -> list[dict]:
-    """Rows of one domain's validation split (see the module docstring for ``source``)."""
+def pin_validation_source(source: str, *, base_dir: Path | None = None) -> Pin:
+    """Pin one ``data:`` entry: a local ``.jsonl`` file (fingerprinted) or a dataset repo (its commit sha), so the
+    rows a merge's statistics are computed from are named exactly in the pinned recipe and the card."""
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -22,9 +24,19 @@ def load_validation_rows(source: str, *, base_dir: Path | None = None, split: st
         if not path.is_file():
             raise StatisticsError(f"Validation data file '{source}' does not exist ({path}).",
                                   hint="Fix the path in the recipe's 'data:' mapping.")
-        return read_jsonl(path)
+        return pin(Ref(text=source, repo_type="dataset", local_path=path.resolve()))
+    try:
+        return pin(Ref.parse(source, repo_type="dataset", local="file"))
+    except RefError as e:
+        raise StatisticsError(f"Validation data '{source}': {e}", hint="Use a .jsonl file or org/name[@revision] "
+                              "of a dataset repo with a validation split.") from e
+
+
+def load_validation_rows(source: Pin, *, split: str = "validation") -> list[dict]:
+    """Rows of one domain's validation split, read from exactly the pinned file or commit."""
+    if source.ref.local_path is not None:
+        return read_jsonl(source.ref.local_path)
     import datasets
 
-    repo_id, _, revision = source.partition("@")
-    dataset = datasets.load_dataset(repo_id, split=split, revision=revision or None)
+    dataset = datasets.load_dataset(source.ref.repo_id, split=split, revision=source.sha)
     return [dict(row) for row in dataset]

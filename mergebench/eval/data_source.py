@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergebench.data.evalrepo import installed_requirement
-from mergebench.errors import EvaluationError
+from mergebench.errors import EvaluationError, RefError
+from mergebench.hub.refs import Ref, pin
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class EvalSource:
 
     kind: str  # "hub" | "local" | "packaged"
     location: str  # repo id or folder
-    revision: str | None = None  # commit sha for the Hub
+    revision: str | None = None  # commit sha (Hub) or local:<fingerprint> (folder)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "location": self.location, "revision": self.revision}
@@ -75,20 +76,19 @@ def resolve_source(spec: str | Path | None, *, work_dir: Path) -> EvalSource:
     if spec is None or str(spec) == "packaged":
         return EvalSource("packaged", str(work_dir / "eval-data"))
     path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise EvaluationError(f"Evaluation data '{spec}' is a file, not a dataset folder.",
-                                  hint="Pass the folder written by `mergebench data eval-sets --out`.")
-        return EvalSource("local", str(path.resolve()))
-    repo, _, rev = str(spec).partition("@")
-    if repo.count("/") != 1 or str(spec).startswith((".", "/", "~")):
-        raise EvaluationError(f"Evaluation data '{spec}' is neither an existing folder nor a Hub dataset id.",
-                              hint="Use a folder, or org/name[@revision] of a dataset repo (my-org/mergebench-eval).")
-    from huggingface_hub import HfApi
-
-    sha = HfApi().dataset_info(repo, revision=rev or None).sha
-    logger.info("evaluation data: %s@%s", repo, sha)
-    return EvalSource("hub", repo, sha)
+    if path.is_file():
+        raise EvaluationError(f"Evaluation data '{spec}' is a file, not a dataset folder.",
+                              hint="Pass the folder written by `mergebench data eval-sets --out`.")
+    try:
+        pinned = pin(Ref.parse(str(spec), repo_type="dataset", local="dir"))
+    except RefError as e:
+        raise EvaluationError(f"Evaluation data '{spec}' is neither an existing folder nor a Hub dataset id ({e})",
+                              hint="Use a folder, or org/name[@revision] of a dataset repo (my-org/mergebench-eval).",
+                              ) from e
+    if pinned.ref.local_path is not None:
+        return EvalSource("local", str(pinned.ref.local_path), pinned.revision)
+    logger.info("evaluation data: %s", pinned.identity)
+    return EvalSource("hub", str(pinned.ref.repo_id), pinned.sha)
 
 
 def _write_jsonl(folder: Path, splits: dict[str, list[dict]]) -> str:

@@ -166,8 +166,9 @@ class ModelOptions:
 
 
 def load_model(model: Any, *, cache_dir: Path, tokenizer: Any = None, options: ModelOptions = ModelOptions(),
-               name: str | None = None) -> Any:
-    """A lighteval model for ``model``: a local folder / Hub id, or an in-memory ``PreTrainedModel``.
+               name: str | None = None, revision: str | None = None) -> Any:
+    """A lighteval model for ``model``: a local folder / Hub id (at commit ``revision``), or an in-memory
+    ``PreTrainedModel``.
 
     Raises:
         EvaluationError: the folder does not exist or holds no loadable model.
@@ -189,8 +190,9 @@ def load_model(model: Any, *, cache_dir: Path, tokenizer: Any = None, options: M
             raise EvaluationError(f"Model '{model}' does not exist or is not a model folder (no config.json).",
                                   hint="Pass a folder with config.json and weights, or a Hub id like org/name.")
         try:
-            hf_model = AutoModelForCausalLM.from_pretrained(str(model), dtype=getattr(torch, options.dtype))
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
+            hf_model = AutoModelForCausalLM.from_pretrained(str(model), revision=revision,
+                                                            dtype=getattr(torch, options.dtype))
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model), revision=revision)
         except OSError as e:
             raise EvaluationError(f"Cannot load model '{model}': {e}",
                                   hint="Check the path or repo id, and that it holds weights and a tokenizer.") from e

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from mergebench.errors import EvaluationError
+from mergebench.errors import EvaluationError, RefError
 from mergebench.eval.data_source import resolve_source, task_data
 from mergebench.eval.lighteval_wrapper import ModelOptions, load_model, prepare_offline, run_task
 from mergebench.eval.metrics import MetricContext
@@ -33,6 +33,7 @@ from mergebench.eval.refusal import make_judge
 from mergebench.eval.results import Results, ResultsWriter, TaskResult, new_results, now, push_results
 from mergebench.eval.sandbox import SandboxConfig
 from mergebench.eval.tasks import TaskSpec, resolve_tasks
+from mergebench.hub.refs import Pin, Ref, pin
 
 logger = logging.getLogger(__name__)
 Backend = Literal["transformers", "vllm"]
@@ -61,15 +62,32 @@ def _check_model_path(model: Any) -> None:
                               hint="Pass a model folder (config.json + weights) or a Hub id like org/name.")
 
 
-def _load(model: Any, backend: Backend, *, tokenizer: Any, cache_dir: Path, options: ModelOptions) -> Any:
+def _pin_model(model: Any) -> Pin | None:
+    """Pin a model given by folder or Hub id (``org/name[@revision]``) once, before loading: the results then
+    name the exact weights scored (a commit sha, or a local folder's fingerprint) and the loader reads that
+    commit, even if the repo moves on meanwhile. In-memory models have no identity to pin (``None``)."""
+    if not isinstance(model, (str, Path)):
+        return None
+    try:
+        return pin(Ref.parse(str(model), repo_type="model", local="dir"))
+    except RefError as e:
+        raise EvaluationError(str(e), hint="Pass a model folder (config.json + weights) or a Hub id like org/name."
+                              ) from e
+
+
+def _load(model: Any, backend: Backend, *, tokenizer: Any, cache_dir: Path, options: ModelOptions,
+          pinned: Pin | None) -> Any:
     if hasattr(model, "greedy_until") and hasattr(model, "configure"):  # an already-built lighteval model
         return model
+    if pinned is not None and pinned.ref.repo_id:  # load exactly the pinned commit
+        model = pinned.ref.repo_id
+    revision = pinned.sha if pinned is not None else None
     if backend == "transformers":
-        return load_model(model, cache_dir=cache_dir, tokenizer=tokenizer, options=options)
+        return load_model(model, cache_dir=cache_dir, tokenizer=tokenizer, options=options, revision=revision)
     if backend == "vllm":
         from mergebench.eval.vllm_backend import load_vllm_model
 
-        return load_vllm_model(model, tokenizer=tokenizer, dtype=options.dtype)
+        return load_vllm_model(model, tokenizer=tokenizer, dtype=options.dtype, revision=revision)
     raise EvaluationError(f"Unknown backend '{backend}'.", hint="--backend transformers (CPU/GPU) or vllm (GPU).")
 
 
@@ -145,11 +163,14 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
     work_dir = Path(tempfile.mkdtemp(prefix="mergebench-eval-"))
     try:
         source = resolve_source(eval_data, work_dir=work_dir)
+        pinned = _pin_model(model)
         lighteval_model = _load(model, backend, tokenizer=tokenizer, cache_dir=work_dir / "lighteval-cache",
-                                options=options)
+                                options=options, pinned=pinned)
         context = MetricContext(sandbox=sandbox, judge=make_judge(refusal_judge))
         model_block = {"id": model if isinstance(model, (str, Path)) else f"<in-memory {type(model).__name__}>",
-                       "revision": None, **(model_info or {})}
+                       "revision": pinned.revision if pinned else None, **(model_info or {})}
+        if pinned is not None and pinned.ref.repo_id:
+            model_block["id"] = pinned.ref.repo_id
         model_block["id"] = str(model_block["id"])
         settings = {"suite": suite if not tasks else None, "tasks": [s.name for s in specs], "backend": backend,
                     "max_samples": max_samples, "seed": SEED, "judge": context.judge.name,

@@ -55,10 +55,12 @@ def _model_class() -> type:
 
         def __init__(self, model: str, *, tokenizer: str | None = None, dtype: str = "bfloat16", seed: int = 1234,
                      gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                     tensor_parallel_size: int = 1) -> None:
+                     tensor_parallel_size: int = 1, revision: str | None = None) -> None:
             vllm = _import_vllm()
             self._vllm = vllm
-            kwargs = {"max_model_len": max_model_len} if max_model_len else {}
+            kwargs: dict[str, Any] = {"max_model_len": max_model_len} if max_model_len else {}
+            if revision:  # the pinned commit, for the weights and (when it is the model's) the tokenizer
+                kwargs.update(revision=revision, tokenizer_revision=None if tokenizer else revision)
             self.llm = vllm.LLM(model=model, tokenizer=tokenizer or model, dtype=dtype, seed=seed,
                                 gpu_memory_utilization=gpu_memory_utilization,
                                 tensor_parallel_size=tensor_parallel_size, **kwargs)

@@ -31,10 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mergebench import methods
-from mergebench.data.validation import load_validation_rows
+from mergebench.data.validation import load_validation_rows, pin_validation_source
 from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError, StatisticsError
 from mergebench.hub.models import ResolvedModel, resolve
-from mergebench.hub.refs import Ref, public_path
+from mergebench.hub.refs import Pin, Ref, public_path
 from mergebench.merge.card import write_model_card
 from mergebench.merge.compute import CHUNK_ENTRIES, ChunkPool
 from mergebench.merge.memory import peak_rss_bytes, reset_peak_rss
@@ -71,9 +71,12 @@ class MergeOptions:
     """Threads for the merge arithmetic of elementwise methods and the top-k passes (``None``: every core)."""
     compute_chunk: int = CHUNK_ENTRIES
     """Entries per model merged at once by those threads (results do not depend on it)."""
-    shard_size: int = 5 << 30
+    shard_size: int = 5_000_000_000
+    """Largest output shard in bytes: 5 GB, decimal as on the Hub (``mergebench merge --shard-size 5GB``)."""
     read_ahead_bytes: int = 512 << 20
+    """Read-ahead budget in bytes, 512 MiB (binary; not a CLI option): tensors read but not yet merged."""
     chunk_bytes: int = 64 << 20
+    """Largest coalesced read in bytes, 64 MiB (binary; not a CLI option): one HTTP Range request."""
     resume: bool = False
     progress: bool = True
     stats_device: str = "cpu"
@@ -130,7 +133,8 @@ def prepare(config: MergeRecipe | Path | str | dict, *, shard_size: int = 5 << 3
     spec = methods.get(recipe.method)
     params = spec.make_params(recipe.method_parameters)
     stage = spec.stats_stage(params)
-    rows = _validation_rows(recipe, stage, base_dir) if stage else {}
+    data = _pin_data(recipe, stage, base_dir) if stage else {}
+    rows = {domain: load_validation_rows(source) for domain, source in data.items()}
     refs = [Ref.parse(m.model, base_dir=base_dir) for m in recipe.models]
     base_ref = Ref.parse(recipe.base_model, base_dir=base_dir)
     base = resolve(base_ref)
@@ -143,12 +147,13 @@ def prepare(config: MergeRecipe | Path | str | dict, *, shard_size: int = 5 << 3
         "base_model": _pinned(base),
         "models": [m.model_copy(update={"model": _pinned(e)}) for m, e in zip(recipe.models, experts, strict=True)],
         "tokenizer_source": _pinned(tokenizer_source) if tok else None,
+        "data": {**recipe.data, **{d: p.identity for d, p in data.items() if p.ref.repo_id}},
     })
     return _Inputs(recipe, spec, params, base, experts, plan, pinned, tokenizer_source, stage, rows)
 
 
-def _validation_rows(recipe: MergeRecipe, stage: str, base_dir: Path | None) -> dict[str, list[dict]]:
-    """Each domain's validation rows for a statistics stage, checked before any model is read."""
+def _pin_data(recipe: MergeRecipe, stage: str, base_dir: Path | None) -> dict[str, Pin]:
+    """Each domain's validation source for a statistics stage, pinned and checked before any model is read."""
     missing = [m.model for m in recipe.models if not m.domain]
     if missing:
         raise StatisticsError(
@@ -160,7 +165,7 @@ def _validation_rows(recipe: MergeRecipe, stage: str, base_dir: Path | None) -> 
         raise StatisticsError(
             f"Method '{recipe.method}' ({stage} statistics) needs validation data for domain(s) {absent}.",
             hint="Map each domain to a .jsonl file or a dataset repo in the recipe's 'data:' section.")
-    return {d: load_validation_rows(recipe.data[d], base_dir=base_dir) for d in domains}
+    return {d: pin_validation_source(recipe.data[d], base_dir=base_dir) for d in domains}
 
 
 def _statistics(inputs: _Inputs, options: MergeOptions) -> StatisticsReader | None:
