@@ -79,15 +79,12 @@ class HubMirror:
 
         self.repo_id = repo_id
         self.api = api or HfApi()
-        self._created = False
 
     def push(self, job: Job) -> None:
-        if not self._created:
-            self.api.create_repo(self.repo_id, repo_type="dataset", exist_ok=True, private=True)
-            self._created = True
-        self.api.upload_file(path_or_fileobj=json.dumps(asdict(job), indent=2).encode(),
-                             path_in_repo=f"requests/{job.id}.json", repo_id=self.repo_id, repo_type="dataset",
-                             commit_message=f"Job {job.id}: {job.status}")
+        from mergebench.hub.push import push_files
+
+        push_files(self.repo_id, {f"requests/{job.id}.json": json.dumps(asdict(job), indent=2).encode()},
+                   repo_type="dataset", private=True, api=self.api, commit_message=f"Job {job.id}: {job.status}")
 
     def pull(self) -> list[Job]:
         """Every job in the dataset (none if the repo does not exist yet)."""
@@ -98,7 +95,6 @@ class HubMirror:
             folder = Path(snapshot_download(self.repo_id, repo_type="dataset", allow_patterns=["requests/*.json"]))
         except RepositoryNotFoundError:
             return []
-        self._created = True
         return [Job(**json.loads(p.read_text(encoding="utf-8"))) for p in sorted(folder.glob("requests/*.json"))]
 
 

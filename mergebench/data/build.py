@@ -33,11 +33,12 @@ from mergebench.data.decontaminate import DecontamConfig, DecontamReport, NgramI
 from mergebench.data.dedup import DedupConfig, DedupReport, deduplicate
 from mergebench.data.evalsets import EvalCorpus
 from mergebench.data.load import LoadedSource, load_source
-from mergebench.data.publish import atomic_folder, check_output, push_dataset, validate_card, write_parquet
+from mergebench.data.publish import atomic_folder, check_output, validate_card, write_parquet
 from mergebench.data.schema import features
 from mergebench.data.sources import DomainSpec, SourceSpec, get_domain
 from mergebench.data.split import SplitReport, split_validation
 from mergebench.errors import ConfigError, DataError
+from mergebench.hub.push import push_folder
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -131,8 +132,9 @@ def build_domain(domain: str, out_dir: Path, *, options: BuildOptions = BuildOpt
     commit_url = None
     if push_to:
         shas = ", ".join(f"{s['repo_id']}@{s['sha'][:12]}" for s in report["sources"])
-        commit_url = push_dataset(out_dir, push_to, private=private, api=api,
-                                  commit_message=f"MergeBench {domain} dataset from {shas}")
+        commit_url = push_folder(out_dir, push_to, repo_type="dataset", private=private, api=api,
+                                 delete_patterns=("*.parquet",),
+                                 commit_message=f"MergeBench {domain} dataset from {shas}")
     return BuildResult(domain, out_dir, report, card, commit_url)
 
 

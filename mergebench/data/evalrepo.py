@@ -20,8 +20,9 @@ from huggingface_hub import DatasetCard, HfApi
 
 from mergebench.data.card import eval_card
 from mergebench.data.evalsets import EVAL_SETS, EvalSetSpec, load_eval_set
-from mergebench.data.publish import atomic_folder, check_output, push_dataset, validate_card, write_parquet
+from mergebench.data.publish import atomic_folder, check_output, validate_card, write_parquet
 from mergebench.errors import ConfigError
+from mergebench.hub.push import push_folder
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def build_eval_repo(out_dir: Path, *, names: Iterable[str] | None = None, push_t
     logger.info("wrote %d evaluation sets to %s", len(configs), out_dir)
     commit_url = None
     if push_to:
-        commit_url = push_dataset(Path(out_dir), push_to, private=private, api=api,
-                                  commit_message=f"MergeBench evaluation sets ({len(configs)} configs)")
+        commit_url = push_folder(Path(out_dir), push_to, repo_type="dataset", private=private, api=api,
+                                 delete_patterns=("*.parquet",),
+                                 commit_message=f"MergeBench evaluation sets ({len(configs)} configs)")
     return EvalRepoResult(Path(out_dir), configs, card, commit_url)

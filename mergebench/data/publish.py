@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import DatasetCard, HfApi
+from huggingface_hub import DatasetCard
 
 from mergebench.errors import OutputExistsError
 from mergebench.work import atomic_folder as replace_folder
@@ -69,14 +69,3 @@ def atomic_folder(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
 def validate_card(card: DatasetCard) -> None:
     """Check the card's front matter with the Hub (``POST /api/validate-yaml``); raises ``ValueError``."""
     card.validate(repo_type="dataset")
-
-
-def push_dataset(folder: Path, repo_id: str, *, private: bool = False, commit_message: str,
-                 delete_patterns: Sequence[str] = ("*.parquet",), api: HfApi | None = None) -> str:
-    """Create dataset repo ``repo_id`` if needed and upload ``folder`` in one commit; returns its URL."""
-    api = api or HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder,
-                             commit_message=commit_message, delete_patterns=list(delete_patterns))
-    logger.info("pushed %s to %s", folder, info.commit_url)
-    return info.commit_url

@@ -259,16 +259,10 @@ def push_results(repo_id: str, results: Results, *, private: bool = False, api: 
 
     Creates the dataset repo if needed; the card is (re)written on every push so its ``configs`` stay right.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from mergebench.hub.push import push_files
 
-    api = api or HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     rows = result_rows(results)
-    operations = [
-        CommitOperationAdd(path_in_repo=f"data/{results.run['id']}.parquet", path_or_fileobj=_parquet_bytes(rows)),
-        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=_card(repo_id).encode()),
-    ]
-    info = api.create_commit(repo_id, operations, repo_type="dataset",
-                             commit_message=f"Results of {results.model.get('id')} ({len(rows)} tasks)")
-    logger.info("pushed %d result rows to %s", len(rows), info.commit_url)
-    return info.commit_url
+    return push_files(repo_id, {f"data/{results.run['id']}.parquet": _parquet_bytes(rows),
+                                "README.md": _card(repo_id).encode()},
+                      repo_type="dataset", private=private, api=api,
+                      commit_message=f"Results of {results.model.get('id')} ({len(rows)} tasks)")

@@ -1,29 +1,55 @@
-"""Push a finished merge to the Hub: create the repo if needed and upload the folder in one commit.
+"""The one way MergeBench writes to the Hub: create the repo if needed, then one commit.
 
-Only a complete output folder is ever pushed (the engine renames its temporary folder into place only
-after the last shard, the index, the recipe and the card are written), so a failed merge uploads
-nothing. Files the Hub already has with the same content are skipped by the client's pre-upload check,
-so pushing again after an interrupted upload only sends what is missing.
+Folders (a merged model, an expert, a domain dataset, the evaluation repo) are pushed whole with
+:func:`push_folder`, only once complete: every producer writes atomically (:mod:`mergebench.work`), so
+a failed run uploads nothing. Files already on the Hub with the same content are skipped by the client's
+pre-upload check, so pushing again after an interrupted upload only sends what is missing; stale files
+(old parquet shards of a rebuilt dataset) go in the same commit through ``delete_patterns``. Small
+generated files (a results parquet and its card, a Space job's request) go with :func:`push_files`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from mergebench.hub.refs import RepoType
 
 logger = logging.getLogger(__name__)
 
 
-def push_folder(folder: Path, repo_id: str, *, private: bool = False, token: str | None = None,
-                commit_message: str | None = None, repo_type: str = "model") -> str:
-    """Create ``repo_id`` (if missing) and upload ``folder`` in one commit; returns the commit URL."""
-    api = HfApi(token=token)
+def _api(api: HfApi | None, token: str | None) -> HfApi:
+    return api or HfApi(token=token)
+
+
+def push_folder(folder: Path, repo_id: str, *, repo_type: RepoType = "model", private: bool = False,
+                token: str | None = None, commit_message: str | None = None,
+                delete_patterns: Sequence[str] = (), api: HfApi | None = None) -> str:
+    """Create ``repo_id`` (if missing) and upload ``folder`` in one commit; returns the commit URL.
+
+    Args:
+        delete_patterns: files of the repo to delete in the same commit unless ``folder`` has them.
+    """
+    api = _api(api, token)
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id, repo_type=repo_type, folder_path=folder,
-        commit_message=commit_message or f"Upload {folder.name} with MergeBench",
-    )
+    info = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=folder,
+                             commit_message=commit_message or f"Upload {Path(folder).name} with MergeBench",
+                             delete_patterns=list(delete_patterns) or None)
     logger.info("Pushed %s to %s", folder, info.commit_url)
+    return info.commit_url
+
+
+def push_files(repo_id: str, files: Mapping[str, bytes], *, repo_type: RepoType = "dataset",
+               private: bool = False, token: str | None = None, commit_message: str,
+               api: Any = None) -> str:
+    """Create ``repo_id`` (if missing) and add or replace ``files`` (path in repo → bytes) in one commit."""
+    api = _api(api, token)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
+    info = api.create_commit(repo_id, operations, repo_type=repo_type, commit_message=commit_message)
+    logger.info("Pushed %d file(s) to %s", len(operations), info.commit_url)
     return info.commit_url
