@@ -25,6 +25,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 from mergebench.data.schema import check_columns
 from mergebench.data.sources import SourceSpec
 from mergebench.errors import DataError
+from mergebench.hub.refs import Ref, pin
 
 logger = logging.getLogger(__name__)
 _TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt")
@@ -47,10 +48,9 @@ class LoadedSource:
 
 def resolve_revision(spec: SourceSpec, revision: str | None, *, api: HfApi | None = None) -> str:
     """The commit sha of ``revision`` (default ``main``) of the source's dataset repo."""
-    api = api or HfApi()
     rev = revision or "main"
     try:
-        return api.dataset_info(spec.repo_id, revision=rev).sha
+        return str(pin(Ref(f"{spec.repo_id}@{rev}", "dataset", spec.repo_id, rev), api=api).sha)
     except RevisionNotFoundError as e:
         raise DataError(f"Source {spec.label()}: revision '{rev}' does not exist in dataset repo "
                         f"'{spec.repo_id}'.", source=spec.key,

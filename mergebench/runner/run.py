@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 from mergebench.eval.results import Results, load_results
 from mergebench.fixtures.domains import DOMAINS
+from mergebench.hub.refs import pin
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
 from mergebench.runner.point import GridPoint, PointRecord, run_point
-from mergebench.work import folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,8 @@ class RunSummary:
 
 
 def _fingerprint(ref: str) -> str:
-    """A commit sha for a Hub reference; a local folder's :func:`~mergebench.work.folder_fingerprint`."""
-    path = Path(ref)
-    if path.is_dir():
-        return folder_fingerprint(path, [p.name for p in path.iterdir() if p.is_file()])
-    from huggingface_hub import HfApi
-
-    repo, _, revision = ref.partition("@")
-    return HfApi().model_info(repo, revision=revision or None).sha
+    """A commit sha for a Hub reference; a local folder's fingerprint (:func:`mergebench.hub.refs.pin`)."""
+    return pin(ref, repo_type="model").revision
 
 
 class _Run:

@@ -13,7 +13,6 @@ assistant responses — the same function validation statistics and evaluation u
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from mergebench.data.schema import ROLES
 from mergebench.data.sources import get_domain
-from mergebench.errors import ConfigError, DataError
+from mergebench.errors import ConfigError, DataError, RefError
 from mergebench.fixtures.domains import DOMAINS
-from mergebench.hub.retry import with_retries
+from mergebench.hub.refs import Ref, pin
 from mergebench.prompt import CHATML_TEMPLATE, IGNORE_INDEX, encode_chat
+from mergebench.work import folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -87,39 +87,30 @@ def resolve_sources(domain: str, data: Mapping[str, str | Path], *, api: HfApi |
 def resolve_source(domain: str, source: str | Path, *, api: HfApi | None = None) -> DataSource:
     """Pin one source: a local dataset folder (by digest) or ``org/name[@revision]`` (to a commit sha)."""
     text = str(source)
-    path = Path(text).expanduser()
-    if path.exists() or isinstance(source, Path) or text.startswith((".", "/", "~")):
-        if not path.is_dir():
-            raise DataError(f"Training data '{text}' for '{domain}' is not a dataset folder ({path}).", source=text,
-                            hint="Pass the folder written by `mergebench data build DOMAIN --out DIR`, or org/name.")
-        return DataSource(domain, text, None, f"sha256:{_folder_digest(path)}", path.resolve())
-    repo_id, _, revision = text.partition("@")
-    api = api or HfApi()
     try:
-        sha = with_retries(lambda: api.dataset_info(repo_id, revision=revision or "main").sha)
+        ref = Ref.parse(f"./{text}" if isinstance(source, Path) and not source.is_absolute() else text,
+                        repo_type="dataset", local="dir")
+    except RefError as e:
+        raise DataError(f"Training data '{text}' for '{domain}' is not a dataset folder or repo: {e}", source=text,
+                        hint="Pass the folder written by `mergebench data build DOMAIN --out DIR`, or org/name.") from e
+    if ref.local_path is not None:
+        files = [str(p.relative_to(ref.local_path)) for p in split_files(ref.local_path, "train")]
+        return DataSource(domain, text, None, folder_fingerprint(ref.local_path, files), ref.local_path)
+    try:
+        pinned = pin(ref, api=api)
     except RevisionNotFoundError as e:
-        raise DataError(f"Training data for '{domain}': revision '{revision}' does not exist in dataset repo "
-                        f"'{repo_id}'.", source=text, hint="Pass a branch, tag or commit sha that exists.") from e
+        raise DataError(f"Training data for '{domain}': revision '{ref.revision}' does not exist in dataset repo "
+                        f"'{ref.repo_id}'.", source=text, hint="Pass a branch, tag or commit sha that exists.") from e
     except RepositoryNotFoundError as e:
-        raise DataError(f"Training data for '{domain}': dataset repo '{repo_id}' does not exist (or is private).",
+        raise DataError(f"Training data for '{domain}': dataset repo '{ref.repo_id}' does not exist (or is private).",
                         source=text, hint=f"Build and push it: mergebench data build {domain} --out DIR "
-                                          f"--push-to {repo_id}") from e
-    return DataSource(domain, text, repo_id, sha)
+                                          f"--push-to {ref.repo_id}") from e
+    return DataSource(domain, text, ref.repo_id, pinned.sha)
 
 
 def split_files(folder: Path, split: str) -> list[Path]:
     """The parquet files of ``split`` in a dataset folder (``data/{split}-00000-of-0000n.parquet``)."""
     return sorted(p for p in folder.rglob(f"{split}-*.parquet") if p.is_file())
-
-
-def _folder_digest(folder: Path, split: str = "train") -> str:
-    digest = hashlib.sha256()
-    for file in split_files(folder, split):
-        digest.update(str(file.relative_to(folder)).encode() + b"\0")
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_split(source: DataSource, *, split: str = "train") -> Any:

@@ -48,7 +48,7 @@ def test_training_lowers_the_loss_and_writes_a_complete_folder(tiny_llama, tmp_p
     assert after < before - 1.0, (before, after)
     assert result.steps == 8 and len(result.losses) == 8 and result.final_loss < result.losses[0][1]
     assert result.train_tokens > 0 and result.data_stats["math"].rows == 16
-    assert result.data_revisions["math"].startswith("sha256:") and result.base_revision is None
+    assert result.data_revisions["math"].startswith("local:") and result.base_revision is None
 
     files = {p.name for p in result.out_dir.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
