@@ -1,32 +1,54 @@
 """Run untrusted generated programs (HumanEval/MBPP completions) in a sandboxed child process.
 
 Why a process of its own, not ``exec`` in the evaluator: a generated program may loop forever, allocate
-all memory, fork-bomb, delete files or phone home. Each program runs in a fresh interpreter with:
+all memory, fork-bomb, delete files, phone home or try to report a pass it did not earn. Each program
+runs in a fresh interpreter (the child side is :mod:`mergebench.eval.sandbox_bootstrap`) with:
 
 * **kernel limits** (``resource.setrlimit``): CPU seconds, address space (``RLIMIT_AS``, so a 10 GB
   allocation raises ``MemoryError``), file size, open files, no core dumps, and a process cap
-  (``RLIMIT_NPROC``) — plus a wall-clock timeout after which the whole process group is killed;
-* **no network**: the child calls ``unshare(CLONE_NEWNET)`` (with ``CLONE_NEWUSER`` when not root)
-  before running the program, so it only sees an unconfigured loopback device. Where namespaces are
-  unavailable (some containers), the audit hook below is the remaining barrier, and the result says
-  ``network_isolated=False``;
+  (``RLIMIT_NPROC``) -- plus a wall-clock timeout and a cap on the bytes it may print
+  (``max_output_bytes``), after which the run is killed. Output is read as it streams and only a bounded
+  tail is kept, so printing gigabytes costs the evaluator no memory;
+* **no network**: the child enters a new network namespace (with a user namespace when not root), so it
+  only sees an unconfigured loopback device. Where namespaces are unavailable (some containers), the
+  audit hook is the remaining barrier, and the result says ``network_isolated=False``;
+* **nothing outlives the run**: the program runs as PID 1 of a new PID namespace, so when it ends (or is
+  killed) the kernel kills everything it started, daemons that left the session included. Without PID
+  namespaces, the process that forked it is a child subreaper and kills the re-parented orphans;
 * **another identity when run as root**: the child switches to ``nobody`` (65534), because the kernel
   exempts root from ``RLIMIT_NPROC``; the interpreter must then be world-readable (``/usr/bin/python3``
   is used when ``sys.executable`` lives under an unreadable home). As a normal user, the new user
   namespace gives the child its own process count, so the cap applies to the program's own processes;
 * **no access to the user's files or tokens**: cwd, ``HOME`` and ``TMPDIR`` are a throwaway directory,
-  the environment is scrubbed (no ``HF_*``/tokens), the interpreter runs isolated (``-I -S``: no site
-  packages, no user site, no ``PYTHON*`` variables), and a ``sys.addaudithook`` hook blocks ``open``/
-  ``listdir``/file changes outside the sandbox directory (the standard library stays readable),
-  every ``socket.*`` event, ``os.fork``/``exec``/``spawn``/``system``, ``subprocess``, ``ctypes`` and
-  ``setrlimit``.
+  the environment is scrubbed (no ``HF_*``/tokens), the interpreter runs isolated (``-I -S``), and a
+  ``sys.addaudithook`` hook blocks opening, listing or changing paths outside the sandbox directory
+  (the standard library stays readable; paths are resolved symlink by symlink, descriptors and
+  ``dir_fd`` through ``/proc/self/fd``), every ``socket.*`` event, ``os.fork``/``exec``/``spawn``/
+  ``system``, ``subprocess``, ``ctypes``, ``setrlimit``, and the ways to reach the hook's own state or
+  move the bootstrap's frames (``gc.get_objects``/``get_referrers``/``get_referents``,
+  ``sys._current_frames``, ``sys.settrace``/``setprofile`` -- so ``doctest.testmod()`` counts as blocked;
+  ``sys._getframe`` raises ``ValueError``, which ``typing``/``logging``/``namedtuple`` handle).
 
-A blocked action fails the sample (status ``blocked``) even when the program catches the exception. A
-program passes only if it runs to its end *and* the bootstrap then prints a per-run nonce, so an early
-``sys.exit(0)`` does not count as a pass.
+**The verdict** never comes from what the program prints. The child writes records to a pipe of its own
+(only the parent holds the read end): ``NET`` first, before any program code exists; ``DENY`` the moment
+the hook refuses something (a program cannot take a record back out of the pipe, and if it closes or
+replaces the descriptor, the next refusal kills it); then ``FAIL``/``MEMORY`` or ``DONE``. A program can
+write to that pipe too, so ``DONE`` must carry a secret: the parent writes a fresh random key to a file
+outside the sandbox directory, and the audit hook lets that file be opened only after ``exec`` of the
+program has returned -- it watches the line of the bootstrap's bottom frame, which moves on only then.
+The secret is never in argv, the environment, a pipe or the process's memory while the program runs,
+so nothing the program reads (``sys.orig_argv``, ``/proc/self/*``, frames, every descriptor) holds it,
+and an early ``os._exit(0)``/``sys.exit(0)`` leaves no ``DONE``. The hook's state cannot be switched
+off: it lives in the closure of one function that nothing else references, holds only immutable
+values, makes no global or builtin lookup, and the program runs in its own ``__main__`` module.
+``blocked`` (any ``DENY``) wins over every other status, even when the program caught the exception.
 
-Threat model: this contains careless or naively harmful model output, not a determined attacker with
-a CPython exploit; for that, run evaluations inside a VM or a container without network.
+Threat model: this contains careless or naively harmful model output and the hostile tricks above, not a
+determined attacker with a CPython memory-corruption exploit, nor races between threads that swap a
+symlink between the hook's check and the kernel's use of a path; metadata calls without audit events
+(``os.stat``, ``os.mkfifo``) are only limited by the sandbox uid. With ``audit=False`` (a test setting
+for the kernel limits) nothing guards the key file, so a hostile program could forge its pass. For
+hostile input, run evaluations inside a VM or a container without network as well.
 """
 
 from __future__ import annotations
@@ -36,6 +58,7 @@ import json
 import logging
 import os
 import secrets
+import selectors
 import shutil
 import signal
 import stat
@@ -43,107 +66,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from mergebench.eval import sandbox_bootstrap
+
 logger = logging.getLogger(__name__)
 
 Status = Literal["passed", "failed", "timeout", "memory", "blocked", "error"]
 NOBODY = 65534
-_MARK = "MB-SANDBOX"
-
-# The bootstrap runs in the child, single-threaded, before the program: namespaces, identity, limits,
-# audit hook, then the program. It only uses the standard library (the interpreter runs with -I -S).
-_BOOTSTRAP = r'''
-import json, os, resource, sys
-cfg = json.loads(sys.argv[1]); sys.argv[:] = ["program.py"]
-mark = cfg["mark"]
-root = os.path.realpath(cfg["dir"])
-with open(os.path.join(root, "program.py"), encoding="utf-8") as fh:
-    source = fh.read()
-net = "shared"
-if cfg["isolate_network"]:
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        flags = 0x40000000 | (0 if os.geteuid() == 0 else 0x10000000)  # CLONE_NEWNET (| CLONE_NEWUSER)
-        net = "isolated" if libc.unshare(flags) == 0 else "shared"
-        del libc, ctypes
-    except Exception:
-        net = "shared"
-    for name in ("ctypes", "_ctypes", "ctypes._endian"):
-        sys.modules.pop(name, None)
-os.write(2, ("\n%s-NET:%s\n" % (mark, net)).encode())
-if cfg["uid"] is not None and os.geteuid() == 0:
-    os.setgroups([]); os.setgid(cfg["uid"]); os.setuid(cfg["uid"])
-for name, value in cfg["limits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-
-if cfg["audit"]:
-    READ_OK = tuple(os.path.realpath(p) for p in sys.path if p) + ("/dev/null", "/dev/urandom", "/dev/zero")
-    BLOCK = ("socket.", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-             "os.startfile", "os.kill", "os.killpg", "subprocess.", "pty.spawn", "ctypes.", "resource.setrlimit",
-             "resource.prlimit", "signal.pthread_kill", "webbrowser.", "urllib.", "http.", "ftplib.", "smtplib.",
-             "poplib.", "imaplib.", "nntplib.", "telnetlib.", "sqlite3.")
-    BLOCK_IMPORTS = {"ctypes", "_ctypes", "_posixsubprocess", "_multiprocessing"}
-    PATH_READ = {"open", "os.listdir", "os.scandir", "glob.glob", "os.chdir", "os.getxattr", "os.listxattr"}
-    PATH_WRITE = {"os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.link", "os.symlink", "os.chmod",
-                  "os.chown", "os.truncate", "os.utime", "os.setxattr", "os.removexattr", "shutil.rmtree",
-                  "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.copytree", "shutil.move"}
-    state = {"busy": False}
-    realpath, fspath, write = os.path.realpath, os.fspath, os.write
-
-    def _inside(path, allowed):
-        if isinstance(path, int):
-            return True  # an already-open file descriptor
-        try:
-            full = realpath(fspath(path) if not isinstance(path, bytes) else path.decode())
-        except Exception:
-            return False
-        return full == root or full.startswith(root + os.sep) or any(
-            full == a or full.startswith(a + os.sep) for a in allowed)
-
-    def _deny(event, args):
-        write(2, ("\n%s-BLOCKED:%s %r\n" % (mark, event, args[:2] if isinstance(args, tuple) else args)).encode())
-        raise PermissionError("sandbox: %s is not allowed" % event)
-
-    def hook(event, args):
-        if state["busy"]:
-            return
-        state["busy"] = True
-        try:
-            if event.startswith(BLOCK):
-                _deny(event, args)
-            elif event == "import" and args[0] in BLOCK_IMPORTS:
-                _deny("import " + args[0], args)
-            elif event in PATH_READ and args:
-                writing = event == "open" and isinstance(args[1], str) and any(c in args[1] for c in "wax+")
-                if not _inside(args[0], () if writing else READ_OK):
-                    _deny(event, args)
-            elif event in PATH_WRITE and args:
-                paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
-                if not all(_inside(p, ()) for p in paths):
-                    _deny(event, args)
-        finally:
-            state["busy"] = False
-
-    sys.addaudithook(hook)
-
-nonce = cfg["nonce"]; del cfg
-code = compile(source, "program.py", "exec"); del source
-try:
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-except MemoryError:
-    os.write(2, ("\n%s-MEMORY\n" % mark).encode()); os._exit(4)
-except BaseException:
-    import traceback
-    sys.stdout.flush(); traceback.print_exc(); sys.stderr.flush(); os._exit(1)
-sys.stdout.flush(); os.write(1, ("\n" + nonce + "\n").encode()); os._exit(0)
-'''
+_MARK = sandbox_bootstrap.MARK
+_BOOTSTRAP = Path(sandbox_bootstrap.__file__).read_text(encoding="utf-8")
+_CHUNK = 65_536  # bytes per read of a pipe
+_MAX_LINE = 8_192  # longer lines of the verdict pipe are the program's noise: dropped
+_EXIT_GRACE_S = 1.0  # after the child exits, how long its pipes may stay open (nothing should hold them)
 
 
 @dataclass(frozen=True)
@@ -156,7 +96,9 @@ class SandboxConfig:
     file_size_mb: int = 16  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     output_bytes: int = 16_384  # stdout/stderr tail kept in the result
-    isolate_network: bool = True  # unshare(CLONE_NEWNET) in the child
+    max_output_bytes: int = 4 * 2**20  # everything the program writes; beyond it the run is killed ("failed")
+    isolate_network: bool = True  # a network namespace in the child
+    isolate_processes: bool = True  # a PID namespace: nothing the program starts survives it
     drop_privileges: bool = True  # as root: run as nobody (root is exempt from RLIMIT_NPROC)
     audit: bool = True  # the audit hook; tests turn it off to check the kernel limits alone
 
@@ -169,7 +111,7 @@ class SandboxResult:
     seconds: float
     returncode: int | None
     network_isolated: bool
-    detail: str = ""  # the blocked event, the exception line, or the signal
+    detail: str = ""  # the blocked event, the exception line, the signal or the limit
     stdout: str = field(default="", repr=False)
     stderr: str = field(default="", repr=False)
 
@@ -243,34 +185,165 @@ def _clean_env(workdir: str) -> dict[str, str]:
             "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _classify(proc_rc: int | None, out: str, err: str, nonce: str, timed_out: bool) -> tuple[Status, str]:
-    blocked = [line.split("-BLOCKED:", 1)[1] for line in err.splitlines() if f"{_MARK}-BLOCKED:" in line]
-    if blocked:
-        return "blocked", blocked[0]
-    if timed_out:
-        return "timeout", "wall-clock timeout"
-    if proc_rc is not None and proc_rc < 0:
-        sig = signal.Signals(-proc_rc).name if -proc_rc in signal.Signals._value2member_map_ else str(-proc_rc)
-        return ("timeout" if sig in ("SIGXCPU", "SIGKILL") else "failed"), f"killed by {sig}"
-    if f"{_MARK}-MEMORY" in err or "MemoryError" in err:
-        return "memory", "MemoryError"
-    if proc_rc == 0 and nonce in out.splitlines():
-        return "passed", ""
-    last = [line for line in err.splitlines() if line.strip() and not line.startswith(_MARK)]
-    return "failed", (last[-1] if last else f"exit code {proc_rc} before the end of the program")
+class _Tail:
+    """The last ``keep`` bytes of a stream: what the result shows, in bounded memory."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep, self.buffer = max(0, keep), bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        if len(self.buffer) > 2 * self.keep + _CHUNK:
+            del self.buffer[: len(self.buffer) - self.keep]
+
+    def text(self) -> str:
+        return bytes(self.buffer[-self.keep:] if self.keep else b"").decode("utf-8", "replace")
 
 
-def _make_workdir(uid: int | None) -> str:
-    workdir = tempfile.mkdtemp(prefix="mergebench-sandbox-")
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    os.chmod(workdir, 0o700)
-    return workdir
+class _Verdict:
+    """The records of the verdict pipe, parsed as they stream in (see :mod:`sandbox_bootstrap`).
+
+    The program can write to the pipe as well, so nothing here trusts a record it could forge to its
+    advantage: ``NET`` counts only as the pipe's first line (written before the program existed), ``DONE``
+    only with the run's secret; a forged ``DENY``, ``FAIL`` or ``MEMORY`` can only fail the program itself.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.secret, self.partial, self.skipping = secret, bytearray(), False
+        self.first: str | None = None
+        self.denied: list[str] = []
+        self.memory, self.done, self.failure = False, False, ""
+
+    def feed(self, chunk: bytes) -> None:
+        self.partial += chunk
+        while (end := self.partial.find(b"\n")) >= 0:
+            line, skipped = bytes(self.partial[:end]), self.skipping
+            del self.partial[: end + 1]
+            self.skipping = False
+            if not skipped:
+                self._line(line.decode("utf-8", "replace"))
+        if len(self.partial) > _MAX_LINE:
+            self.partial.clear()
+            self.skipping = True
+
+    def _line(self, line: str) -> None:
+        if not line:
+            return
+        if self.first is None:
+            self.first = line
+        kind, _, text = line.removeprefix(f"{_MARK}:").partition(":") if line.startswith(f"{_MARK}:") else ("", "", "")
+        if kind == "DENY" and len(self.denied) < 8:
+            self.denied.append(text)
+        elif kind == "MEMORY":
+            self.memory = True
+        elif kind == "FAIL":
+            self.failure = text
+        elif kind == "DONE" and secrets.compare_digest(text.encode(), self.secret.encode()):
+            self.done = True
+
+    @property
+    def network_isolated(self) -> bool:
+        return self.first == f"{_MARK}:NET:isolated"
+
+
+@dataclass
+class _Run:
+    """What the parent observed of one child."""
+
+    out: _Tail
+    err: _Tail
+    verdict: _Verdict
+    timed_out: bool = False
+    overflow: int = 0  # bytes read when the output limit was hit, 0 when it was not
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ask the supervisor to kill the worker and its descendants, then kill what is left of its group."""
+    with contextlib.suppress(ProcessLookupError):  # not reaped yet, so the pid is still this child's
+        os.kill(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)
+    _kill_group(proc)
+    proc.wait()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _watch(proc: subprocess.Popen, verdict_fd: int, config: SandboxConfig, run: _Run) -> None:
+    """Read stdout, stderr and the verdict pipe as they stream until they close, the child is gone, the
+    wall clock runs out or the output limit is reached (then the run is stopped)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    sinks: dict[int, Callable[[bytes], None]] = {proc.stdout.fileno(): run.out.add,
+                                                  proc.stderr.fileno(): run.err.add, verdict_fd: run.verdict.feed}
+    deadline, exited_at, total = time.monotonic() + config.timeout_s + 2, None, 0
+    with selectors.DefaultSelector() as selector:
+        for fd in sinks:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                run.timed_out = True
+                break
+            if proc.poll() is not None:
+                exited_at = exited_at or now
+                if now - exited_at > _EXIT_GRACE_S:
+                    break
+            for key, _ in selector.select(timeout=min(0.05, deadline - now)):
+                chunk = os.read(key.fd, _CHUNK)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                total += len(chunk)
+                sinks[key.fd](chunk)
+            if total > config.max_output_bytes:
+                run.overflow = total
+                break
+    if not (run.timed_out or run.overflow):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            run.timed_out = True
+    if run.timed_out or run.overflow:
+        _stop(proc)
+
+
+def _classify(rc: int | None, run: _Run) -> tuple[Status, str]:
+    """The status from the verdict records and the exit status; never from what the program printed."""
+    verdict = run.verdict
+    if verdict.denied:
+        return "blocked", verdict.denied[0]
+    if rc == sandbox_bootstrap.EXIT_TAMPERED:
+        return "blocked", "the program closed or replaced the sandbox's verdict pipe"
+    if run.timed_out:
+        return "timeout", "wall-clock timeout"
+    if run.overflow:
+        return "failed", f"output limit: more than {run.overflow} bytes written (max_output_bytes)"
+    if rc is not None and rc < 0:
+        sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        return ("timeout" if sig in ("SIGXCPU", "SIGKILL") else "failed"), f"killed by {sig}"
+    if verdict.memory:
+        return "memory", "MemoryError"
+    if rc == 0 and verdict.done:
+        return "passed", ""
+    return "failed", verdict.failure or f"exit code {rc} before the end of the program"
+
+
+def _fill_run_dir(base: str, source: str, uid: int | None) -> tuple[str, str, str]:
+    """(sandbox dir, key file, secret) under ``base``: the key sits next to the sandbox directory, outside it."""
+    workdir, key, secret = os.path.join(base, "run"), os.path.join(base, "verdict.key"), secrets.token_hex(16)
+    os.mkdir(workdir, 0o700)
+    Path(workdir, "program.py").write_text(source, encoding="utf-8")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    if uid is not None:
+        for path in (base, workdir, key, os.path.join(workdir, "program.py")):
+            os.chown(path, uid, uid)
+    os.chmod(base, 0o700)
+    return workdir, key, secret
 
 
 def run_program(source: str, config: SandboxConfig = SandboxConfig()) -> SandboxResult:
@@ -280,35 +353,41 @@ def run_program(source: str, config: SandboxConfig = SandboxConfig()) -> Sandbox
     'passed'
     """
     uid, python, nproc = _identity(config)
-    workdir = _make_workdir(uid)
-    nonce = f"{_MARK}-DONE-{secrets.token_hex(8)}"
     start = time.perf_counter()
+    base = None
     try:
-        Path(workdir, "program.py").write_text(source, encoding="utf-8")
-        if uid is not None:
-            os.chown(Path(workdir, "program.py"), uid, uid)
-        cfg = {"dir": workdir, "nonce": nonce, "mark": _MARK, "uid": uid, "audit": config.audit,
-               "isolate_network": config.isolate_network, "limits": _limits(config, nproc)}
-        proc = subprocess.Popen([python, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(cfg)], cwd=workdir,
-                                env=_clean_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
-        timed_out = False
+        base = tempfile.mkdtemp(prefix="mergebench-sandbox-")
+        workdir, key, secret = _fill_run_dir(base, source, uid)
+        read_end, write_end = os.pipe()
         try:
-            out_b, err_b = proc.communicate(timeout=config.timeout_s + 2)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            out_b, err_b = proc.communicate()
-        _kill_group(proc)  # stray descendants of a program that exited
-        out = out_b[-config.output_bytes:].decode("utf-8", "replace")
-        err = err_b[-config.output_bytes:].decode("utf-8", "replace")
-        status, detail = _classify(proc.returncode, out, err, nonce, timed_out)
-        return SandboxResult(status, time.perf_counter() - start, proc.returncode,
-                             f"{_MARK}-NET:isolated" in err, detail, out.replace(nonce, ""), err)
+            cfg = {"dir": workdir, "key": key, "verdict_fd": write_end, "uid": uid, "audit": config.audit,
+                   "isolate_network": config.isolate_network, "isolate_processes": config.isolate_processes,
+                   "limits": _limits(config, nproc)}
+            proc = subprocess.Popen([python, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(cfg)], cwd=workdir,
+                                    env=_clean_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                                    pass_fds=(write_end,), bufsize=0)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        run = _Run(_Tail(config.output_bytes), _Tail(config.output_bytes), _Verdict(secret))
+        with proc, contextlib.closing(os.fdopen(read_end, "rb", buffering=0)):
+            try:
+                _watch(proc, read_end, config, run)
+            finally:
+                if proc.poll() is None:  # an error of our own: never leave the run behind
+                    _stop(proc)
+                _kill_group(proc)  # stray members of its process group
+        status, detail = _classify(proc.returncode, run)
+        return SandboxResult(status, time.perf_counter() - start, proc.returncode, run.verdict.network_isolated,
+                             detail, run.out.text(), run.err.text())
     except OSError as e:  # could not start the child at all: an infrastructure error, not the program's
         return SandboxResult("error", time.perf_counter() - start, None, False, f"sandbox failed to start: {e}")
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def run_programs(sources: Sequence[str], config: SandboxConfig = SandboxConfig(), *,
