@@ -81,13 +81,16 @@ def _defaults(method: str | None) -> str:
 
 
 def _method_help(method: str | None) -> str:
+    """The method's declared metadata (title, paper, formula, parameter ranges, grid), as Markdown."""
     from mergebench import methods
 
     if not method:
         return ""
     spec = methods.get(method)
     grid = ", ".join(f"`{k}` ∈ {list(v)}" for k, v in spec.grid.items()) or "none"
-    return f"**{spec.title}** {spec.paper}  \nBenchmark search grid: {grid}. Ranges are checked on submit."
+    ranges = ", ".join(f"`{p.name}` {p.range}" for p in spec.parameters if p.range) or "none"
+    return (f"**{spec.title}** [paper]({spec.paper})\n\n```\n{spec.formula}\n```\n\n"
+            f"Ranges: {ranges} (checked on submit). Benchmark search grid: {grid}.")
 
 
 def _message(ok: bool, text: str, hint: str | None = None) -> str:

@@ -6,19 +6,109 @@ The front matter is what the Hub and ``datasets`` read: ``configs`` with ``data_
 the sources (a list when they differ), ``language``, ``task_categories``, ``size_categories``,
 ``source_datasets`` and a ``mergebench`` block with the pinned source revisions and the deduplication,
 decontamination and split report. The body repeats all of it for people, with citations.
+
+The inputs are typed records (:class:`DomainReport`, :class:`EvalConfig`: the JSON files a build writes beside
+the data); ``python -m mergebench.docs`` renders fixed ones into ``datasets_cards/`` as examples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from mergebench.cards import template_path
 from mergebench.data.schema import SCHEMA_DOC
 from mergebench.data.sources import DomainSpec, SourceSpec
+
+
+class SourceRow(TypedDict):
+    """One pinned source of a domain build (``mergebench_build.json`` → ``sources``)."""
+
+    key: str
+    repo_id: str
+    config: str | None
+    split: str
+    requested_revision: str | None
+    sha: str
+    license: str
+    rows_loaded: int
+    rows_read: int
+    rows_filtered: int
+    rows_kept: int
+
+
+class DedupSummary(TypedDict):
+    rows_in: int
+    exact_removed: int
+    near_removed: int
+    ngram: int
+    num_perm: int
+    bands: int
+    threshold: float
+    removed_by_source: dict[str, int]
+    duplicates: list[dict[str, Any]]
+
+
+class EvalSetRemoval(TypedDict):
+    """How much of one evaluation set the decontamination index covered, and the training rows it removed."""
+
+    texts: int
+    indexed: int
+    too_short: int
+    removed: int
+
+
+class DecontaminationSummary(TypedDict):
+    ngram: int
+    min_words: int
+    rows_in: int
+    removed: int
+    eval_origin: str
+    eval_sets: dict[str, EvalSetRemoval]
+    removed_ids: dict[str, list[str]]
+
+
+class SplitSummary(TypedDict):
+    seed: int
+    requested: int
+    train_rows: int
+    validation_rows: int
+    rule: str
+
+
+class DomainReport(TypedDict):
+    """The build report of one domain dataset: what its card and ``mergebench_build.json`` say."""
+
+    format_version: int
+    domain: str
+    mergebench_version: str
+    sources: list[SourceRow]
+    dedup: DedupSummary
+    decontamination: DecontaminationSummary
+    split: SplitSummary
+    languages: dict[str, int]
+
+
+class EvalConfig(TypedDict):
+    """One config of ``mergebench-eval`` as its card lists it (``mergebench_eval.json`` plus the citation)."""
+
+    name: str
+    domain: str
+    role: str
+    origin: str
+    upstream: str
+    license: str
+    shipped_license: str
+    citation: str
+    package: str | None
+    note: str
+    languages: list[str]
+    text_fields: list[str]
+    rows: dict[str, int]
+
 
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
@@ -43,8 +133,8 @@ def _template(name: str, template_dir: Path | None) -> str:
     return str(path)
 
 
-def domain_card(report: Mapping[str, Any], domain: DomainSpec, sources: Sequence[SourceSpec], *, repo_id: str,
-                template_dir: Path | None = None) -> DatasetCard:
+def domain_card(report: DomainReport | Mapping[str, Any], domain: DomainSpec, sources: Sequence[SourceSpec], *,
+                repo_id: str, template_dir: Path | None = None) -> DatasetCard:
     """The card of one domain dataset, from the build report (see :func:`mergebench.data.build.build_domain`)."""
     split = report["split"]
     languages = sorted({lang for s in sources for lang in s.languages})
@@ -66,7 +156,7 @@ def domain_card(report: Mapping[str, Any], domain: DomainSpec, sources: Sequence
                                      sources=sources, eval_sets=domain.eval_sets)
 
 
-def _front_matter_report(report: Mapping[str, Any]) -> dict[str, Any]:
+def _front_matter_report(report: DomainReport | Mapping[str, Any]) -> dict[str, Any]:
     """The machine-readable part of the report (revisions and counts; no per-row lists)."""
     dec = report["decontamination"]
     return {
@@ -84,7 +174,8 @@ def _front_matter_report(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def eval_card(configs: Sequence[Mapping[str, Any]], *, repo_id: str, template_dir: Path | None = None) -> DatasetCard:
+def eval_card(configs: Sequence[EvalConfig | Mapping[str, Any]], *, repo_id: str,
+              template_dir: Path | None = None) -> DatasetCard:
     """The card of ``mergebench-eval``: one ``configs`` entry per evaluation set, with its data files."""
     total = sum(n for c in configs for n in c["rows"].values())
     licenses = sorted({c["shipped_license"] for c in configs})

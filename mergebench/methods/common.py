@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+from mergebench.errors import ConfigError
+
+ZERO_SUM = 1e-9
+"""Weights whose sum is at most this fraction of Σᵢ |wᵢ| sum to 0: ``(0.1, 0.2, -0.3)`` sums to 5.6e-17 in floats,
+and dividing by that multiplies every task vector by ~10¹⁶."""
 
 
 def weighted_sum(stack: Tensor, weights: tuple[float, ...] | None) -> Tensor:
@@ -13,7 +21,8 @@ def weighted_sum(stack: Tensor, weights: tuple[float, ...] | None) -> Tensor:
     if len(weights) != stack.shape[0]:
         raise ValueError(f"{len(weights)} weights for {stack.shape[0]} experts")
     w = torch.tensor(weights, dtype=stack.dtype)
-    return torch.tensordot(w, stack, dims=1)
+    total: Tensor = torch.tensordot(w, stack, dims=1)
+    return total
 
 
 def f32(t: Tensor) -> Tensor:
@@ -39,13 +48,26 @@ def scale_experts_(stack: Tensor, weights: tuple[float, ...] | None) -> Tensor:
     return stack
 
 
+def weight_sum(weights: Sequence[float], *, what: str = "a weighted mean") -> float:
+    """``Σᵢ wᵢ``, which ``what`` divides by. A (nearly, see :data:`ZERO_SUM`) zero sum has no average.
+
+    Raises:
+        ConfigError: the weights sum to 0, with a hint to fix the recipe.
+    """
+    total = sum(weights)
+    if abs(total) <= ZERO_SUM * sum(abs(w) for w in weights):
+        raise ConfigError(
+            f"Expert weights {tuple(weights)} sum to 0, but {what} divides by their sum (θ = Σᵢ wᵢθᵢ / Σᵢ wᵢ).",
+            hint="Give weights with a non-zero sum (they are divided by it: 1 and 1 is the even average); "
+                 "to add and subtract task vectors use method 'task_arithmetic'.")
+    return total
+
+
 def weighted_mean(stack: Tensor, weights: tuple[float, ...] | None) -> Tensor:
-    """``Σᵢ wᵢ·stack[i] / Σᵢ wᵢ`` (plain mean when ``weights`` is None)."""
+    """``Σᵢ wᵢ·stack[i] / Σᵢ wᵢ`` (plain mean when ``weights`` is None); a zero sum is a ConfigError."""
     if weights is None:
         return stack.mean(0)
-    total = sum(expert_weights(weights, stack.shape[0]))
-    if total == 0:
-        raise ValueError("expert weights sum to 0; a weighted mean is undefined")
+    total = weight_sum(expert_weights(weights, stack.shape[0]))
     return weighted_sum(stack, tuple(w / total for w in weights))
 
 
@@ -59,6 +81,4 @@ def rescale_from_base(base: Tensor, merged: Tensor, scaling: float) -> Tensor:
 def require(condition: bool, message: str, hint: str | None = None) -> None:
     """Raise :class:`~mergebench.errors.ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
-        from mergebench.errors import ConfigError
-
         raise ConfigError(message, hint=hint)

@@ -25,24 +25,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mergebench.methods.common import f32, require, scale_experts_
-from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.common import f32, scale_experts_
+from mergebench.methods.registry import MergeContext, Params, Range, param, register
 
 
 @dataclass(frozen=True)
 class ConsensusParams(Params):
-    k: int = 2
-    """Minimum number of tasks whose TALL mask must contain an entry for it to be kept."""
-    tall_lambda: float = 0.2
-    """λ_t of the TALL masks: entry important to task i iff |τᵢ| > tall_lambda·|τ_MTL − τᵢ|."""
-    scaling: float = 1.0
-    """λ, applied to the masked multi-task vector."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.k >= 1, f"k must be an integer ≥ 1, got {self.k}.",
-                hint="k is the number of tasks that must agree an entry matters, e.g. 2.")
-        require(self.tall_lambda >= 0.0, f"tall_lambda must be ≥ 0, got {self.tall_lambda}.")
+    k: int = param(2, "Minimum number of tasks whose TALL mask must contain an entry for it to be kept.",
+                   within=Range(ge=1))
+    tall_lambda: float = param(0.2, "λ_t of the TALL masks: entry important to task i iff |τᵢ| > "
+                               "tall_lambda·|τ_MTL − τᵢ|.", within=Range(ge=0))
+    scaling: float = param(1.0, "λ, applied to the masked multi-task vector.")
 
 
 def tall_votes(deltas: Tensor, multi_task: Tensor, tall_lambda: float) -> Tensor:
@@ -56,8 +49,15 @@ def tall_votes(deltas: Tensor, multi_task: Tensor, tall_lambda: float) -> Tensor
 @register(
     "consensus",
     params=ConsensusParams,
-    grid={"tall_lambda": (0.2, 0.4, 0.6), "scaling": (0.4, 0.6, 0.8, 1.0)},
+    title="Consensus merging with TALL masks, on Task Arithmetic (Wang et al., 2024)",
     paper="https://arxiv.org/abs/2405.07813",
+    formula="""
+        τ_MTL = Σⱼ wⱼτⱼ
+        mᵢ    = [ |wᵢτᵢ| > tall_lambda·|τ_MTL − wᵢτᵢ| ]     (TALL mask of task i; strict >)
+        c     = [ Σᵢ mᵢ ≥ k ]                              (entries at least k tasks consider their own)
+        θ     = θ₀ + λ·(τ_MTL ⊙ c)
+    """,
+    grid={"tall_lambda": (0.2, 0.4, 0.6), "scaling": (0.4, 0.6, 0.8, 1.0)},
 )
 def consensus(base: Tensor, deltas: Tensor, p: ConsensusParams, ctx: MergeContext) -> Tensor:
     base, deltas = f32(base), f32(deltas)

@@ -28,23 +28,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mergebench.methods.common import expert_weights, f32, require, weighted_sum
-from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.common import expert_weights, f32, weighted_sum
+from mergebench.methods.registry import MergeContext, Params, Range, param, register
 
 
 @dataclass(frozen=True)
 class DareParams(Params):
-    drop_rate: float = 0.8
-    """p: probability that an entry of a task vector is dropped (set to 0)."""
-    scaling: float = 1.0
-    """λ, applied to the summed rescaled task vectors."""
-    seed: int | None = None
-    """Seed of the drop masks; ``None`` uses the recipe's ``seed`` (default 0)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(0.0 <= self.drop_rate < 1.0, f"drop_rate must be in [0, 1), got {self.drop_rate}.",
-                hint="drop_rate is the fraction of each task vector dropped, e.g. 0.8.")
+    drop_rate: float = param(0.8, "p: probability that an entry of a task vector is dropped (set to 0).",
+                             within=Range(ge=0, lt=1))
+    scaling: float = param(1.0, "λ, applied to the summed rescaled task vectors.")
+    seed: int | None = param(None, "Seed of the drop masks; None uses the recipe's seed (default 0).")
 
 
 def mask_generator(seed: int, expert_id: int, name: str) -> torch.Generator:
@@ -61,8 +54,10 @@ def keep_mask(seed: int, expert_id: int, name: str, shape: torch.Size, drop_rate
 @register(
     "dare",
     params=DareParams,
-    grid={"drop_rate": (0.7, 0.8, 0.9), "scaling": (0.4, 0.6, 0.8, 1.0)},
+    title="DARE: Drop And REscale task vectors, summed like Task Arithmetic (Yu et al., 2024)",
     paper="https://arxiv.org/abs/2311.03099",
+    formula="mᵢ ~ Bernoulli(1 − p) per entry;   τ̂ᵢ = mᵢ ⊙ τᵢ / (1 − p);   θ = θ₀ + λ·Σᵢ wᵢ τ̂ᵢ",
+    grid={"drop_rate": (0.7, 0.8, 0.9), "scaling": (0.4, 0.6, 0.8, 1.0)},
 )
 def dare(base: Tensor, deltas: Tensor, p: DareParams, ctx: MergeContext) -> Tensor:
     base, deltas = f32(base), f32(deltas)

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
-from mergebench.methods.common import expert_weights, f32, require, rescale_from_base, weighted_mean
-from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.common import expert_weights, f32, rescale_from_base, weighted_mean
+from mergebench.methods.registry import MergeContext, Params, Range, param, register
 
 EPSILON = 1e-10
 """Added to every Fᵢ in the denominator."""
@@ -36,14 +36,9 @@ EPSILON = 1e-10
 
 @dataclass(frozen=True)
 class FisherParams(Params):
-    num_samples: int = 1000
-    """Validation rows of each expert's own domain used for its Fisher diagonal."""
-    scaling: float = 1.0
-    """λ: θ = θ₀ + λ·(θ_fisher − θ₀)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.num_samples >= 1, f"num_samples must be ≥ 1, got {self.num_samples}.")
+    num_samples: int = param(1000, "Validation rows of each expert's own domain used for its Fisher diagonal.",
+                             within=Range(ge=1))
+    scaling: float = param(1.0, "λ: θ = θ₀ + λ·(θ_fisher − θ₀).")
 
 
 def fisher_average(experts: Tensor, fishers: Tensor, coefficients: tuple[float, ...]) -> Tensor:
@@ -56,8 +51,20 @@ def fisher_average(experts: Tensor, fishers: Tensor, coefficients: tuple[float, 
     return numerator.div_(denominator)
 
 
-@register("fisher", params=FisherParams, inputs="weights", data_stats="fisher",
-          paper="https://arxiv.org/abs/2111.09832")
+@register(
+    "fisher",
+    params=FisherParams,
+    title="Fisher merging: a per-entry Fisher-weighted average (Matena & Raffel, 2022)",
+    paper="https://arxiv.org/abs/2111.09832",
+    formula="""
+        θ = Σᵢ wᵢFᵢθᵢ / Σᵢ wᵢ(Fᵢ + 1e-10)          per entry, for tensors with Fisher statistics
+        θ = Σᵢ wᵢθᵢ / Σᵢ wᵢ                          for tensors without them
+        then θ₀ + λ·(θ − θ₀) (λ = 1 returns θ exactly)
+    """,
+    inputs="weights",
+    data_stats="fisher",
+    normalises_weights=True,
+)
 def fisher(base: Tensor, experts: Tensor, p: FisherParams, ctx: MergeContext) -> Tensor:
     base, experts = f32(base), f32(experts)
     fishers = ctx.data.get("fisher")

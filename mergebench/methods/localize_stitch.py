@@ -1,14 +1,16 @@
 """Localize-and-Stitch (He et al., 2024, arXiv:2408.13656): sparse task-vector masks, stitched by overlap.
 
 Localize (one mask per task):
-  dataless (``mode: dataless``, default):  Mᵢ = [|τᵢ| ≥ tᵢ], tᵢ = ⌈s·N⌉-th largest |τᵢ| over all mergeable
-                                            entries (``topk_scope: tensor``: over this tensor only)
-  trained  (``mode: trained``):            Mᵢ = [σ(Sᵢ) ≥ 0.5] from the ``mask`` statistics stage
-                                            (:mod:`mergebench.stats.masks`), which starts Sᵢ at ±sigmoid_bias
-                                            on the dataless mask and trains it on task i's own validation rows
+  dataless (mode: dataless, default):  Mᵢ = [|τᵢ| ≥ tᵢ], tᵢ = ⌈s·N⌉-th largest |τᵢ| over all mergeable
+                                       entries (topk_scope: tensor: over this tensor only)
+  trained  (mode: trained):            Mᵢ = [σ(Sᵢ) ≥ 0.5] from the mask statistics stage, which starts
+                                       Sᵢ at ±sigmoid_bias on the dataless mask and trains it on task i's
+                                       own validation rows
 Stitch:
-  cnt = Σᵢ Mᵢ   (overlap counted over **all** tasks)
+  cnt = Σᵢ Mᵢ   (overlap counted over all tasks)
   θ   = θ₀ + λ·Σᵢ (Mᵢ / max(1, cnt)) ⊙ wᵢτᵢ
+
+The trained masks come from :mod:`mergebench.stats.masks`.
 
 Parameters: ``mode`` (``dataless``), ``sparsity`` s ∈ (0, 1] (0.1), ``scaling`` λ (1.0),
 ``topk_scope`` (``global``); trained only: ``sigmoid_bias`` > 0 (3.0), ``learning_rate`` ≥ 0 (1e8),
@@ -39,7 +41,7 @@ from torch import Tensor
 
 from mergebench.errors import StatisticsError
 from mergebench.methods.common import f32, require, scale_experts_
-from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.registry import MergeContext, Params, Range, param, register
 from mergebench.methods.ties import thresholds_for
 
 TRAINED_ONLY = ("sigmoid_bias", "learning_rate", "epochs", "l1_strength", "num_samples")
@@ -48,34 +50,26 @@ TRAINED_ONLY = ("sigmoid_bias", "learning_rate", "epochs", "l1_strength", "num_s
 
 @dataclass(frozen=True)
 class LocalizeStitchParams(Params):
-    mode: Literal["dataless", "trained"] = "dataless"
-    """``dataless``: masks are the top-s task-vector entries; ``trained``: masks trained on validation data."""
-    sparsity: float = 0.1
-    """s: fraction of each task vector in its (initial) mask, over the whole model by default."""
-    scaling: float = 1.0
-    """λ, applied to the stitched task vector (1.0 in the paper)."""
-    topk_scope: Literal["global", "tensor"] = "global"
-    """``global``: one threshold per expert over all mergeable tensors; ``tensor``: one per tensor."""
-    sigmoid_bias: float = 3.0
-    """Trained: initial mask logits are +bias inside the dataless mask and −bias outside."""
-    learning_rate: float = 1e8
-    """Trained: step size of the full-batch gradient step on the logits, once per epoch."""
-    epochs: int = 1
-    """Trained: number of gradient steps (one per pass over the validation rows)."""
-    l1_strength: float = 0.0
-    """Trained: weight of the L1 penalty Σσ(S) on the soft mask."""
-    num_samples: int = 1000
-    """Trained: validation rows of each expert's own domain used to train its mask."""
+    mode: Literal["dataless", "trained"] = param("dataless", "dataless: masks are the top-s task-vector entries; "
+                                                 "trained: masks trained on validation data.")
+    sparsity: float = param(0.1, "s: fraction of each task vector in its (initial) mask, over the whole model by "
+                            "default.", within=Range(gt=0, le=1))
+    scaling: float = param(1.0, "λ, applied to the stitched task vector (1.0 in the paper).")
+    topk_scope: Literal["global", "tensor"] = param("global", "global: one threshold per expert over all mergeable "
+                                                    "tensors; tensor: one per tensor.")
+    sigmoid_bias: float = param(3.0, "Trained: initial mask logits are +bias inside the dataless mask and −bias "
+                                "outside.", within=Range(gt=0))
+    learning_rate: float = param(1e8, "Trained: step size of the full-batch gradient step on the logits, once per "
+                                 "epoch.", within=Range(ge=0))
+    epochs: int = param(1, "Trained: number of gradient steps (one per pass over the validation rows).",
+                        within=Range(ge=0))
+    l1_strength: float = param(0.0, "Trained: weight of the L1 penalty Σσ(S) on the soft mask.", within=Range(ge=0))
+    num_samples: int = param(1000, "Trained: validation rows of each expert's own domain used to train its mask.",
+                             within=Range(ge=1))
 
     def __post_init__(self) -> None:
+        """Besides the declared ranges: trained-only parameters are an error with ``mode: dataless``."""
         super().__post_init__()
-        require(0.0 < self.sparsity <= 1.0, f"sparsity must be in (0, 1], got {self.sparsity}.",
-                hint="sparsity is the fraction of each task vector kept, e.g. 0.1.")
-        require(self.sigmoid_bias > 0.0, f"sigmoid_bias must be > 0, got {self.sigmoid_bias}.")
-        require(self.learning_rate >= 0.0, f"learning_rate must be ≥ 0, got {self.learning_rate}.")
-        require(self.epochs >= 0, f"epochs must be ≥ 0, got {self.epochs}.")
-        require(self.l1_strength >= 0.0, f"l1_strength must be ≥ 0, got {self.l1_strength}.")
-        require(self.num_samples >= 1, f"num_samples must be ≥ 1, got {self.num_samples}.")
         if self.mode == "dataless":
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             changed = [name for name in TRAINED_ONLY if getattr(self, name) != defaults[name]]
@@ -108,9 +102,21 @@ def localize(deltas: Tensor, p: LocalizeStitchParams, ctx: MergeContext) -> Iter
 @register(
     "localize_stitch",
     params=LocalizeStitchParams,
+    title="Localize-and-Stitch: sparse task-vector masks, stitched by overlap (He et al., 2024)",
+    paper="https://arxiv.org/abs/2408.13656",
+    formula="""
+        Localize (one mask per task):
+          dataless (mode: dataless, default):  Mᵢ = [|τᵢ| ≥ tᵢ], tᵢ = ⌈s·N⌉-th largest |τᵢ| over all mergeable
+                                               entries (topk_scope: tensor: over this tensor only)
+          trained  (mode: trained):            Mᵢ = [σ(Sᵢ) ≥ 0.5] from the mask statistics stage, which starts
+                                               Sᵢ at ±sigmoid_bias on the dataless mask and trains it on task i's
+                                               own validation rows
+        Stitch:
+          cnt = Σᵢ Mᵢ   (overlap counted over all tasks)
+          θ   = θ₀ + λ·Σᵢ (Mᵢ / max(1, cnt)) ⊙ wᵢτᵢ
+    """,
     grid={"sparsity": (0.05, 0.1, 0.2)},
     data_stats="mask",
-    paper="https://arxiv.org/abs/2408.13656",
 )
 def localize_stitch(base: Tensor, deltas: Tensor, p: LocalizeStitchParams, ctx: MergeContext) -> Tensor:
     base, deltas = f32(base), f32(deltas)

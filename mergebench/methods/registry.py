@@ -13,15 +13,20 @@ A method is a function ``(base, stack, params, ctx) -> merged`` that sees **one 
 Methods do no I/O, never see a file, a repo or a thread. The engine decides which tensors are
 mergeable (embeddings and the output head are copied from the base by default), computes whole-model
 statistics in extra streaming passes, and casts the result to the output dtype once.
+
+Metadata is **declared, never scraped**: each method file passes its ``title``, ``paper``, ``formula``, search
+``grid``, statistics stage and weight rule to :func:`register`, and its parameter dataclass declares every
+parameter's type, default, range and one-line help with :func:`param` (ranges are checked on construction, so
+a declared range is always the enforced one). ``mergebench methods ls|show``, ``docs/methods.md``, merged-model
+cards and the Space all read these declarations; the module docstrings are for readers only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
-import sys
-from collections.abc import Callable, Mapping
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -30,54 +35,11 @@ from torch import Tensor
 
 from mergebench.errors import ConfigError
 from mergebench.finite import bad_numbers, describe
+from mergebench.methods.common import weight_sum
+from mergebench.methods.params import ParamInfo, Params, Range, param, params_info
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Params:
-    """Base class of every method's parameters (frozen dataclasses with defaults).
-
-    Subclasses validate ranges in ``__post_init__`` by raising :class:`~mergebench.errors.ConfigError`
-    (and call ``super().__post_init__()``, which warns about a negative ``scaling``).
-    """
-
-    def __post_init__(self) -> None:
-        scaling = getattr(self, "scaling", None)
-        if isinstance(scaling, int | float) and scaling < 0:
-            logger.warning("%s: scaling = %s is negative; the merge will move *away* from the experts.",
-                           type(self).__name__, scaling)
-
-    def global_topk(self) -> float | None:
-        """Fraction ``k`` for which the engine must compute each expert's exact global top-k threshold.
-
-        ``None`` (the default) means the method needs no whole-model pass.
-        """
-        return None
-
-    def tensor_topk(self) -> float | None:
-        """Fraction ``k`` for which the engine may pass each tensor's own exact top-k thresholds in
-        ``ctx.thresholds`` (the method computes them itself when they are absent). ``None`` by default."""
-        return None
-
-    def elementwise(self) -> bool:
-        """Whether each output entry depends only on the inputs at the same position and the context
-        (including the thresholds the engine computes for :meth:`global_topk` and :meth:`tensor_topk`).
-
-        The engine then splits tensors into cache-sized chunks merged on several threads with reused
-        buffers, which is several times faster than whole-tensor float32 stacks and needs no stack of the
-        largest tensor. ``False`` (the default) for anything that looks at a whole tensor (per-tensor
-        top-k, matrix statistics) or at positions (DARE's masks).
-        """
-        return False
-
-    def uses_data(self) -> bool:
-        """Whether these values need the method's statistics stage (:attr:`MethodSpec.data_stats`).
-
-        ``True`` by default; a method whose data use depends on a parameter overrides it
-        (``localize_stitch`` needs trained masks only with ``mode: trained``).
-        """
-        return True
+__all__ = ["REGISTRY", "MergeContext", "MethodRegistry", "MethodSpec", "ParamInfo", "Params", "Range", "get", "param",
+           "register"]
 
 
 P = TypeVar("P", bound=Params)
@@ -107,25 +69,35 @@ MethodFn = Callable[[Tensor, Tensor, Any, MergeContext], Tensor]
 
 @dataclass(frozen=True)
 class MethodSpec(Generic[P]):
-    """A registered method: its function and the metadata the engine, the CLI and cards read."""
+    """A registered method: its function and the declared metadata the engine, the CLI, docs and cards read."""
 
     name: str
     fn: MethodFn
     params_cls: type[P]
+    title: str
+    """Human name with its citation, e.g. ``TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., 2023)``."""
+    paper: str
+    """Link to the paper (an arXiv abstract page)."""
+    formula: str
+    """The exact formula this implementation computes (Unicode maths, several lines), shown verbatim on cards."""
     inputs: Literal["deltas", "weights"]
     version: int
     grid: Mapping[str, tuple[Any, ...]]
+    """This project's validation search grid (``{}``: the method has none)."""
     data_stats: str | None
     """Name of the statistics stage the method needs (``"gram"``, ``"fisher"``, ``"mask"``) or ``None``."""
-    paper: str
+    normalises_weights: bool = False
+    """Whether the method divides by the sum of the recipe's expert weights, so weights summing to 0 are an error."""
 
     @property
-    def doc(self) -> str:
-        return (sys.modules[self.fn.__module__].__doc__ or "").strip()
+    def elementwise(self) -> bool:
+        """The declared :attr:`Params.ELEMENTWISE` (:meth:`Params.elementwise` decides for given values)."""
+        return self.params_cls.ELEMENTWISE
 
     @property
-    def title(self) -> str:
-        return self.doc.splitlines()[0] if self.doc else self.name
+    def parameters(self) -> tuple[ParamInfo, ...]:
+        """Every declared parameter with its type, default, range and help."""
+        return params_info(self.params_cls)
 
     @property
     def data_dependent(self) -> bool:
@@ -139,8 +111,30 @@ class MethodSpec(Generic[P]):
     def defaults(self) -> dict[str, Any]:
         return {f.name: f.default for f in dataclasses.fields(self.params_cls)}
 
-    def make_params(self, values: Mapping[str, Any] | None = None) -> P:
-        """Build validated parameters; unknown names and wrong types are :class:`ConfigError`."""
+    def describe(self) -> dict[str, Any]:
+        """The declared metadata as plain JSON-able data (``mergebench methods show --format json``)."""
+        return {
+            "name": self.name, "title": self.title, "paper": self.paper, "version": self.version,
+            "formula": self.formula, "inputs": self.inputs,
+            "parameters": [{"name": p.name, "type": p.type, "default": p.default,
+                            "range": str(p.range) if p.range else None, "doc": p.doc} for p in self.parameters],
+            "grid": {k: list(v) for k, v in self.grid.items()}, "statistics": self.data_stats,
+            "elementwise": self.elementwise, "normalises_weights": self.normalises_weights,
+        }
+
+    def check_weights(self, weights: Sequence[float] | None) -> None:
+        """Reject recipe weights the method cannot use: a (nearly) zero sum when it divides by the sum.
+
+        Raises:
+            ConfigError: the weights sum to 0 and :attr:`normalises_weights` is set.
+        """
+        if weights is not None and self.normalises_weights:
+            weight_sum(weights, what=f"method '{self.name}'")
+
+    def make_params(self, values: Mapping[str, Any] | None = None, *,
+                    weights: Sequence[float] | None = None) -> P:
+        """Build validated parameters; unknown names, wrong types, values out of their declared range and
+        ``weights`` (the recipe's per-expert coefficients) the method cannot use are :class:`ConfigError`."""
         values = dict(values or {})
         known = [f.name for f in dataclasses.fields(self.params_cls)]
         for key in values:
@@ -160,18 +154,34 @@ class MethodSpec(Generic[P]):
                 if isinstance(inner, ConfigError):
                     raise ConfigError(f"Invalid parameters for method '{self.name}': {inner.message}",
                                       hint=inner.hint) from e
-            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"Invalid parameters for method '{self.name}': {problems}") from e
+            errors = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"Invalid parameters for method '{self.name}': {errors}") from e
         # checked after conversion: YAML 1.1 reads `1e39` as a string, which pydantic then turns into a float
         problems = bad_numbers(dataclasses.asdict(params), "parameters")
         if problems:
             raise ConfigError(f"Invalid parameters for method '{self.name}': {describe(problems)}.",
                               hint=f"Use finite values; see the ranges in `mergebench methods show {self.name}`.")
+        self.check_weights(weights)
         return params
 
 
+def _check_declaration(name: str, params: type[Params], metadata: Mapping[str, str],
+                       grid: Mapping[str, tuple[Any, ...]]) -> None:
+    """A method must declare its title, paper, formula and every parameter's help; its grid names parameters."""
+    missing = [key for key, value in metadata.items() if not value.strip()]
+    if missing:
+        raise ValueError(f"Merge method '{name}' declares no {', '.join(missing)}.")
+    fields = {f.name: f for f in dataclasses.fields(params)}
+    undocumented = [f for f, spec in fields.items() if not spec.metadata.get("doc")]
+    if undocumented:
+        raise ValueError(f"Merge method '{name}': declare parameters {undocumented} with param(default, doc).")
+    unknown = [key for key in grid if key not in fields]
+    if unknown:
+        raise ValueError(f"Merge method '{name}': grid names unknown parameters {unknown}.")
+
+
 class MethodRegistry:
-    """Name → :class:`MethodSpec`. Rejects duplicates; lookups suggest the closest valid name."""
+    """Name → :class:`MethodSpec`. Rejects duplicates and incomplete declarations; lookups suggest the closest name."""
 
     def __init__(self) -> None:
         self._specs: dict[str, MethodSpec[Any]] = {}
@@ -181,18 +191,32 @@ class MethodRegistry:
         name: str,
         *,
         params: type[Params],
+        title: str,
+        paper: str,
+        formula: str,
         inputs: Literal["deltas", "weights"] = "deltas",
         version: int = 1,
         grid: Mapping[str, tuple[Any, ...]] | None = None,
         data_stats: str | None = None,
-        paper: str = "",
+        normalises_weights: bool = False,
     ) -> Callable[[MethodFn], MethodFn]:
+        """Register a method function under ``name`` with its declared metadata (see :class:`MethodSpec`).
+
+        ``formula`` may be an indented triple-quoted string; it is dedented and stripped of blank edge lines.
+
+        Raises:
+            ValueError: ``name`` is taken, or the declaration is incomplete (no title, paper, formula or
+                parameter help; a grid key that is not a parameter).
+        """
+        formula = textwrap.dedent(formula).strip("\n")
+        _check_declaration(name, params, {"title": title, "paper": paper, "formula": formula}, grid or {})
+
         def decorator(fn: MethodFn) -> MethodFn:
             if name in self._specs:
                 raise ValueError(f"Merge method '{name}' is registered twice.")
             self._specs[name] = MethodSpec(
-                name=name, fn=fn, params_cls=params, inputs=inputs, version=version,
-                grid=dict(grid or {}), data_stats=data_stats, paper=paper,
+                name=name, fn=fn, params_cls=params, title=title, paper=paper, formula=formula, inputs=inputs,
+                version=version, grid=dict(grid or {}), data_stats=data_stats, normalises_weights=normalises_weights,
             )
             return fn
 
@@ -212,7 +236,7 @@ class MethodRegistry:
     def names(self) -> list[str]:
         return list(self._specs)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[MethodSpec[Any]]:
         return iter(self._specs.values())
 
 

@@ -1,13 +1,13 @@
 """RegMean: merge linear layers by regression on their inputs (Jin et al., 2023, arXiv:2212.09849).
 
-For a linear weight W (out × in) inside the transformer blocks, with Gᵢ = mean over tokens of x xᵀ
-(x = the layer's input while expert i runs on its own domain's validation rows, :mod:`mergebench.stats.gram`):
-
+For each linear weight W (out × in) inside the transformer blocks:
+  Gᵢ = mean over tokens of x xᵀ     (x: the layer's input as expert i runs on its own domain's validation rows)
   G̃ᵢ = α·Gᵢ + (1 − α)·diag(Gᵢ)
-  Wᵀ = (Σᵢ wᵢG̃ᵢ)⁻¹ Σᵢ wᵢG̃ᵢWᵢᵀ          (minimises Σᵢ wᵢ‖XᵢW'ᵀ − XᵢWᵢᵀ‖² with off-diagonals shrunk by α)
+  Wᵀ = (Σᵢ wᵢG̃ᵢ)⁻¹ Σᵢ wᵢG̃ᵢWᵢᵀ       (minimises Σᵢ wᵢ‖XᵢW'ᵀ − XᵢWᵢᵀ‖² with off-diagonals shrunk by α)
+Every other mergeable tensor (norms, biases, a weight without a Gram):  θ_merged = Σᵢ wᵢθᵢ / Σᵢ wᵢ
+Then θ = θ₀ + λ·(θ_merged − θ₀)   (λ = 1 returns θ_merged exactly)
 
-Every other mergeable tensor (norms, biases, or a weight without a Gram) = weighted mean Σᵢ wᵢθᵢ / Σᵢ wᵢ.
-Then θ = θ₀ + λ·(θ_merged − θ₀) (λ = 1 returns θ_merged exactly). Inputs are expert weights, not deltas.
+The Gram matrices come from :mod:`mergebench.stats.gram`. Inputs are expert weights, not deltas.
 
 Parameters: ``alpha`` α ∈ [0, 1] (0.5; α = 0 uses only the diagonals, a per-input-feature weighted
 mean), ``num_samples`` ≥ 1 (1000, rows per expert for the Gram stage), ``scaling`` λ (1.0). Recipe
@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
-from mergebench.methods.common import expert_weights, f32, require, rescale_from_base, weighted_mean
-from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.common import expert_weights, f32, rescale_from_base, weighted_mean
+from mergebench.methods.registry import MergeContext, Params, Range, param, register
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +46,11 @@ RCOND = 1e-6
 
 @dataclass(frozen=True)
 class RegMeanParams(Params):
-    alpha: float = 0.5
-    """α: scale of the off-diagonal Gram entries (1 = plain regression, 0 = diagonal only)."""
-    num_samples: int = 1000
-    """Validation rows of each expert's own domain used for its Gram matrices."""
-    scaling: float = 1.0
-    """λ: θ = θ₀ + λ·(θ_regmean − θ₀)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}.")
-        require(self.num_samples >= 1, f"num_samples must be ≥ 1, got {self.num_samples}.")
+    alpha: float = param(0.5, "α: scale of the off-diagonal Gram entries (1 = plain regression, 0 = diagonal only).",
+                         within=Range(ge=0, le=1))
+    num_samples: int = param(1000, "Validation rows of each expert's own domain used for its Gram matrices.",
+                             within=Range(ge=1))
+    scaling: float = param(1.0, "λ: θ = θ₀ + λ·(θ_regmean − θ₀).")
 
 
 def solve_normal_equations(a: Tensor, b: Tensor, fallback: Tensor, name: str) -> Tensor:
@@ -68,13 +62,13 @@ def solve_normal_equations(a: Tensor, b: Tensor, fallback: Tensor, name: str) ->
     pivot = lu.diagonal().abs()
     rcond = (pivot.min() / pivot.max()).item() if pivot.numel() and pivot.max() > 0 else 0.0
     if int(info) == 0 and rcond >= RCOND:
-        x = torch.linalg.lu_solve(lu, pivots, b)
+        x: Tensor = torch.linalg.lu_solve(lu, pivots, b)
         if bool(torch.isfinite(x).all()):
             return x
     logger.warning("RegMean: the Gram sum of '%s' is singular or ill-conditioned (LU pivot ratio %.3g < %g); "
                    "using the least-squares solution closest to the experts' mean.", name, rcond, RCOND)
     del lu, pivots
-    pinv = torch.linalg.pinv(a, hermitian=True)
+    pinv: Tensor = torch.linalg.pinv(a, hermitian=True)
     return fallback + pinv @ (b - a @ fallback)
 
 
@@ -102,10 +96,20 @@ def regmean_linear(weights: Tensor, grams: Tensor, alpha: float, coefficients: t
 @register(
     "regmean",
     params=RegMeanParams,
+    title="RegMean: merge linear layers by regression on their inputs (Jin et al., 2023)",
+    paper="https://arxiv.org/abs/2212.09849",
+    formula="""
+        For each linear weight W (out × in) inside the transformer blocks:
+          Gᵢ = mean over tokens of x xᵀ     (x: the layer's input as expert i runs on its own domain's validation rows)
+          G̃ᵢ = α·Gᵢ + (1 − α)·diag(Gᵢ)
+          Wᵀ = (Σᵢ wᵢG̃ᵢ)⁻¹ Σᵢ wᵢG̃ᵢWᵢᵀ       (minimises Σᵢ wᵢ‖XᵢW'ᵀ − XᵢWᵢᵀ‖² with off-diagonals shrunk by α)
+        Every other mergeable tensor (norms, biases, a weight without a Gram):  θ_merged = Σᵢ wᵢθᵢ / Σᵢ wᵢ
+        Then θ = θ₀ + λ·(θ_merged − θ₀)   (λ = 1 returns θ_merged exactly)
+    """,
     inputs="weights",
     grid={"alpha": (0.1, 0.5, 0.9)},
     data_stats="gram",
-    paper="https://arxiv.org/abs/2212.09849",
+    normalises_weights=True,
 )
 def regmean(base: Tensor, experts: Tensor, p: RegMeanParams, ctx: MergeContext) -> Tensor:
     base, experts = f32(base), f32(experts)

@@ -13,23 +13,23 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from mergebench.methods.common import weighted_sum
-from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.registry import MergeContext, Params, param, register
 
 
 @dataclass(frozen=True)
 class TaskArithmeticParams(Params):
-    scaling: float = 1.0
-    """λ, applied to the summed task vectors."""
+    ELEMENTWISE = True
 
-    def elementwise(self) -> bool:
-        return True
+    scaling: float = param(1.0, "λ, applied to the summed task vectors.")
 
 
 @register(
     "task_arithmetic",
     params=TaskArithmeticParams,
-    grid={"scaling": (0.2, 0.4, 0.6, 0.8, 1.0)},
+    title="Task Arithmetic (Ilharco et al., 2023)",
     paper="https://arxiv.org/abs/2212.04089",
+    formula="θ = θ₀ + λ · Σᵢ wᵢ τᵢ      (τᵢ = θᵢ − θ₀; wᵢ = 1 unless the recipe gives per-expert weights)",
+    grid={"scaling": (0.2, 0.4, 0.6, 0.8, 1.0)},
 )
 def task_arithmetic(base: Tensor, deltas: Tensor, p: TaskArithmeticParams, ctx: MergeContext) -> Tensor:
     return base.add_(weighted_sum(deltas, ctx.weights), alpha=p.scaling)

@@ -1,7 +1,7 @@
 """TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., 2023, arXiv:2306.01708).
 
 τ̂ᵢ = wᵢ·τᵢ ⊙ [|τᵢ| ≥ tᵢ]          tᵢ = ⌈k·N⌉-th largest |τᵢ| over all mergeable entries (global, default)
-                                  or over this tensor only (``topk_scope: tensor``)
+                                  or over this tensor only (topk_scope: tensor)
 γ  = sign(Σᵢ τ̂ᵢ)                   elementwise; γ = 0 where the sum is exactly 0
 aᵢ = [τ̂ᵢ ≠ 0 ∧ sign(τ̂ᵢ) = γ]      (= [τ̂ᵢ·γ > 0]; nobody agrees where γ = 0)
 sum:  Δ = Σᵢ aᵢ τ̂ᵢ      mean: Δ = Σᵢ aᵢ τ̂ᵢ / max(1, Σᵢ aᵢ)
@@ -32,35 +32,28 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
-from mergebench.methods.common import f32, require, scale_experts_
-from mergebench.methods.registry import MergeContext, Params, register
+from mergebench.methods.common import f32, scale_experts_
+from mergebench.methods.registry import MergeContext, Params, Range, param, register
 from mergebench.methods.topk import tensor_thresholds
 
 
 @dataclass(frozen=True)
 class TiesParams(Params):
-    top_k: float = 0.2
-    """k: fraction of each task vector's entries kept (by magnitude), over the whole model by default."""
-    scaling: float = 1.0
-    """λ, applied to the merged task vector."""
-    aggregate: Literal["sum", "mean"] = "sum"
-    """``sum`` of the agreeing trimmed deltas, or their ``mean`` (÷ number of agreeing experts)."""
-    topk_scope: Literal["global", "tensor"] = "global"
-    """``global``: one threshold per expert over all mergeable tensors; ``tensor``: one per tensor."""
+    ELEMENTWISE = True  # per-tensor thresholds too: the engine computes them before chunking
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(0.0 < self.top_k <= 1.0, f"top_k must be in (0, 1], got {self.top_k}.",
-                hint="top_k is the fraction of each task vector kept, e.g. 0.2.")
+    top_k: float = param(0.2, "k: fraction of each task vector's entries kept (by magnitude), over the whole model "
+                         "by default.", within=Range(gt=0, le=1))
+    scaling: float = param(1.0, "λ, applied to the merged task vector.")
+    aggregate: Literal["sum", "mean"] = param("sum", "sum of the agreeing trimmed deltas, or their mean "
+                                              "(÷ number of agreeing experts).")
+    topk_scope: Literal["global", "tensor"] = param("global", "global: one threshold per expert over all mergeable "
+                                                    "tensors; tensor: one per tensor.")
 
     def global_topk(self) -> float | None:
         return self.top_k if self.topk_scope == "global" else None
 
     def tensor_topk(self) -> float | None:
         return self.top_k if self.topk_scope == "tensor" else None
-
-    def elementwise(self) -> bool:
-        return True
 
 
 def thresholds_for(deltas: Tensor, fraction: float, scope: str, ctx: MergeContext) -> Tensor:
@@ -81,8 +74,17 @@ def thresholds_for(deltas: Tensor, fraction: float, scope: str, ctx: MergeContex
 @register(
     "ties",
     params=TiesParams,
-    grid={"top_k": (0.1, 0.2, 0.3), "scaling": (0.4, 0.6, 0.8, 1.0)},
+    title="TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., 2023)",
     paper="https://arxiv.org/abs/2306.01708",
+    formula="""
+        τ̂ᵢ = wᵢ·τᵢ ⊙ [|τᵢ| ≥ tᵢ]          tᵢ = ⌈k·N⌉-th largest |τᵢ| over all mergeable entries (global, default)
+                                          or over this tensor only (topk_scope: tensor)
+        γ  = sign(Σᵢ τ̂ᵢ)                   elementwise; γ = 0 where the sum is exactly 0
+        aᵢ = [τ̂ᵢ ≠ 0 ∧ sign(τ̂ᵢ) = γ]      (= [τ̂ᵢ·γ > 0]; nobody agrees where γ = 0)
+        sum:  Δ = Σᵢ aᵢ τ̂ᵢ      mean: Δ = Σᵢ aᵢ τ̂ᵢ / max(1, Σᵢ aᵢ)
+        θ  = θ₀ + λ·Δ
+    """,
+    grid={"top_k": (0.1, 0.2, 0.3), "scaling": (0.4, 0.6, 0.8, 1.0)},
 )
 def ties(base: Tensor, deltas: Tensor, p: TiesParams, ctx: MergeContext) -> Tensor:
     base, deltas = f32(base), f32(deltas)

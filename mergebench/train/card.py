@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import yaml
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
 from mergebench.cards import template_path
 from mergebench.errors import ConfigError
-from mergebench.merge.card import EvalRow
+from mergebench.merge.card import EvalRow, model_index
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.work import write_atomic
 
@@ -29,7 +29,39 @@ MANIFEST = "mergebench_train.yaml"
 MANIFEST_VERSION = 1
 
 
-def render_expert_card(manifest: Mapping[str, Any]) -> ModelCard:
+class PinnedInput(TypedDict):
+    """The base or a training dataset as the run read it."""
+
+    source: str
+    """What the user passed (a Hub id, ``id@rev`` or a folder's public path)."""
+    repo_id: str | None
+    revision: str | None
+    """The commit sha that was read (``None`` for a local folder)."""
+
+
+class ExpertManifest(TypedDict, total=False):
+    """The contents of ``mergebench_train.yaml``: everything the expert card is rendered from.
+
+    ``stats`` holds ``rows tokens response_tokens rows_dropped steps train_tokens final_loss train_seconds seconds
+    devices gradient_accumulation per_domain``; ``config`` is the :class:`~mergebench.train.config.TrainConfig`
+    dump; ``eval_results`` are :class:`~mergebench.merge.card.EvalRow` fields.
+    """
+
+    mergebench_train_version: int
+    model_name: str
+    domain: str
+    base: PinnedInput
+    data: dict[str, PinnedInput]
+    stats: dict[str, Any]
+    losses: list[list[float]]
+    prompt_format_version: int
+    config: dict[str, Any]
+    eval_results: list[dict[str, Any]]
+    license: str | None
+    license_warning: str | None
+
+
+def render_expert_card(manifest: ExpertManifest | Mapping[str, Any]) -> ModelCard:
     """The card of a trained expert from its manifest (the contents of ``mergebench_train.yaml``)."""
     base, domain = manifest["base"], manifest["domain"]
     eval_rows = [EvalRow(**row) for row in manifest.get("eval_results") or []]
@@ -43,11 +75,7 @@ def render_expert_card(manifest: Mapping[str, Any]) -> ModelCard:
         tags=["mergebench", "mergebench-expert", "multitask" if domain == "all" else domain, "trl", "sft"],
         datasets=datasets or None,
         model_name=manifest["model_name"],
-        eval_results=[
-            EvalResult(task_type="text-generation", dataset_type=r.dataset, dataset_name=r.task,
-                       metric_type=r.metric, metric_value=r.value)
-            for r in eval_rows
-        ] or None,
+        eval_results=model_index(eval_rows),
     )
     data = [{"domain": d, "name": v["repo_id"] or v["source"], "revision": v["revision"]}
             for d, v in manifest["data"].items()]
@@ -113,5 +141,6 @@ def validate_expert_card(card: ModelCard | str) -> None:
     (card if isinstance(card, ModelCard) else ModelCard(card)).validate()
 
 
-__all__ = ["MANIFEST", "MANIFEST_VERSION", "add_eval_results", "eval_rows_from_results", "read_manifest",
-           "render_expert_card", "validate_expert_card", "write_manifest_and_card"]
+__all__ = ["MANIFEST", "MANIFEST_VERSION", "ExpertManifest", "PinnedInput", "add_eval_results",
+           "eval_rows_from_results", "read_manifest", "render_expert_card", "validate_expert_card",
+           "write_manifest_and_card"]

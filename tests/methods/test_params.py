@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import re
+import sys
+from dataclasses import dataclass
 
 import pytest
 
 from mergebench.errors import ConfigError
-from mergebench.methods import REGISTRY, get
+from mergebench.methods import REGISTRY, Params, get
+from mergebench.methods.registry import MethodRegistry, Range
 
 GRIDS = {  # docs/methods.md, "Search grids"
     "task_arithmetic": {"scaling": (0.2, 0.4, 0.6, 0.8, 1.0)},
@@ -47,11 +52,14 @@ def test_defaults_match_the_contract(method: str) -> None:
         assert defaults[key] == value, key
 
 
-def test_every_method_has_metadata() -> None:
+def test_every_method_declares_its_metadata() -> None:
     for spec in REGISTRY:
         assert spec.paper.startswith("https://arxiv.org/abs/"), spec.name
-        assert spec.doc and "=" in spec.doc, f"{spec.name}: the docstring states the formula"
+        assert spec.formula.strip() and "θ" in spec.formula and "=" in spec.formula, spec.name
+        assert spec.formula == spec.formula.strip("\n") and not spec.formula.startswith(" "), spec.name
+        assert spec.title.strip() and spec.title.endswith(")"), f"{spec.name}: the title cites the paper"
         assert "scaling" in spec.defaults(), f"{spec.name} accepts scaling"
+        assert all(p.doc for p in spec.parameters), f"{spec.name}: every parameter has a help line"
     assert {s.name: s.data_stats for s in REGISTRY if s.data_stats} == {
         "localize_stitch": "mask", "regmean": "gram", "fisher": "fisher"}
     assert {s.name for s in REGISTRY if s.inputs == "weights"} == {"regmean", "fisher"}
@@ -85,6 +93,63 @@ def test_out_of_range_values_are_config_errors(method: str, values: dict, match:
     assert f"method '{method}'" in str(info.value)
 
 
+DECLARED_RANGES = {  # the contract's ranges, as `methods show` prints them
+    ("ties", "top_k"): "(0, 1]", ("dare", "drop_rate"): "[0, 1)", ("consensus", "k"): "≥ 1",
+    ("consensus", "tall_lambda"): "≥ 0", ("localize_stitch", "sparsity"): "(0, 1]",
+    ("localize_stitch", "sigmoid_bias"): "> 0", ("localize_stitch", "learning_rate"): "≥ 0",
+    ("localize_stitch", "epochs"): "≥ 0", ("localize_stitch", "l1_strength"): "≥ 0",
+    ("localize_stitch", "num_samples"): "≥ 1", ("regmean", "alpha"): "[0, 1]", ("regmean", "num_samples"): "≥ 1",
+    ("fisher", "num_samples"): "≥ 1",
+}
+
+
+def test_declared_ranges_are_the_contracts_and_the_enforced_ones() -> None:
+    declared = {(s.name, p.name): str(p.range) for s in REGISTRY for p in s.parameters if p.range}
+    assert declared == DECLARED_RANGES
+    for (method, name), text in DECLARED_RANGES.items():
+        with pytest.raises(ConfigError, match=f"{name} must be .*{re.escape(text)}, got") as info:
+            get(method).make_params({**({"mode": "trained"} if method == "localize_stitch" else {}), name: -1})
+        assert info.value.hint and f"{name}: " in info.value.hint
+
+
+def test_parameter_types_and_defaults_are_declared() -> None:
+    ties = {p.name: p for p in get("ties").parameters}
+    assert (ties["aggregate"].type, ties["aggregate"].default) == ("sum | mean", "sum")
+    assert (ties["top_k"].type, ties["top_k"].default) == ("float", 0.2)
+    assert {p.name: p.type for p in get("dare").parameters}["seed"] == "int | None"
+    assert {p.name: p.type for p in get("consensus").parameters}["k"] == "int"
+
+
+def test_elementwise_is_declared() -> None:
+    assert {s.name for s in REGISTRY if s.elementwise} == {"model_soup", "task_arithmetic", "ties"}
+    for spec in REGISTRY:
+        assert spec.make_params({}).elementwise() is spec.elementwise
+
+
+def test_an_incomplete_declaration_is_refused() -> None:
+    registry = MethodRegistry()
+    params = get("task_arithmetic").params_cls
+    with pytest.raises(ValueError, match="declares no formula"):
+        registry.register("x", params=params, title="X (A et al., 2020)", paper="https://arxiv.org/abs/1", formula=" ")
+    with pytest.raises(ValueError, match="grid names unknown parameters"):
+        registry.register("x", params=params, title="X", paper="p", formula="θ = θ₀", grid={"top_k": (0.1,)})
+
+    @dataclass(frozen=True)
+    class Undocumented(Params):
+        scaling: float = 1.0
+
+    with pytest.raises(ValueError, match=r"declare parameters \['scaling'\]"):
+        registry.register("x", params=Undocumented, title="X", paper="p", formula="θ = θ₀")
+
+
+def test_range_text() -> None:
+    assert [str(r) for r in (Range(gt=0, le=1), Range(ge=0, lt=1), Range(ge=1), Range(gt=0), Range(le=2))] == [
+        "(0, 1]", "[0, 1)", "≥ 1", "> 0", "≤ 2"]
+    assert 1 in Range(gt=0, le=1) and 0 not in Range(gt=0, le=1) and math.nan not in Range(ge=0)
+    with pytest.raises(ValueError, match="one lower bound"):
+        Range(gt=0, ge=0)
+
+
 def test_direct_construction_validates_too() -> None:
     with pytest.raises(ConfigError, match="top_k"):
         get("ties").params_cls(top_k=2.0)
@@ -107,12 +172,12 @@ def test_trained_only_parameters_need_mode_trained() -> None:
 
 @pytest.mark.parametrize("method", [s.name for s in REGISTRY])
 def test_negative_scaling_is_allowed_but_warns(method: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="mergebench.methods.registry"):
+    with caplog.at_level(logging.WARNING, logger="mergebench.methods"):
         params = get(method).make_params({"scaling": -0.5})
     assert params.scaling == -0.5
     assert "negative" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="mergebench.methods.registry"):
+    with caplog.at_level(logging.WARNING, logger="mergebench.methods"):
         get(method).make_params({"scaling": 0.5})
     assert not caplog.text
 
@@ -130,3 +195,11 @@ def test_what_each_method_asks_the_engine_for() -> None:
     assert get("dare").stats_stage(get("dare").make_params({})) is None
     for name in ("task_arithmetic", "model_soup", "dare", "consensus", "regmean", "fisher"):
         assert get(name).make_params({}).global_topk() is None
+
+
+@pytest.mark.parametrize("method", REGISTRY.names())
+def test_the_module_docstring_states_the_declared_formula(method: str) -> None:
+    """Docstrings are for readers (nothing parses them), but they must not drift from the declaration."""
+    spec = get(method)
+    doc = sys.modules[spec.fn.__module__].__doc__ or ""
+    assert " ".join(spec.formula.split()) in " ".join(doc.split()), f"{method}: docstring and formula differ"
