@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +20,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mergebench.errors import ConfigError, MergeBenchError
+from mergebench.cli.options import (
+    FormatOpt,
+    MergeOutOpt,
+    ModelPushOpt,
+    PrivateOpt,
+    ShardSizeOpt,
+    ThreadsOpt,
+    parse_size,
+)
+from mergebench.errors import MergeBenchError
 
 app = typer.Typer(
     name="mergebench",
@@ -36,32 +45,69 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Merge recipe (YAML).", exists=False)]
-FormatOpt = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
-ShardSizeOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 2GB, 500MB.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", help="Read threads (network/disk overlap).")]
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+def _setup_logging(verbose: bool) -> Callable[[], None]:
+    """MergeBench's logs at INFO with ``--verbose``, else WARNING; without ``--verbose`` the libraries' progress
+    bars, warnings and info logs are hidden too (their errors still show; Hub download bars stay).
 
+    The library switches are process-wide, so they are made here, in the CLI entry, never in library code; they
+    are undone by the returned function (the command's context calls it when the command ends, which matters
+    when the app runs inside another process, such as a test).
+    """
+    import contextlib
+    import importlib
+    import warnings
 
-def parse_size(text: str) -> int:
-    """``"2GB"`` → 2·10⁹, ``"512MiB"`` → 512·2²⁰, ``"1000"`` → 1000 bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ConfigError(f"Cannot read the size '{text}'.", hint="Write sizes like 2GB, 500MB or 1GiB.")
-    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
-    power = "BKMGT".index(unit[0]) if unit[0] in "KMGT" else 0
-    base = 1024 if "I" in unit else 1000
-    return int(number * base**power)
+    class CurrentStderr(logging.StreamHandler):  # follows sys.stderr: a live stage line then keeps logs above it
+        def emit(self, record: logging.LogRecord) -> None:
+            self.stream = sys.stderr
+            super().emit(record)
 
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[CurrentStderr()])
+    stack, root = contextlib.ExitStack(), logging.getLogger()
+    stack.callback(root.setLevel, root.level)
+    root.setLevel(level)  # basicConfig does nothing when logging is configured already
+    if verbose:
+        return stack.close
+    env = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "DATASETS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error",
+           "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}  # read by datasets and transformers when they are imported
+    for name, value in env.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            stack.callback(os.environ.pop, name, None)
+    loggers = ("lighteval", "datasets", "transformers", "trl", "accelerate", "torch", "httpx", "filelock", "fsspec")
+    for name in loggers:  # lighteval's own progress bars follow its logger too (eval.lighteval_wrapper)
+        logger = logging.getLogger(name)
+        stack.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.ERROR)
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not are_progress_bars_disabled():  # transformers' bars ("Loading weights") follow the Hub's global switch
+        disable_progress_bars()
+        enable_progress_bars("huggingface_hub")  # downloads keep their bars
+        stack.callback(enable_progress_bars)
+    if not sys.warnoptions:  # -W and PYTHONWARNINGS choose for themselves
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"mergebench(\.|$)")
+    imported = {name for name in ("datasets", "transformers") if name in sys.modules}
+
+    def reset_late_imports() -> None:  # a library imported meanwhile read the switches above: turn them back
+        for name in {"datasets", "transformers"} & set(sys.modules) - imported:
+            library_logging = importlib.import_module(f"{name}.utils.logging")
+            library_logging.set_verbosity_warning()
+            if name == "transformers":  # datasets' bars stay off: its environment variable wins once imported
+                library_logging.enable_progress_bar()
+    stack.callback(reset_late_imports)
+    return stack.close
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
-    _setup_logging(verbose)
+def _root(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details, and show the "
+                                                "libraries' progress bars and warnings.")] = False) -> None:
+    ctx.call_on_close(_setup_logging(verbose))
 
 
 @app.command()
@@ -112,9 +158,9 @@ def _gb(n: int) -> str:
 @app.command()
 def merge(
     config: ConfigArg,
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (must not exist).")],
-    push_to: Annotated[str | None, typer.Option("--push-to", help="Hub repo to upload the result to.")] = None,
-    private: Annotated[bool, typer.Option("--private", help="Create the pushed repo as private.")] = False,
+    out_dir: MergeOutOpt,
+    push_to: ModelPushOpt = None,
+    private: PrivateOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted merge into --out.")] = False,
     threads: ThreadsOpt = 4,
     shard_size: ShardSizeOpt = "5GB",
@@ -144,11 +190,12 @@ def merge(
 
 @methods_app.command("ls")
 def methods_ls(format: FormatOpt = "table") -> None:
-    """List the merge methods with their parameters, defaults and search grids."""
+    """List the merge methods with their parameters, defaults and search grids (declared by each method)."""
     from mergebench import methods
 
-    rows = [{"method": s.name, "data": s.data_stats or "none", "parameters": s.defaults(),
-             "grid": {k: list(v) for k, v in s.grid.items()}} for s in methods.REGISTRY]
+    rows = [{"method": s.name, "title": s.title, "paper": s.paper, "data": s.data_stats or "none",
+             "parameters": s.defaults(), "grid": {k: list(v) for k, v in s.grid.items()},
+             "elementwise": s.elementwise} for s in methods.REGISTRY]
     if format == "json":
         out.print_json(json.dumps(rows, default=str))
         return
@@ -160,19 +207,32 @@ def methods_ls(format: FormatOpt = "table") -> None:
 
 
 @methods_app.command("show")
-def methods_show(name: Annotated[str, typer.Argument(help="Method name.")]) -> None:
-    """Show a method's formula, parameters and grid."""
+def methods_show(name: Annotated[str, typer.Argument(help="Method name.")], format: FormatOpt = "table") -> None:
+    """Show a method's formula, parameters (type, default, range), grid and data needs, as the method declares them.
+
+    Examples: `mergebench methods show ties`, `mergebench methods show regmean --format json`.
+    """
     from mergebench import methods
 
-    spec = methods.get(name)
-    out.print(f"[bold]{spec.name}[/bold] (version {spec.version}) {spec.paper}\n")
-    out.print(spec.doc, markup=False)
-    out.print(f"\nparameters: {spec.defaults()}\ngrid: {dict(spec.grid)}\ndata: {spec.data_stats or 'none'}")
+    info = methods.get(name).describe()
+    if format == "json":
+        out.print_json(json.dumps(info, default=str))
+        return
+    out.print(f"[bold]{info['name']}[/bold]: {escape(info['title'])} (version {info['version']}) {info['paper']}\n")
+    out.print(info["formula"] + "\n", markup=False, highlight=False)
+    table = Table("parameter", "type", "default", "range", "meaning")
+    for p in info["parameters"]:
+        table.add_row(p["name"], p["type"], repr(p["default"]), p["range"] or "–", escape(p["doc"]))
+    out.print(table)
+    grid = " × ".join(f"{k} ∈ {v}" for k, v in info["grid"].items()) or "none"
+    weights = "divided by their sum" if info["normalises_weights"] else "used as given"
+    out.print(f"grid: {grid}\ndata: {info['statistics'] or 'none'}\nelementwise: {info['elementwise']}\n"
+              f"recipe weights: {weights}", markup=False, highlight=False)
 
 
 def _register_subcommands() -> None:
     from mergebench.cli.demo import demo
-    from mergebench.cli.eval import eval_command
+    from mergebench.cli.eval import eval_command, tasks_app
     from mergebench.cli.hub import hub_app
     from mergebench.cli.run import run_command
     from mergebench.cli.space import space_command
@@ -180,6 +240,7 @@ def _register_subcommands() -> None:
     from mergebench.cli.train import train_command
 
     app.add_typer(hub_app, name="hub")
+    app.add_typer(tasks_app, name="tasks")
     app.command()(demo)
     app.command("eval")(eval_command)
     app.command("train")(train_command)

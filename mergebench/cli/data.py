@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from mergebench.cli.options import (
+    CacheDirOpt,
+    DatasetOutOpt,
+    DatasetPushOpt,
+    Domain,
+    FormatOpt,
+    OverwriteOpt,
+    PrivateOpt,
+    checked_by,
+)
+from mergebench.cli.output import print_fields
 from mergebench.errors import ConfigError
 
 data_app = typer.Typer(help="Build the training datasets and the evaluation sets as Hub datasets.",
                        no_args_is_help=True)
-out = Console()
 
-OutOpt = Annotated[Path, typer.Option("--out", help="Dataset folder to write (replaced atomically).")]
-PushOpt = Annotated[str | None, typer.Option("--push-to", help="Dataset repo to upload to, in one commit.")]
-PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the pushed repo as private.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")]
-FormatOpt = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
+
+def _check_eval_set(name: str) -> None:
+    from mergebench.data.evalsets import EVAL_SETS
+
+    if name not in EVAL_SETS:
+        raise ConfigError(f"Unknown evaluation set '{name}'.", hint=f"Choose from {', '.join(EVAL_SETS)}.")
 
 
 def parse_pairs(values: list[str], *, what: str, sources: tuple[str, ...]) -> dict[str, str]:
@@ -41,17 +50,17 @@ def parse_pairs(values: list[str], *, what: str, sources: tuple[str, ...]) -> di
 
 @data_app.command("build")
 def build(
-    domain: Annotated[str, typer.Argument(help="instruction, math, multilingual, coding or safety.")],
-    out_dir: OutOpt,
+    domain: Annotated[Domain, typer.Argument(help="instruction, math, multilingual, coding or safety.")],
+    out_dir: DatasetOutOpt,
     source_revision: Annotated[list[str] | None, typer.Option(
         "--source-revision",
         help="KEY=REV (branch, tag or sha) per source; a bare REV for one-source domains.")] = None,
     source: Annotated[list[str] | None, typer.Option(
         "--source", help="KEY=ORG/NAME: read a source from another dataset repo (same schema).")] = None,
-    push_to: PushOpt = None,
+    push_to: DatasetPushOpt = None,
     private: PrivateOpt = False,
     overwrite: OverwriteOpt = False,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="datasets cache folder.")] = None,
+    cache_dir: CacheDirOpt = None,
     format: FormatOpt = "table",
 ) -> None:
     """Load the domain's sources from the Hub, clean them, write parquet and a card, and optionally push.
@@ -70,14 +79,15 @@ def build(
                "validation_rows": r.validation_rows, "sources": {s["repo_id"]: s["sha"] for s in r.report["sources"]},
                "duplicates_removed": r.report["dedup"]["exact_removed"] + r.report["dedup"]["near_removed"],
                "contaminated_removed": r.report["decontamination"]["removed"], "commit_url": r.commit_url}
-    _print(summary, format)
+    print_fields(summary, format)
 
 
 @data_app.command("eval-sets")
 def eval_sets(
-    out_dir: OutOpt,
-    only: Annotated[list[str] | None, typer.Option("--only", help="Build only these configs.")] = None,
-    push_to: PushOpt = None,
+    out_dir: DatasetOutOpt,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", callback=checked_by(_check_eval_set), help="Build only these configs (repeat).")] = None,
+    push_to: DatasetPushOpt = None,
     private: PrivateOpt = False,
     overwrite: OverwriteOpt = False,
     format: FormatOpt = "table",
@@ -89,8 +99,8 @@ def eval_sets(
     from mergebench.data.evalrepo import build_eval_repo
 
     r = build_eval_repo(out_dir, names=only or None, push_to=push_to, private=private, overwrite=overwrite)
-    _print({"out_dir": str(r.out_dir), "configs": {c["name"]: c["rows"] for c in r.configs},
-            "commit_url": r.commit_url}, format)
+    print_fields({"out_dir": str(r.out_dir), "configs": {c["name"]: c["rows"] for c in r.configs},
+                  "commit_url": r.commit_url}, format)
 
 
 @data_app.command("fixtures")
@@ -101,12 +111,5 @@ def fixtures(hub_root: Annotated[Path, typer.Argument(help="Loopback Hub root fo
     """
     from mergebench.data.fixture_sources import publish_fixture_sources
 
-    _print({k: str(v) for k, v in publish_fixture_sources(hub_root).items()}, "table")
+    print_fields({k: str(v) for k, v in publish_fixture_sources(hub_root).items()}, "table")
 
-
-def _print(summary: dict, format: str) -> None:
-    if format == "json":
-        out.print_json(json.dumps(summary))
-        return
-    for key, value in summary.items():
-        out.print(f"{key}: {value}", markup=False, highlight=False, soft_wrap=True)

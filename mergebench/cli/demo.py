@@ -9,11 +9,27 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from mergebench.cli.options import checked_by
+
+
+def _check_method(name: str) -> None:
+    """A registered method that needs no validation data (the demo has none)."""
+    from mergebench import methods
+    from mergebench.errors import ConfigError
+
+    spec = methods.get(name)
+    if spec.stats_stage(spec.make_params({})):
+        dataless = [s.name for s in methods.REGISTRY if not s.stats_stage(s.make_params({}))]
+        raise ConfigError(f"Method '{name}' needs validation data, which the demo does not have.",
+                          hint=f"Choose one of {', '.join(dataless)}.")
+
 
 def demo(
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Where the demo writes everything.")] = Path(
-        "demo-output"),
-    method: Annotated[str, typer.Option("--method", help="Merge method to run.")] = "ties",
+    work_dir: Annotated[Path, typer.Option(
+        "--work-dir", help="Folder for everything the demo writes; emptied first.")] = Path("demo-output"),
+    method: Annotated[str, typer.Option(
+        "--method", callback=checked_by(_check_method), help="Merge method that needs no data, e.g. ties, dare.")
+                      ] = "ties",
 ) -> None:
     """Run the offline demo: a streaming merge of tiny experts through a loopback Hub, pushed with a card.
 

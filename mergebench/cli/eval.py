@@ -1,39 +1,60 @@
 """``mergebench eval MODEL``: evaluate a model with lighteval; results JSON to --out, a summary on stdout.
+``mergebench tasks ls`` (also ``mergebench eval --list``): the tasks and their suites.
 
-Wired by the CLI as ``app.command("eval")(eval_command)``.
+Wired by the CLI as ``app.command("eval")(eval_command)`` and ``app.add_typer(tasks_app, name="tasks")``.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mergebench.cli.options import Backend, FormatOpt, ResultsOutOpt, ResultsPushOpt, checked_by
+from mergebench.cli.output import out, print_rows
 from mergebench.errors import ConfigError
 
-out = Console()
-
-SuiteOpt = Annotated[str | None, typer.Option("--suite", help="domains, forgetting, validation or tiny.")]
-TasksOpt = Annotated[list[str] | None, typer.Option("--tasks", help="Task names (repeat or comma-separate).")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="transformers (CPU/GPU) or vllm (GPU).")]
+tasks_app = typer.Typer(help="List the evaluation tasks and their suites.", no_args_is_help=True)
 
 
-def _list_tasks(format: str) -> None:
-    from mergebench.eval.tasks import SUITES, TASKS
+def _check_suite(name: str) -> None:
+    from mergebench.eval.tasks import get_suite
 
-    rows = [{"task": t.name, "suite": next(s for s, names in SUITES.items() if t.name in names), "domain": t.domain,
-             "kind": t.kind, "metric": t.main_metric, "data": t.eval_set, "version": t.version} for t in TASKS.values()]
-    if format == "json":
-        out.print_json(json.dumps(rows))
-        return
-    table = Table("task", "suite", "domain", "kind", "main metric", "data")
-    for r in rows:
-        table.add_row(r["task"], r["suite"], r["domain"], r["kind"], r["metric"], r["data"])
-    out.print(table)
+    get_suite(name)
+
+
+def _check_tasks(names: str) -> None:
+    from mergebench.eval.tasks import resolve_tasks
+
+    resolve_tasks(None, [names])
+
+
+SuiteOpt = Annotated[str | None, typer.Option(
+    "--suite", callback=checked_by(_check_suite),
+    help="Task suite: domains, forgetting, validation, tiny, … (every suite: mergebench tasks ls).")]
+TasksOpt = Annotated[list[str] | None, typer.Option(
+    "--tasks", callback=checked_by(_check_tasks), help="Task names (repeat or comma-separate).")]
+BackendOpt = Annotated[Backend, typer.Option("--backend", help="transformers (CPU/GPU) or vllm (GPU).")]
+
+
+def task_rows() -> list[dict[str, Any]]:
+    """One row per task: name, suite, domain, kind, main metric, data (evaluation set) and version."""
+    from mergebench.eval.tasks import TASKS
+
+    return [{"task": t.name, "suite": t.suite_name, "domain": t.domain, "kind": t.kind, "metric": t.main_metric,
+             "data": t.eval_set, "version": t.version} for t in TASKS.values()]
+
+
+@tasks_app.command("ls")
+def tasks_ls(format: FormatOpt = "table") -> None:
+    """List the evaluation tasks: suite, domain, kind, main metric, evaluation set and version.
+
+    EXAMPLES: mergebench tasks ls
+              mergebench tasks ls --format json
+    """
+    print_rows(task_rows(), format)
 
 
 def _print_results(results, format: str) -> None:
@@ -55,15 +76,18 @@ def eval_command(
     suite: SuiteOpt = None,
     tasks: TasksOpt = None,
     backend: BackendOpt = "transformers",
-    max_samples: Annotated[int | None, typer.Option("--max-samples", help="At most N items per task.")] = None,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Results JSON, rewritten per task.")] = None,
-    push_results: Annotated[str | None, typer.Option("--push-results", help="Append to this Hub dataset.")] = None,
-    eval_data: Annotated[str | None, typer.Option("--eval-data", help="mergebench-eval repo[@rev] or folder.")] = None,
+    max_samples: Annotated[int | None, typer.Option("--max-samples", min=1, help="At most N items per task.")] = None,
+    out_file: ResultsOutOpt = None,
+    push_results: ResultsPushOpt = None,
+    eval_data: Annotated[str | None, typer.Option(
+        "--eval-data", help="mergebench-eval dataset: org/name, org/name@REV or a folder (default: packaged).")
+                         ] = None,
     refusal_judge: Annotated[str | None, typer.Option("--refusal-judge", help="Classifier model (GPU).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size (transformers).")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size (transformers).")] = 32,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if any).")] = None,
-    list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and suites, then exit.")] = False,
-    format: Annotated[str, typer.Option("--format", help="Output format: table or json.")] = "table",
+    list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks, as `mergebench tasks ls`, and exit.")
+                          ] = False,
+    format: FormatOpt = "table",
 ) -> None:
     """Evaluate a model on a MergeBench suite with lighteval, writing results as each task finishes.
 
@@ -71,7 +95,7 @@ def eval_command(
               mergebench eval org/merged --suite domains --backend vllm --push-results org/mergebench-results
     """
     if list_tasks:
-        return _list_tasks(format)
+        return print_rows(task_rows(), format)
     if model is None or (suite is None and not tasks):
         raise ConfigError("Give a MODEL and --suite or --tasks.",
                           hint="mergebench eval merged/ --suite tiny --out results.json")

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from mergebench.cli.options import Backend
 from mergebench.errors import ConfigError
 
 SPACE_DIR = Path(__file__).resolve().parents[2] / "space"
@@ -19,12 +20,14 @@ def space_command(
                                                            "JSON, or a Hub results dataset id.")],
     port: Annotated[int | None, typer.Option("--port", help="Port (default: first free from 7860).")] = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Local job state (default ./space-state).")
-                        ] = None,
-    results_repo: Annotated[str | None, typer.Option("--push-results", help="Results dataset submissions push "
-                                                                             "to (default: keep results local).")
-                            ] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="transformers (CPU) or vllm (GPU).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(
+        "--work-dir", help="Folder for the local job state, kept across restarts (default: MERGEBENCH_WORK_DIR or "
+                           "./space-state).")] = None,
+    results_repo: Annotated[str | None, typer.Option(
+        "--push-results", help="Hub results dataset submissions append their results to (default: "
+                               "MERGEBENCH_RESULTS_REPO, else results stay local).")] = None,
+    backend: Annotated[Backend | None, typer.Option(
+        "--backend", help="transformers (CPU) or vllm (GPU) (default: MERGEBENCH_BACKEND or transformers).")] = None,
 ) -> None:
     """Serve the leaderboard, plots and submission queue; other settings come from MERGEBENCH_* variables.
 

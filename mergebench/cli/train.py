@@ -5,7 +5,6 @@ Wired by the CLI as ``app.command("train")(train_command)``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -13,12 +12,11 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 
 from mergebench.cli.data import parse_pairs
+from mergebench.cli.options import ExpertOutOpt, ExpertPushOpt, FormatOpt, OverwriteOpt, PrivateOpt, TrainDomain
+from mergebench.cli.output import print_fields
 from mergebench.errors import ConfigError
-
-out = Console()
 
 
 def data_mapping(values: list[str], domains: tuple[str, ...]) -> dict[str, str]:
@@ -46,18 +44,18 @@ def repo_name(base: str) -> str:
 
 def train_command(
     base: Annotated[str, typer.Option("--base", help="Base model: a folder, or org/name or org/name@REVISION.")],
-    domain: Annotated[str, typer.Option("--domain", help="instruction, math, multilingual, coding, safety or all.")],
+    domain: Annotated[TrainDomain, typer.Option(
+        "--domain", help="instruction, math, multilingual, coding, safety or all (the multi-task baseline).")],
     data: Annotated[list[str], typer.Option(
         "--data", help="DOMAIN=SOURCE (repeat), SOURCE a folder or org/name(@REV); a bare value for one domain, "
                        "or a template with {domain}, e.g. org/mergebench-{domain}.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Expert folder to write (replaced atomically).")],
+    out_dir: ExpertOutOpt,
     config: Annotated[str, typer.Option("--config", help="Recipe: paper, tiny or a YAML file.")] = "paper",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE.")] = None,
-    push_to: Annotated[str | None, typer.Option(
-        "--push-to", help="Hub repo to push to; {base} and {domain} are filled in, e.g. org/{base}_{domain}.")] = None,
-    private: Annotated[bool, typer.Option("--private", help="Create the pushed repo as private.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
-    format: Annotated[str, typer.Option("--format", help="Output format: table or json.")] = "table",
+    push_to: ExpertPushOpt = None,
+    private: PrivateOpt = False,
+    overwrite: OverwriteOpt = False,
+    format: FormatOpt = "table",
 ) -> None:
     """Fully fine-tune BASE on one domain's training set (all: the multi-task baseline) with TRL's SFTTrainer.
 
@@ -79,8 +77,4 @@ def train_command(
                "final_loss": round(r.final_loss, 4), "seconds": round(r.seconds, 1),
                "train_seconds": round(r.train_seconds, 1), "base_revision": r.base_revision,
                "data_revisions": r.data_revisions, "pushed_url": r.pushed_url}
-    if format == "json":
-        out.print_json(json.dumps(summary))
-        return
-    for key, value in summary.items():
-        out.print(f"{key}: {value}", markup=False, highlight=False)
+    print_fields(summary, format)

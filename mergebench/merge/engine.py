@@ -26,20 +26,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from mergebench import methods
-from mergebench.data.validation import load_validation_rows, pin_validation_source
 from mergebench.errors import MergeBenchError, NonFiniteError, OutputExistsError, StatisticsError
 from mergebench.hub.models import ResolvedModel, resolve
 from mergebench.hub.refs import Pin, Ref, public_path
 from mergebench.merge.card import write_model_card
 from mergebench.merge.compute import CHUNK_ENTRIES, ChunkPool
 from mergebench.merge.memory import peak_rss_bytes, reset_peak_rss
-from mergebench.merge.plan import MergePlan, TensorPlan, build_plan
+from mergebench.merge.plan import DEFAULT_SHARD_SIZE, MergePlan, TensorPlan, build_plan
 from mergebench.merge.recipe import MergeRecipe
+from mergebench.merge.validation import load_validation_rows, pin_validation_source
 from mergebench.methods import MergeContext, MethodSpec, Params
 from mergebench.methods.topk import GlobalTopK
 from mergebench.paths import cache_root
@@ -50,6 +51,9 @@ from mergebench.stream.writer import BackgroundWriter, ShardWriter, checksum_fil
 from mergebench.work import folder_fingerprint, write_atomic
 
 logger = logging.getLogger(__name__)
+
+Raw = tuple[memoryview | None, ...]
+"""One tensor's bytes per model (base first), as :class:`TensorStream` yields them; ``None``: not requested."""
 
 AUX_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -71,7 +75,7 @@ class MergeOptions:
     """Threads for the merge arithmetic of elementwise methods and the top-k passes (``None``: every core)."""
     compute_chunk: int = CHUNK_ENTRIES
     """Entries per model merged at once by those threads (results do not depend on it)."""
-    shard_size: int = 5_000_000_000
+    shard_size: int = DEFAULT_SHARD_SIZE
     """Largest output shard in bytes: 5 GB, decimal as on the Hub (``mergebench merge --shard-size 5GB``)."""
     read_ahead_bytes: int = 512 << 20
     """Read-ahead budget in bytes, 512 MiB (binary; not a CLI option): tensors read but not yet merged."""
@@ -104,7 +108,7 @@ class MergeResult:
 @dataclass
 class _Inputs:
     recipe: MergeRecipe
-    spec: MethodSpec
+    spec: MethodSpec[Any]
     params: Params
     base: ResolvedModel
     experts: list[ResolvedModel]
@@ -113,10 +117,10 @@ class _Inputs:
     tokenizer_source: ResolvedModel
     stage: str | None
     """The statistics stage the method needs with these parameters, or ``None``."""
-    rows: dict[str, list[dict]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def load_recipe(config: MergeRecipe | Path | str | dict) -> tuple[MergeRecipe, Path | None]:
+def load_recipe(config: MergeRecipe | Path | str | dict[str, Any]) -> tuple[MergeRecipe, Path | None]:
     """A recipe from an object, a dict or a YAML path; also returns the folder relative paths start from."""
     if isinstance(config, MergeRecipe):
         return config, None
@@ -126,12 +130,12 @@ def load_recipe(config: MergeRecipe | Path | str | dict) -> tuple[MergeRecipe, P
     return MergeRecipe.from_yaml(path), path.parent
 
 
-def prepare(config: MergeRecipe | Path | str | dict, *, shard_size: int = 5 << 30,
+def prepare(config: MergeRecipe | Path | str | dict[str, Any], *, shard_size: int = DEFAULT_SHARD_SIZE,
             read_ahead_bytes: int = 512 << 20) -> _Inputs:
     """Validate the recipe, resolve every model to a commit and plan the merge, reading headers only."""
     recipe, base_dir = load_recipe(config)
     spec = methods.get(recipe.method)
-    params = spec.make_params(recipe.method_parameters)
+    params = spec.make_params(recipe.method_parameters, weights=recipe.weights)
     stage = spec.stats_stage(params)
     data = _pin_data(recipe, stage, base_dir) if stage else {}
     rows = {domain: load_validation_rows(source) for domain, source in data.items()}
@@ -189,6 +193,8 @@ def _local_folder(model: ResolvedModel) -> Path:
         return model.ref.local_path
     from huggingface_hub import snapshot_download
 
+    assert model.ref.repo_id is not None  # a Ref is either a local path or a repo
+
     return Path(snapshot_download(model.ref.repo_id, revision=model.sha))
 
 
@@ -214,7 +220,7 @@ def _pinned(model: ResolvedModel) -> str:
     return str(model.ref.local_path)
 
 
-def merge(config: MergeRecipe | Path | str | dict, out_dir: Path | str, *,
+def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str, *,
           options: MergeOptions | None = None, push_to: str | None = None, private: bool = False) -> MergeResult:
     """Merge the models of a recipe into ``out_dir`` and optionally push the result.
 
@@ -318,7 +324,7 @@ def _fingerprint(inputs: _Inputs) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _resume_state(partial: Path, fingerprint: str) -> dict | None:
+def _resume_state(partial: Path, fingerprint: str) -> dict[str, Any] | None:
     """The state of an interrupted run of the same merge, keeping only shards that still verify."""
     try:
         state = json.loads((partial / PROGRESS_FILE).read_text())
@@ -339,7 +345,7 @@ def _resume_state(partial: Path, fingerprint: str) -> dict | None:
     return {**state, "shards": kept}
 
 
-def _save_state(partial: Path, state: dict) -> None:
+def _save_state(partial: Path, state: dict[str, Any]) -> None:
     write_atomic(partial / PROGRESS_FILE, json.dumps(state))
 
 
@@ -357,13 +363,14 @@ def _open_stream(inputs: _Inputs, order: Sequence[tuple[str, Sequence[int]]], op
     return stream, bar
 
 
-def _to_tensor(raw: memoryview, entry_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _to_tensor(raw: memoryview | None, entry_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    assert raw is not None  # only tensors requested from the stream for this model are converted
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # read-only buffers: we only ever copy out of them
         return torch.frombuffer(raw, dtype=DTYPES[entry_dtype]).view(shape)
 
 
-def _flat_views(inputs: _Inputs, t: TensorPlan, raw: tuple) -> list[torch.Tensor]:
+def _flat_views(inputs: _Inputs, t: TensorPlan, raw: Raw) -> list[torch.Tensor]:
     """Each model's raw bytes of ``t`` as a flat tensor in its stored dtype (zero-copy)."""
     return [_to_tensor(r, t.in_dtype, (t.numel,)) for r in raw[: len(inputs.experts) + 1]]
 
@@ -385,7 +392,7 @@ def _load_into(inputs: _Inputs, t: TensorPlan, flats: Sequence[torch.Tensor], ba
                     hint="Fix the checkpoint, or set 'check_finite: false' in the recipe to merge it as is.")
 
 
-def _load_stack(inputs: _Inputs, t: TensorPlan, raw: tuple, *, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_stack(inputs: _Inputs, t: TensorPlan, raw: Raw, *, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole-tensor fp32 base and ``[n, *shape]`` fp32 stack of expert weights (methods that are not elementwise)."""
     base = torch.empty(t.numel, dtype=torch.float32)
     stack = torch.empty((len(inputs.experts), t.numel), dtype=torch.float32)
@@ -445,7 +452,7 @@ def _global_thresholds(inputs: _Inputs, options: MergeOptions) -> tuple[torch.Te
     return acc.thresholds(), acc.passes * stream.bytes_to_read
 
 
-def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
+def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict[str, Any],
                 thresholds: torch.Tensor | None, statistics: StatisticsReader | None) -> int:
     plan = inputs.plan
     by_name = {t.name: t for t in plan.tensors}
@@ -500,7 +507,7 @@ def _merge_pass(inputs: _Inputs, out: Path, options: MergeOptions, state: dict,
     return stream.bytes_to_read
 
 
-def _merge_chunked(inputs: _Inputs, t: TensorPlan, raw: tuple, ctx: MergeContext, pool: ChunkPool) -> torch.Tensor:
+def _merge_chunked(inputs: _Inputs, t: TensorPlan, raw: Raw, ctx: MergeContext, pool: ChunkPool) -> torch.Tensor:
     """An elementwise method over the chunks of one tensor, written straight into the output dtype.
 
     Per-tensor top-k thresholds (``Params.tensor_topk()``) come first, from two counting passes over the

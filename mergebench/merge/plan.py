@@ -15,6 +15,9 @@ from mergebench.errors import IncompatibleModelsError
 from mergebench.hub.models import ResolvedModel
 from mergebench.stream.format import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, element_size
 
+DEFAULT_SHARD_SIZE = 5_000_000_000
+"""Largest output shard: 5 GB in Hugging Face's decimal convention (``save_pretrained``'s "5GB")."""
+
 EMBEDDING_MARKERS = ("embed_tokens", "lm_head", "wte", "wpe", "embed")
 """Substrings naming embedding and output-head tensors, copied from the base unless ``merge_embeddings``."""
 
@@ -113,7 +116,7 @@ def check_compatible(base: ResolvedModel, experts: Sequence[ResolvedModel]) -> N
 
 
 def build_plan(base: ResolvedModel, experts: Sequence[ResolvedModel], *, dtype: str | None = None,
-               merge_embeddings: bool = False, shard_size: int = 5 << 30,
+               merge_embeddings: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
                read_ahead_bytes: int = 512 << 20) -> MergePlan:
     """Check compatibility and lay out the merge.
 

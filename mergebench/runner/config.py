@@ -33,8 +33,9 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError, MergeBenchError
-from mergebench.fixtures.domains import DOMAINS
+from mergebench.merge.plan import DEFAULT_SHARD_SIZE
 from mergebench.merge.recipe import read_yaml
 
 
@@ -105,7 +106,7 @@ class MethodEntry(_Strict):
 
 class MergeSettings(_Strict):
     dtype: str | None = None
-    shard_size: int = Field(5 << 30, ge=1 << 20)
+    shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1 << 20)
     threads: int = Field(4, ge=1)
 
 
