@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +12,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from mergebench.runner import RunSummary
+    from mergebench.runner.progress import StageLog
 
 
 def run_command(
@@ -29,8 +30,16 @@ def run_command(
     from mergebench.runner import run_benchmark
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    summary = run_benchmark(config, resume=not fresh, progress=sys.stderr.isatty(), methods=names)
-    print_summary(summary)
+    print_summary(run_benchmark(config, resume=not fresh, methods=names, stages=stage_log()))
+
+
+def stage_log() -> StageLog:
+    """One line per stage on stderr, and on a terminal a live line for the running stage, unless ``--verbose``
+    (whose log lines would tear it)."""
+    from mergebench.runner.progress import StageLog
+
+    verbose = logging.getLogger("mergebench").isEnabledFor(logging.INFO)
+    return StageLog(live=False if verbose else None)
 
 
 def print_summary(summary: RunSummary) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ def tiny_command(work_dir: WorkDirOpt = Path("demo-output/tiny")) -> None:
 
     EXAMPLES: mergebench tiny --work-dir /tmp/mb-tiny
     """
-    from mergebench.cli.run import print_summary
+    from mergebench.cli.run import print_summary, stage_log
     from mergebench.tiny.pipeline import run_tiny
 
-    print_summary(run_tiny(work_dir, progress=sys.stderr.isatty()))
+    print_summary(run_tiny(work_dir, stages=stage_log()))

@@ -133,6 +133,12 @@ def _model_class():
         def cleanup(self) -> None:  # the pipeline of each task would otherwise delete the model
             return
 
+        @property
+        def disable_tqdm(self) -> bool:
+            """lighteval's progress bars show unless its logger is set above WARNING (``mergebench`` without
+            ``--verbose`` sets it to ERROR); lighteval itself only hides them on non-main processes."""
+            return super().disable_tqdm or not logging.getLogger("lighteval").isEnabledFor(logging.WARNING)
+
         def configure(self, spec: TaskSpec) -> None:
             _configure_common(self, spec)
             self.generation_config_dict = {"temperature": spec.temperature, "do_sample": spec.temperature > 0,

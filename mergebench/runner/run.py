@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
+from mergebench.domains import DOMAINS
 from mergebench.eval.results import Results, load_results
-from mergebench.fixtures.domains import DOMAINS
 from mergebench.hub.refs import pin
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
 from mergebench.runner.point import GridPoint, PointRecord, run_point
+from mergebench.runner.progress import StageLog
 
 logger = logging.getLogger(__name__)
 
@@ -56,60 +56,81 @@ def _fingerprint(ref: str) -> str:
 class _Run:
     """One benchmark run's state: the configuration, resolved tasks and where everything goes."""
 
-    def __init__(self, config: BenchConfig, *, progress: bool) -> None:
+    def __init__(self, config: BenchConfig, *, stages: StageLog) -> None:
         from mergebench.eval.lighteval_wrapper import ModelOptions
         from mergebench.merge.engine import MergeOptions
 
-        self.config, self.progress = config, progress
+        self.config, self.stages = config, stages
+        self.progress = False  # the stage log reports progress: no bars of merges and evaluations beneath it
         self.out = config.output_dir
         self.results_dir = self.out / "results"
         self.evaluation_tasks = config.evaluation.task_names()
         self.validation_tasks = config.validation.task_names()
         self.merge_options = MergeOptions(threads=config.merge.threads, shard_size=config.merge.shard_size,
-                                          resume=True, progress=progress)
+                                          resume=True, progress=self.progress)
         self.eval_options = {
             "validation": ModelOptions(batch_size=config.validation.batch_size, dtype=config.validation.dtype),
             "evaluation": ModelOptions(batch_size=config.evaluation.batch_size, dtype=config.evaluation.dtype)}
         self.eval_data = config.data_ref(config.eval_data) if config.eval_data else None
+
+    def label(self, base: BaseEntry, text: str) -> str:
+        """A stage's name in the stage log, prefixed with the base when the run has several."""
+        return f"{base.label}: {text}" if len(self.config.bases) > 1 else text
 
     def tasks_of(self, tasks: list[str], domains: set[str]) -> list[str]:
         from mergebench.eval.tasks import TASKS
 
         return [t for t in tasks if TASKS[t].domain in domains]
 
-    def evaluate(self, model: str, path: Path, tasks: list[str], model_info: dict, *, section: str,
+    def evaluate(self, model: str, path: Path, tasks: list[str], model_info: dict, *, section: str, label: str,
                  cost: dict | None = None) -> Results:
-        """Evaluate ``model`` on ``tasks`` into ``path``, or reuse that file if complete for the same tasks."""
+        """Evaluate ``model`` on ``tasks`` into ``path``, or reuse that file if complete for the same tasks and the
+        same weights (the results' pinned revision: a commit sha, or a local folder's fingerprint)."""
         from mergebench.eval import evaluate
 
         settings = self.config.validation if section == "validation" else self.config.evaluation
         if path.is_file():
             old = load_results(path)
             if (old.run.get("status") == "complete" and old.settings.get("tasks") == tasks
-                    and old.settings.get("max_samples") == settings.max_samples and old.model.get("id") == model):
+                    and old.settings.get("max_samples") == settings.max_samples
+                    and old.model.get("revision") == _fingerprint(model)):  # the same weights, not just the path
+                self.stages.reused(label, weight=eval_weight(tasks))
                 return old
-        return evaluate(model, tasks=tasks, max_samples=settings.max_samples, out=path, eval_data=self.eval_data,
-                        options=self.eval_options[section], model_info=model_info, cost=cost,
-                        progress=self.progress)
+        with self.stages.stage(label, weight=eval_weight(tasks), done=f"{len(tasks)} task(s) evaluated"):
+            return evaluate(model, tasks=tasks, max_samples=settings.max_samples, out=path, eval_data=self.eval_data,
+                            options=self.eval_options[section], model_info=model_info, cost=cost,
+                            progress=self.progress)
+
+
+def eval_weight(tasks: list[str]) -> float:
+    """Expected cost of an evaluation relative to one merge: loading the model, then each task."""
+    return 1.0 + 0.5 * len(tasks)
+
+
+def point_weight(validation_tasks: tuple[str, ...] | list[str]) -> float:
+    """Expected cost of a grid point: one merge, plus its validation when the grid has several points."""
+    return 1.0 + (eval_weight(list(validation_tasks)) if validation_tasks else 0.0)
 
 
 def _references(run: _Run, base: BaseEntry) -> tuple[Results, dict[str, Results], Results | None]:
     config, folder = run.config, run.results_dir / base.label
     base_ref, base_id = config.model_ref(base.model), config.base_id(base)
     base_results = run.evaluate(base_ref, folder / "base.json", run.evaluation_tasks,
-                                {"role": "base", "base_model": base_id, "label": "base"}, section="evaluation")
+                                {"role": "base", "base_model": base_id, "label": "base"}, section="evaluation",
+                                label=run.label(base, "base evaluation"))
     experts = {}
     for domain in DOMAINS:
         ref = config.model_ref(base.experts[domain])
         tasks = run.tasks_of(run.evaluation_tasks, {domain}) + run.tasks_of(run.validation_tasks, {domain})
         experts[domain] = run.evaluate(ref, folder / f"expert_{domain}.json", tasks,
                                        {"role": "expert", "domain": domain, "base_model": base_id},
-                                       section="evaluation")
+                                       section="evaluation", label=run.label(base, f"{domain} expert evaluation"))
     multitask = None
     if base.multitask:
         ref = config.model_ref(base.multitask)
         multitask = run.evaluate(ref, folder / "multitask.json", run.evaluation_tasks + run.validation_tasks,
-                                 {"role": "multitask", "base_model": base_id}, section="evaluation")
+                                 {"role": "multitask", "base_model": base_id}, section="evaluation",
+                                 label=run.label(base, "multi-task model evaluation"))
     return base_results, experts, multitask
 
 
@@ -140,19 +161,35 @@ def _search(run: _Run, base: BaseEntry, entry: MethodEntry, experts: dict[str, R
     models_dir = run.out / "models" / base.label / entry.key
     records = []
     points = _grid(run, base, entry, fingerprints)
-    for point in tqdm(points, desc=f"{entry.key} grid", unit="point", disable=not run.progress or len(points) < 2):
+    for i, point in enumerate(points):
+        label = _point_label(run, base, entry, point, i, len(points))
+        weight = point_weight(point.validation_tasks)
         record = PointRecord.load(grid_dir / f"{point.id}.json")
-        if record is None:
-            record = run_point(point, model_dir=models_dir / point.id, record_path=grid_dir / f"{point.id}.json",
-                               experts_validation=experts, merge_options=run.merge_options,
-                               eval_options=run.eval_options["validation"], eval_data=run.eval_data,
-                               progress=run.progress)
+        if record is not None:
+            run.stages.reused(label, weight=weight)
+        else:
+            done = "merged and validated" if point.validation_tasks else "merged"
+            with run.stages.stage(label, weight=weight, done=done):
+                record = run_point(point, model_dir=models_dir / point.id, record_path=grid_dir / f"{point.id}.json",
+                                   experts_validation=experts, merge_options=run.merge_options,
+                                   eval_options=run.eval_options["validation"], eval_data=run.eval_data,
+                                   progress=run.progress)
+            if record.score is not None:
+                logger.info("%s: validation score %.4f", label, record.score)
         records.append(record)
     best = max(range(len(records)), key=lambda i: (records[i].score is not None, records[i].score or 0.0, -i))
     for point in points:  # only the winner's weights are kept
         if point.id != points[best].id:
             shutil.rmtree(models_dir / point.id, ignore_errors=True)
     return points[best], records[best], records
+
+
+def _point_label(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, index: int, count: int) -> str:
+    if count == 1:
+        return run.label(base, f"{entry.key} merge")
+    searched = entry.search_grid()
+    values = ", ".join(f"{k}={v}" for k, v in point.parameters.items() if k in searched)
+    return run.label(base, f"{entry.key} grid point {index + 1}/{count}" + (f" ({values})" if values else ""))
 
 
 def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, record: PointRecord,
@@ -167,16 +204,20 @@ def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, rec
             "grid_point": point.id, "validation_score": record.score}
     if entry.label:
         info["label"] = entry.label
+    label = run.label(base, f"{entry.key} evaluation")
     if path.is_file():
         old = load_results(path)
         if old.run.get("status") == "complete" and old.model.get("grid_point") == point.id:
+            run.stages.reused(label, weight=eval_weight(run.evaluation_tasks))
             return old
     if not (model_dir / "config.json").is_file():  # deleted, or not kept: merge the winner again (deterministic)
         from mergebench.merge.engine import merge
 
         shutil.rmtree(model_dir, ignore_errors=True)
-        merge(point.recipe, model_dir, options=run.merge_options)
-    results = run.evaluate(str(model_dir), path, run.evaluation_tasks, info, section="evaluation", cost=cost)
+        with run.stages.stage(run.label(base, f"{entry.key} merge of the best point"), weight=1.0, done="merged"):
+            merge(point.recipe, model_dir, options=run.merge_options)
+    results = run.evaluate(str(model_dir), path, run.evaluation_tasks, info, section="evaluation", label=label,
+                           cost=cost)
     push = run.config.push
     if push and push.models:
         from mergebench.hub.push import push_folder
@@ -187,14 +228,41 @@ def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, rec
     return results
 
 
+def plan_benchmark(config: BenchConfig, stages: StageLog, entries: list[MethodEntry] | None = None) -> None:
+    """Announce every stage of a run to ``stages`` (reference evaluations, grid points, final evaluations) so
+    that the bar and ETA count them; once per output folder (:func:`run_benchmark` calls it too, so a caller
+    only calls it to announce the run before stages of its own, as MergeBench-Tiny does)."""
+    from mergebench.eval.tasks import TASKS
+
+    key = f"benchmark:{config.output_dir}"
+    if key in stages.planned:
+        return
+    stages.planned.add(key)
+
+    evaluation, validation = config.evaluation.task_names(), config.validation.task_names()
+    for base in config.bases:
+        stages.plan(eval_weight(evaluation))
+        for domain in DOMAINS:
+            stages.plan(eval_weight([t for t in evaluation + validation if TASKS[t].domain == domain]))
+        if base.multitask:
+            stages.plan(eval_weight(evaluation + validation))
+        for entry in config.methods if entries is None else entries:
+            count = len(entry.points())
+            stages.plan(count * point_weight(validation if count > 1 else []), stages=count)
+            stages.plan(eval_weight(evaluation))
+
+
 def run_benchmark(config: BenchConfig | str | Path, *, resume: bool = True, progress: bool = True,
-                  methods: list[str] | None = None) -> RunSummary:
+                  methods: list[str] | None = None, stages: StageLog | None = None) -> RunSummary:
     """Run (or resume) a benchmark; see the module docstring.
 
     Args:
         config: a :class:`BenchConfig` or the path of a ``BENCH.yaml``.
         resume: reuse finished grid points and evaluations (default); ``False`` deletes the output folder first.
+        progress: print one line per stage (evaluation, grid point) on stderr, with a bar and an ETA.
         methods: only these method rows (names or labels).
+        stages: report to this :class:`~mergebench.runner.progress.StageLog` instead (``progress`` is then
+            ignored), e.g. to continue the count of an enclosing run such as MergeBench-Tiny.
 
     Raises:
         ConfigError: an invalid configuration or an unknown name in ``methods`` — before any work.
@@ -211,7 +279,9 @@ def run_benchmark(config: BenchConfig | str | Path, *, resume: bool = True, prog
             raise ConfigError(f"No method row named {', '.join(unknown)} in the configuration.",
                               hint=f"Rows: {', '.join(e.key for e in entries)}.")
         entries = [e for e in entries if e.key in methods or e.method in methods]
-    run = _Run(config, progress=progress)
+    stages = stages or StageLog(enabled=progress)
+    plan_benchmark(config, stages, entries)
+    run = _Run(config, stages=stages)
     if not resume:
         shutil.rmtree(run.out, ignore_errors=True)
     run.out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +289,7 @@ def run_benchmark(config: BenchConfig | str | Path, *, resume: bool = True, prog
         refs = [config.model_ref(base.model), *(config.model_ref(base.experts[d]) for d in DOMAINS)]
         fingerprints = {ref: _fingerprint(ref) for ref in refs}
         _, experts, _ = _references(run, base)
-        for entry in tqdm(entries, desc=f"{base.label} methods", unit="method", disable=not progress):
+        for entry in entries:
             point, record, records = _search(run, base, entry, experts, fingerprints)
             _final(run, base, entry, point, record, records)
     results = read_results(run.results_dir)

@@ -41,9 +41,14 @@ def model_identity(model: ModelSource) -> str:
     if model.revision:
         return f"rev:{model.revision}"
     h = hashlib.sha256()
-    files = sorted(p for p in Path(model.path).iterdir() if p.is_file() and p.name.endswith(MODEL_FILE_SUFFIXES))
+    folder = Path(model.path)
+    if not folder.is_dir():
+        raise StatisticsError(f"Model '{model.name}': '{folder}' is not a folder.",
+                              hint="Statistics load each model from a local folder (config.json + weights).")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(MODEL_FILE_SUFFIXES))
     if not files:
-        raise StatisticsError(f"Model folder '{model.path}' has no weight or config files.")
+        raise StatisticsError(f"Model folder '{folder}' has no weight or config files.",
+                              hint="Statistics load each model from a local folder (config.json + weights).")
     for path in files:
         h.update(path.name.encode() + b"\0")
         with path.open("rb") as f:
@@ -108,10 +113,16 @@ class StatisticsReader:
             if not path.is_file():
                 raise StatisticsError(f"Statistics file '{path}' does not exist.",
                                       hint="Run the statistics stage again (the cache may have been cleared).")
-            f = safe_open(path, framework="pt")
-            found = (f.metadata() or {}).get("mergebench.stage")
+            try:
+                f = safe_open(path, framework="pt")
+                found = (f.metadata() or {}).get("mergebench.stage")
+            except Exception as e:  # safetensors raises its own error type for truncated or garbled files
+                raise StatisticsError(f"Statistics file '{path}' cannot be read ({type(e).__name__}: {e}).",
+                                      hint="Delete the file and merge again: the statistics stage recomputes it."
+                                      ) from e
             if found != stage:
-                raise StatisticsError(f"Statistics file '{path}' holds stage {found!r}, not '{stage}'.")
+                raise StatisticsError(f"Statistics file '{path}' holds stage {found!r}, not '{stage}'.",
+                                      hint=f"Pass the '{stage}' statistics of each expert, in the merge's order.")
             self._files.append(f)
         names = [set(f.keys()) for f in self._files]
         if any(n != names[0] for n in names[1:]):
@@ -119,6 +130,13 @@ class StatisticsReader:
             raise StatisticsError(f"The experts' '{stage}' statistics cover different tensors (e.g. {odd}).",
                                   hint="Recompute the statistics; experts must share the base architecture.")
         self.names = frozenset(names[0]) if names else frozenset()
+        for name in sorted(self.names):
+            shapes = [tuple(f.get_slice(name).get_shape()) for f in self._files]
+            if any(shape != shapes[0] for shape in shapes[1:]):
+                listed = ", ".join(f"{s} in '{p}'" for s, p in zip(shapes, self.paths, strict=True))
+                raise StatisticsError(f"The experts' '{stage}' statistics of tensor '{name}' have different shapes: "
+                                      f"{listed}.", hint="Delete these statistics files and merge again: the "
+                                      "statistics stage recomputes them. Experts must share the base architecture.")
 
     def get(self, name: str) -> Tensor | None:
         """``[n, *stat_shape]`` statistics of tensor ``name`` (stacked over experts), or ``None``."""

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mergebench.errors import StatisticsError
+from mergebench.errors import MergeBenchError, StatisticsError
 from mergebench.prompt import IGNORE_INDEX, encode_chat
 
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class Sample:
 
 def rows_for(expert: ModelSource, rows: Mapping[str, Sequence[Row]], num_samples: int) -> list[Row]:
     """The first ``num_samples`` rows of the expert's own domain; :class:`StatisticsError` if impossible."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise StatisticsError(f"num_samples must be an integer ≥ 1, got {num_samples!r}.",
+                              hint="Set the method's 'num_samples' parameter to the rows per expert, e.g. 1000.")
     if not expert.domain:
         raise StatisticsError(f"Model '{expert.name}' has no domain, so it cannot be paired with its own data.",
                               hint="Add 'domain: <key>' to the model's entry in the recipe.")
@@ -89,16 +93,33 @@ def rows_for(expert: ModelSource, rows: Mapping[str, Sequence[Row]], num_samples
                               f"rows are available for: {available}.",
                               hint="Give this domain's validation split in the recipe's 'data:' mapping.")
     selected = list(own[:num_samples])
+    schema = "Rows follow the chat schema {\"id\", \"domain\", \"messages\": [{\"role\", \"content\"}, ...]}."
     for i, row in enumerate(selected):
+        if not isinstance(row, Mapping):
+            raise StatisticsError(f"Row {i} of domain '{expert.domain}' is a {type(row).__name__}, not an object: "
+                                  f"{_clip(row)}.", hint=f"Fix the domain's validation data. {schema}")
         if row.get("domain") != expert.domain:
             raise StatisticsError(f"Row {i} ({row.get('id')!r}) given for domain '{expert.domain}' belongs to "
-                                  f"domain {row.get('domain')!r}; model '{expert.name}' must only see its own data.")
-        if not row.get("messages"):
-            raise StatisticsError(f"Row {i} ({row.get('id')!r}) of domain '{expert.domain}' has no messages.")
+                                  f"domain {row.get('domain')!r}; model '{expert.name}' must only see its own data.",
+                                  hint=f"Map '{expert.domain}' in the recipe's 'data:' to that domain's own "
+                                       "validation split; every row needs its 'domain' field.")
+        messages = row.get("messages")
+        if not messages:
+            raise StatisticsError(f"Row {i} ({row.get('id')!r}) of domain '{expert.domain}' has no messages.",
+                                  hint=f"Fix the domain's validation data. {schema}")
+        if not isinstance(messages, list):
+            raise StatisticsError(f"Row {i} ({row.get('id')!r}) of domain '{expert.domain}' has 'messages' of type "
+                                  f"{type(messages).__name__}, not a list: {_clip(messages)}.",
+                                  hint=f"Fix the domain's validation data. {schema}")
     if len(selected) < num_samples:
         logger.warning("Domain '%s' has %d validation rows; num_samples = %d asks for more, using all %d.",
                        expert.domain, len(selected), num_samples, len(selected))
     return selected
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def rows_digest(rows: Sequence[Row]) -> str:
@@ -111,31 +132,84 @@ def rows_digest(rows: Sequence[Row]) -> str:
 
 
 def load_tokenizer(model: ModelSource, options: StatsOptions) -> Any:
+    """The tokenizer that encodes the rows: ``options.tokenizer``, else the model's own.
+
+    Raises:
+        StatisticsError: it cannot be loaded (no tokenizer files, a broken config).
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(options.tokenizer or model.path)
+    source = Path(options.tokenizer or model.path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError ... for unusable folders
+        if source.is_dir() and not any((source / name).is_file() for name in TOKENIZER_FILES):
+            hint = (f"Statistics encode each expert's rows with its own tokenizer: put its tokenizer files "
+                    f"(tokenizer.json, tokenizer_config.json) in '{source}'.")
+        else:
+            hint = f"Check the tokenizer files and config.json in '{source}' (AutoTokenizer must load them)."
+        raise StatisticsError(f"Cannot load the tokenizer of model '{model.name}' from '{source}' to encode its "
+                              f"validation rows: {type(e).__name__}: {_first_line(e)}", hint=hint) from e
 
 
 def load_model(model: ModelSource, options: StatsOptions) -> torch.nn.Module:
-    """The model in float32 on ``options.device``, in eval mode (no dropout)."""
+    """The model in float32 on ``options.device``, in eval mode (no dropout).
+
+    Raises:
+        StatisticsError: ``transformers`` cannot load it (a config that does not describe the weights, an
+        unknown architecture, missing weights) or ``options.device`` is unavailable.
+    """
     from transformers import AutoModelForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
-    return loaded.to(options.device).eval()
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
+        return loaded.to(options.device).eval()
+    except Exception as e:  # transformers raises OSError, ValueError, RuntimeError ... for unusable folders
+        raise StatisticsError(
+            f"Cannot load model '{model.name}' ({model.path}) for its statistics: {type(e).__name__}: "
+            f"{_first_line(e)}",
+            hint="Statistics run the whole model: transformers.AutoModelForCausalLM.from_pretrained must load the "
+                 f"folder on '{options.device}' (check that config.json describes the weights).") from e
 
 
-def encode_rows(tokenizer: Any, rows: Sequence[Row], options: StatsOptions) -> list[Sample]:
-    return [Sample(str(row.get("id", i)), *encode_chat(tokenizer, row["messages"], max_length=options.max_length,
-                                                         chat_template=options.chat_template))
-            for i, row in enumerate(rows)]
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The gist of a library error (transformers' messages can run to pages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[:3]) if lines else repr(error)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def encode_rows(tokenizer: Any, rows: Sequence[Row], options: StatsOptions, domain: str | None = None
+                ) -> list[Sample]:
+    """Each row's token ids and labels (:func:`mergebench.prompt.encode_chat`); rows that give no token are skipped.
+
+    Raises:
+        StatisticsError: a row cannot be encoded (malformed messages, no chat template), or no row gives a token.
+    """
+    samples = []
+    for i, row in enumerate(rows):
+        try:
+            ids, labels = encode_chat(tokenizer, row["messages"], max_length=options.max_length,
+                                      chat_template=options.chat_template)
+        except MergeBenchError as e:
+            raise StatisticsError(f"Row {i} ({row.get('id')!r}) of domain '{domain}' cannot be encoded: {e}",
+                                  hint=e.hint or "Rows follow the chat schema: 'messages' is a list of "
+                                                 "{\"role\", \"content\"} objects.") from e
+        if ids:
+            samples.append(Sample(str(row.get("id", i)), ids, labels))
+    if rows and not samples:
+        raise StatisticsError(f"No row of domain '{domain}' gives a single token.",
+                              hint="Check the rows' messages and the tokenizer's chat template.")
+    return samples
 
 
 def require_responses(samples: Sequence[Sample]) -> None:
     """Loss-based stages divide by the response-token count: every sample needs one (see :func:`with_responses`)."""
     empty = [s.row_id for s in samples if s.response_tokens == 0]
     if empty or not samples:
-        raise ValueError(f"{len(empty)} sample(s) have no response token (e.g. {empty[:3]}), or there are none; "
-                         "filter them with with_responses().")
+        raise StatisticsError(f"{len(empty)} of {len(samples)} sample(s) have no response token (e.g. {empty[:3]}); "
+                              "loss-based statistics need at least one sample, each with a response.",
+                              hint="Filter the samples with mergebench.stats.data.with_responses() first.")
 
 
 def with_responses(samples: Sequence[Sample], domain: str | None) -> list[Sample]:

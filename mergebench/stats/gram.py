@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mergebench.errors import StatisticsError
 from mergebench.stats.data import Batch
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,10 @@ def compute_gram(model: nn.Module, batches: Iterable[Batch]) -> dict[str, Tensor
     """Mean ``x xᵀ`` over non-padding tokens for every block linear layer, keyed by its weight name."""
     linears = block_linears(model)
     if not linears:
-        raise ValueError("The model has no nn.Linear inside 'layers.<i>.' blocks; RegMean needs them.")
+        raise StatisticsError(f"The model ({type(model).__name__}) has no nn.Linear inside 'layers.<i>.' blocks, so "
+                              "there is no Gram matrix to compute.",
+                              hint="RegMean supports decoder models whose blocks are 'model.layers.<i>' with nn.Linear "
+                                   "projections (Llama, Gemma, Qwen, Mistral); merge this one with another method.")
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(linears, 0)
     current: dict[str, Tensor] = {}
@@ -74,5 +78,8 @@ def compute_gram(model: nn.Module, batches: Iterable[Batch]) -> dict[str, Tensor
             handle.remove()
     missing = [name for name, count in counts.items() if count == 0]
     if missing:
-        raise ValueError(f"No tokens reached {len(missing)} linear layers (e.g. {missing[0]}); no Gram for them.")
+        raise StatisticsError(f"No token reached {len(missing)} of {len(linears)} linear layers (e.g. '{missing[0]}'), "
+                              "so they have no Gram matrix.",
+                              hint="Give the domain validation rows with text (num_samples ≥ 1); layers that only "
+                                   "some tokens reach (mixture-of-experts) need more rows.")
     return {name: sums[name].div_(counts[name]) for name in linears}

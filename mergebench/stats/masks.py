@@ -3,8 +3,8 @@
 For expert i with task vector τ = θᵢ − θ₀ (float32, over the mergeable tensors only: embeddings and the
 output head are excluded unless ``merge_embeddings``):
 
-    t   = dataless threshold: the ⌈s·N⌉-th largest |τ| over all mergeable entries (exact, :mod:`mergebench.methods.topk`;
-          ``topk_scope: tensor``: per tensor), the same value the merge engine computes
+    t   = dataless threshold: the ⌈s·N⌉-th largest |τ| over all mergeable entries (exact,
+          :mod:`mergebench.methods.topk`; ``topk_scope: tensor``: per tensor), the value the merge engine computes
     S⁰  = +sigmoid_bias where |τ| ≥ t, −sigmoid_bias elsewhere
     θ(S) = θ₀ + σ(S) ⊙ τ                      (non-mergeable tensors stay θ₀, as in the merged model)
     L(S) = (1/R) Σ_r ℓ_r(θ(S))                ℓ_r = mean response-token NLL of row r, R rows
@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mergebench.errors import StatisticsError
 from mergebench.methods.topk import GlobalTopK, tensor_thresholds
 from mergebench.stats.data import Sample, batches, per_sample_nll, require_responses
 
@@ -62,7 +63,17 @@ def task_vectors(base: nn.Module, expert: nn.Module, mergeable: Callable[[str], 
     with torch.no_grad():
         for name, p in expert.named_parameters():
             if mergeable(name) and p.is_floating_point():
-                deltas[name] = p.detach().float().sub_(base_params[name].detach().float().to(p.device))
+                theta0 = base_params.get(name)
+                if theta0 is None or theta0.shape != p.shape:
+                    found = "missing" if theta0 is None else f"{tuple(theta0.shape)}"
+                    raise StatisticsError(f"Parameter '{name}' is {tuple(p.shape)} in the expert but {found} in the "
+                                          "base, so it has no task vector.",
+                                          hint="Experts must be fine-tunes of the base: same architecture, "
+                                               "tensor names and shapes.")
+                deltas[name] = p.detach().float().sub_(theta0.detach().float().to(p.device))
+    if not deltas:
+        raise StatisticsError("The expert has no mergeable floating-point parameter, so there is no mask to train.",
+                              hint="Check the models (merge_embeddings: true also masks embeddings and the head).")
     return deltas
 
 

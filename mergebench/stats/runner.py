@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mergebench.errors import StatisticsError
-from mergebench.stats.cache import cache_key, cache_path, model_identity, write_statistics
+from mergebench.stats.cache import cache_key, cache_path, model_identity, read_metadata, write_statistics
 from mergebench.stats.data import (
     ModelSource,
     Row,
@@ -48,12 +48,18 @@ def stage_config(stage: str, params: Any, **extra: Any) -> Any:
     ``params`` is a :class:`~mergebench.methods.Params` instance or a mapping.
     """
     if stage not in STAGE_CONFIGS:
-        raise StatisticsError(f"Unknown statistics stage '{stage}'; expected one of {sorted(STAGE_CONFIGS)}.")
+        raise StatisticsError(f"Unknown statistics stage '{stage}'; expected one of {sorted(STAGE_CONFIGS)}.",
+                              hint="Use the stage a method declares: MethodSpec.stats_stage(params).")
     cls = STAGE_CONFIGS[stage]
     values = dict(params) if isinstance(params, Mapping) else dataclasses.asdict(params)
     values.update(extra)
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    config = cls(**{k: v for k, v in values.items() if k in names})
+    num_samples = config.num_samples
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise StatisticsError(f"The '{stage}' statistics need num_samples ≥ 1 rows per expert, got {num_samples!r}.",
+                              hint="Set the method's 'num_samples' parameter to an integer ≥ 1 (the paper: 1000).")
+    return config
 
 
 def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Sequence[Row]], params: Any, *,
@@ -75,14 +81,15 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
         One safetensors path per expert, in the order of ``experts``.
 
     Raises:
-        StatisticsError: a model without a domain, a domain without rows, rows of another domain, a missing
-        base for ``"mask"``.
+        StatisticsError: a model without a domain, a domain without rows, rows of another domain or not in the
+        chat schema, a missing base for ``"mask"``, a model or tokenizer that cannot be loaded, no usable token.
     """
     options = options or StatsOptions()
     extra = {"merge_embeddings": merge_embeddings} if stage == "mask" else {}
     config = stage_config(stage, params, **extra)
     if stage == "mask" and base is None:
-        raise StatisticsError("The 'mask' statistics stage needs the base model.")
+        raise StatisticsError("The 'mask' statistics stage needs the base model.",
+                              hint="Pass base=ModelSource(<base folder>) to run_stage.")
     selected = [rows_for(expert, rows, config.num_samples) for expert in experts]  # fail before any work
     base_id = model_identity(base) if stage == "mask" and base is not None else None
     paths = []
@@ -93,7 +100,7 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
                     "chat_template": options.chat_template,
                     "tokenizer": str(options.tokenizer) if options.tokenizer else None}
         path = cache_path(cache_dir, stage, cache_key(document))
-        if path.is_file():
+        if _readable(path, stage):
             logger.info("%s statistics of %s (%s): cached at %s", stage, expert.name, expert.domain, path)
         else:
             logger.info("%s statistics of %s on %d '%s' rows", stage, expert.name, len(expert_rows), expert.domain)
@@ -105,10 +112,26 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
     return paths
 
 
+def _readable(path: Path, stage: str) -> bool:
+    """A cached file is reused only if it opens as a statistics file of ``stage``; a damaged one is recomputed."""
+    if not path.is_file():
+        return False
+    try:
+        found = read_metadata(path).get("mergebench.stage")
+    except Exception as e:  # safetensors raises its own error type for truncated or garbled files
+        logger.warning("Cached statistics file %s is unreadable (%s: %s); computing it again.", path,
+                       type(e).__name__, e)
+        return False
+    if found != stage:
+        logger.warning("Cached statistics file %s holds stage %r, not %r; computing it again.", path, found, stage)
+        return False
+    return True
+
+
 def _gram(expert: ModelSource, rows: Sequence[Row], config: GramConfig, options: StatsOptions,
           base: ModelSource | None) -> dict:
     tokenizer = load_tokenizer(expert, options)
-    samples = encode_rows(tokenizer, rows, options)
+    samples = encode_rows(tokenizer, rows, options, expert.domain)
     model = load_model(expert, options)
     return compute_gram(model, batches(samples, options.batch_size, pad_token_id(tokenizer), options.device))
 
@@ -116,7 +139,7 @@ def _gram(expert: ModelSource, rows: Sequence[Row], config: GramConfig, options:
 def _fisher(expert: ModelSource, rows: Sequence[Row], config: FisherConfig, options: StatsOptions,
             base: ModelSource | None) -> dict:
     tokenizer = load_tokenizer(expert, options)
-    samples = with_responses(encode_rows(tokenizer, rows, options), expert.domain)
+    samples = with_responses(encode_rows(tokenizer, rows, options, expert.domain), expert.domain)
     model = load_model(expert, options)
     return compute_fisher(model, samples, pad_id=pad_token_id(tokenizer), device=options.device)
 
@@ -125,9 +148,11 @@ def _mask(expert: ModelSource, rows: Sequence[Row], config: MaskConfig, options:
           base: ModelSource | None) -> dict:
     from mergebench.merge.plan import is_embedding
 
-    assert base is not None
+    if base is None:
+        raise StatisticsError("The 'mask' statistics stage needs the base model.",
+                              hint="Pass base=ModelSource(<base folder>) to run_stage.")
     tokenizer = load_tokenizer(expert, options)
-    samples = with_responses(encode_rows(tokenizer, rows, options), expert.domain)
+    samples = with_responses(encode_rows(tokenizer, rows, options, expert.domain), expert.domain)
     base_model = load_model(base, options)
     expert_model = load_model(expert, options)
     deltas = task_vectors(base_model, expert_model,

@@ -9,6 +9,7 @@ are not written here: the ``mb_tinybench_*`` tasks generate them (they are a pur
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,13 +17,15 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from mergebench.data.publish import write_parquet
 from mergebench.data.schema import features
-from mergebench.fixtures.domains import DOMAINS
+from mergebench.domains import DOMAINS
 from mergebench.tiny.domains import SOURCE, TINY_DOMAINS, chat_rows
+from mergebench.tiny.stages import is_current, stage_fingerprint, write_record
 from mergebench.work import atomic_folder
 
 TRAIN_ROWS = 512
 VALIDATION_ROWS = 64
-_MARKER = ".complete"
+FORMAT_VERSION = 1
+"""Bump when the folder layout or the card changes (the rows themselves are covered by their digest)."""
 
 _CARD = """
 # MergeBench-Tiny: {domain}
@@ -50,22 +53,34 @@ def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_RO
                           validation: int = VALIDATION_ROWS) -> dict[str, Path]:
     """Write (or reuse) the five domain dataset folders under ``out_dir``; returns domain → folder.
 
-    A folder is reused when it was finished by an earlier call with the same sizes and seed (the rows are
-    deterministic, so this is a cache, not a guess).
+    A folder is reused only when it was built from the same inputs: the sizes, the seed, the schema, this
+    module's format version and the digest of the rows themselves (generating them takes milliseconds, so
+    a change to a generator in :mod:`mergebench.tiny.domains` rebuilds exactly the domains it changes).
+    Each folder records its fingerprint (:mod:`mergebench.tiny.stages`) for the stages trained on it.
     """
     folders = {}
-    settings = json.dumps({"seed": seed, "train": train, "validation": validation})
     for domain in DOMAINS:
         folder = Path(out_dir) / domain
         folders[domain] = folder
-        if (folder / _MARKER).is_file() and (folder / _MARKER).read_text() == settings:
+        splits = {"train": chat_rows(domain, "train", train, seed=seed),
+                  "validation": chat_rows(domain, "validation", validation, seed=seed)}
+        inputs = {"domain": domain, "seed": seed, "train": train, "validation": validation,
+                  "format": FORMAT_VERSION, "features": str(features()), "rows": _digest(splits)}
+        if is_current(folder, stage_fingerprint("data", inputs)):
             continue
         with atomic_folder(folder) as tmp:
-            write_parquet(chat_rows(domain, "train", train, seed=seed), tmp / "data", "train", features=features())
-            val = chat_rows(domain, "validation", validation, seed=seed)
-            write_parquet(val, tmp / "data", "validation", features=features())
-            (tmp / "validation.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val),
-                                                  encoding="utf-8")
+            for split, rows in splits.items():
+                write_parquet(rows, tmp / "data", split, features=features())
+            (tmp / "validation.jsonl").write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in splits["validation"]), encoding="utf-8")
             (tmp / "README.md").write_text(str(_card(domain, seed)), encoding="utf-8")
-            (tmp / _MARKER).write_text(settings)
+            write_record(tmp, "data", inputs)
     return folders
+
+
+def _digest(splits: dict[str, list[dict]]) -> str:
+    h = hashlib.sha256()
+    for split, rows in sorted(splits.items()):
+        for row in rows:
+            h.update(f"{split}\t{json.dumps(row, sort_keys=True, ensure_ascii=False)}\n".encode())
+    return h.hexdigest()

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from huggingface_hub import HfApi, ModelCard
 
+from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError
 from mergebench.eval.results import load_results
 from mergebench.fixtures import write_family_to_hub_root
-from mergebench.fixtures.domains import DOMAINS
 from mergebench.runner import BenchConfig, run_benchmark
 
 VOLATILE = ["merge_seconds", "validation_seconds", "total_seconds", "eval_seconds", "peak_memory_bytes", "run_id",

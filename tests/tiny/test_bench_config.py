@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergebench.fixtures.domains import DOMAINS
+from mergebench.domains import DOMAINS
 from mergebench.runner import BenchConfig
 from mergebench.tiny.pipeline import TinyWork, write_bench_config
 

@@ -10,10 +10,10 @@ import pytest
 from huggingface_hub import DatasetCard
 from transformers import AutoTokenizer
 
+from mergebench.domains import DOMAINS
 from mergebench.eval.data_source import EXTRA_SETS
 from mergebench.eval.prompts import chat_choice
 from mergebench.eval.tasks import SUITES, get_task
-from mergebench.fixtures.domains import DOMAINS
 from mergebench.prompt import CHATML_TEMPLATE, encode_chat
 from mergebench.tiny.data import write_domain_datasets
 from mergebench.tiny.domains import TINY_DOMAINS, chat_rows, eval_splits, items

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from mergebench.domains import DOMAINS
 from mergebench.eval.leaderboard import read_results, table
-from mergebench.fixtures.domains import DOMAINS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
