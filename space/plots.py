@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from mergebench.eval.tasks import DOMAINS
+from mergebench.domains import DOMAINS
 
 _LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 40, "r": 20, "t": 50, "b": 40},
            "legend_title_text": "method"}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mergebench.domains import DOMAINS
 from mergebench.eval.leaderboard import TASK_PREFIX
-from mergebench.eval.tasks import DOMAINS
 
 # leaderboard column → header on the page
 HEADERS = {

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
+from mergebench.domains import DOMAINS
 from mergebench.errors import EvaluationError
 from mergebench.eval.leaderboard import base_type, format_table, read_results, results_from_rows, table
 from mergebench.eval.results import push_results, result_rows
-from mergebench.eval.tasks import DOMAINS
 from tests.space.fixture_results import (
     BASE,
     BASES,

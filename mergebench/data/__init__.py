@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mergebench.data.evalsets import EVAL_SETS, EvalCorpus, EvalSetSpec, load_eval_set
-from mergebench.data.sources import DOMAIN_SPECS, DOMAINS, SOURCES, DomainSpec, SourceSpec, get_domain
+from mergebench.data.sources import DOMAIN_SPECS, SOURCES, DomainSpec, SourceSpec, get_domain
+from mergebench.domains import DOMAINS
 
 if TYPE_CHECKING:
     from mergebench.data.build import BuildOptions, BuildResult, build_domain

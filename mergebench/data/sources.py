@@ -19,10 +19,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError
 
 ColumnKind = Literal["string", "bool", "messages", "string_list"]
-DOMAINS: tuple[str, ...] = ("instruction", "math", "multilingual", "coding", "safety")
 
 
 @dataclass(frozen=True)

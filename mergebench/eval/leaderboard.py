@@ -28,10 +28,10 @@ from typing import Any
 
 import pandas as pd
 
+from mergebench.domains import DOMAINS
 from mergebench.errors import EvaluationError
 from mergebench.eval.results import Results, TaskResult, load_results
 from mergebench.eval.scores import compute_scores, forgetting, normalised
-from mergebench.eval.tasks import DOMAINS
 
 KINDS = ("merged", "multitask", "expert", "base")
 TASK_PREFIX = "task:"
@@ -126,7 +126,7 @@ def _row(r: Results, experts: dict[str, Results], base: Results | None, multitas
     merge_s, validation_s = cost.get("merge_seconds"), cost.get("validation_seconds")
     parts = [v for v in (merge_s, validation_s) if v is not None]
     model_url, card_url = _hub_links(str(m.get("id")), hub_url)
-    row = {
+    row: dict[str, Any] = {
         "kind": kind, "base_model": _base_of(r), "base_type": base_type(_base_of(r)), "method": m.get("method"),
         "data": method_data(m.get("method"), m.get("parameters")), "label": default_label(m), "model": m.get("id"),
         "normalised": norm, **{d: domains[d].mean if d in domains else None for d in DOMAINS},
@@ -198,9 +198,10 @@ def format_table(df: pd.DataFrame, *, width: int = 160) -> str:
                   _number(r["forgetting"], ".3f"), _number(r["multitask_gap"], "+.3f"),
                   _number(r["total_seconds"], ".1f"),
                   _number(r["peak_memory_bytes"] / 1e9 if pd.notna(r["peak_memory_bytes"]) else None, ".2f"))
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     console.print(t)
-    return console.file.getvalue()
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------ reading results from anywhere

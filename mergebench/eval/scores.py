@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 
+from mergebench.domains import DOMAINS
 from mergebench.eval.results import Results, load_results
-from mergebench.eval.tasks import DOMAINS
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def normalised(model: Results, experts: Mapping[str, Results], *, validation: bo
     ``validation=True`` scores the validation-role tasks (the surrogates a grid search selects on) instead
     of the test tasks.
     """
-    domains = {}
+    domains: dict[str, Ratios] = {}
     for domain in DOMAINS:
         tasks = _tasks_of(model, domain, validation=validation)
         if not tasks:

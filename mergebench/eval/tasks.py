@@ -33,7 +33,6 @@ from mergebench.eval import prompts
 
 Kind = Literal["loglikelihood", "generative"]
 Role = Literal["test", "validation", "forgetting", "tiny"]
-DOMAINS = ("instruction", "math", "multilingual", "coding", "safety")
 ROLE_SUITES: dict[str, str] = {"test": "domains", "forgetting": "forgetting", "validation": "validation",
                                "tiny": "tiny"}
 LANGS = ("fr", "es", "de", "ru")

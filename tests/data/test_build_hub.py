@@ -22,7 +22,8 @@ from huggingface_hub import DatasetCard, HfApi
 from mergebench.data.build import BuildOptions, build_domain
 from mergebench.data.evalrepo import build_eval_repo
 from mergebench.data.fixture_sources import fixture_rows, planted, publish_fixture_sources, write_repo
-from mergebench.data.sources import DOMAINS, get_domain
+from mergebench.data.sources import get_domain
+from mergebench.domains import DOMAINS
 from mergebench.errors import DataError
 
 HF = str(Path(sys.executable).with_name("hf"))

@@ -12,7 +12,8 @@ from mergebench.data.evalsets import EVAL_SETS, EvalCorpus, load_eval_set
 from mergebench.data.fixture_sources import BASE_ROWS, fixture_rows, planted, repo_files, write_repo
 from mergebench.data.load import find_bad_utf8
 from mergebench.data.schema import cell_text, check_columns
-from mergebench.data.sources import DOMAIN_SPECS, DOMAINS, SOURCES, get_domain
+from mergebench.data.sources import DOMAIN_SPECS, SOURCES, get_domain
+from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError, DataError
 
 # The columns of the real datasets on the Hub (their dataset viewers), which the fixtures must match exactly.

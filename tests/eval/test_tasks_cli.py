@@ -9,8 +9,9 @@ import typer
 from typer.testing import CliRunner
 
 from mergebench.cli.eval import eval_command
+from mergebench.domains import DOMAINS
 from mergebench.eval.data_source import EvalSource, task_data
-from mergebench.eval.tasks import DOMAINS, SUITES, TASKS, get_task, resolve_tasks
+from mergebench.eval.tasks import SUITES, TASKS, get_task, resolve_tasks
 
 
 def test_every_task_is_prefixed_and_in_exactly_one_suite():
