@@ -21,19 +21,21 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/mergebench tiny
 
-test: venv
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/pytest
 
 test-slow: venv
 	$(BIN)/pytest -m slow
 
+# ruff, the import-layer contracts and mypy (configuration of all three in pyproject.toml)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .import_linter_cache

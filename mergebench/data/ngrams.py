@@ -65,7 +65,7 @@ def ngram_hashes_upto(ids: np.ndarray, lengths: tuple[int, ...]) -> np.ndarray:
     """
     if not lengths or len(ids) < lengths[0]:
         return np.empty(0, dtype=np.uint64)
-    out = []
+    out: list[np.ndarray] = []
     with np.errstate(over="ignore"):
         n = lengths[0]
         h = ngram_hashes(ids, n) ^ (np.uint64(n) * _LENGTH_SALT)  # undo the salt: keep the raw polynomial

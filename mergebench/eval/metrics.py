@@ -86,7 +86,8 @@ def _no_deepcopy(cls):
     return cls
 
 
-def _lighteval():
+def _lighteval() -> tuple[Any, Any]:
+    """lighteval's metric base classes, imported lazily (typed ``Any`` so that they can be subclassed)."""
     from lighteval.metrics.metrics_sample import SampleLevelComputation, SamplingMetric
 
     return SampleLevelComputation, SamplingMetric
@@ -104,6 +105,8 @@ class SideInfo:
 
 
 def _code_metric(n: int, k: int, sandbox: SandboxConfig, info: SideInfo):
+    SampleLevelComputation: Any
+    SamplingMetric: Any
     SampleLevelComputation, SamplingMetric = _lighteval()
 
     @_no_deepcopy
@@ -123,7 +126,7 @@ def _code_metric(n: int, k: int, sandbox: SandboxConfig, info: SideInfo):
                 programs += [build_program(doc.specific, t) for t in texts]
                 owners += [i] * len(texts)
             results = run_programs(programs, sandbox)
-            passed = Counter()
+            passed: Counter[int] = Counter()
             for owner, result in zip(owners, results, strict=True):
                 info.counts[result.status] += 1
                 passed[owner] += result.passed
@@ -136,7 +139,7 @@ def _code_metric(n: int, k: int, sandbox: SandboxConfig, info: SideInfo):
 
 
 def _judge_metric(judge: Judge, want: str, info: SideInfo):
-    SampleLevelComputation, _ = _lighteval()
+    SampleLevelComputation: Any = _lighteval()[0]
 
     @_no_deepcopy
     class JudgedRate(SampleLevelComputation):
@@ -193,13 +196,14 @@ def _ifbench():
 def _builders() -> dict[str, Callable[..., Any]]:
     """name → builder(ctx). Imports lighteval lazily: only an evaluation pays for it."""
     from lighteval.metrics.dynamic_metrics import MultilingualExtractiveMatchMetric
-    from lighteval.metrics.metrics import Metrics
+    from lighteval.metrics.metrics import Metrics as _Metrics
     from lighteval.metrics.metrics_sample import ExactMatches, F1_score, LoglikelihoodAcc
     from lighteval.metrics.normalizations import LogProbCharNorm, helm_normalizer
     from lighteval.metrics.utils.extractive_match_utils import ExprExtractionConfig, LatexExtractionConfig
     from lighteval.metrics.utils.metric_utils import SampleLevelMetric, SampleLevelMetricGrouping
     from lighteval.tasks.requests import SamplingMethod
 
+    Metrics: Any = _Metrics  # mypy reads the members of this enum (dataclass values) as the values themselves
     gen, ll = SamplingMethod.GENERATIVE, SamplingMethod.LOGPROBS
 
     def sample(name: str, fn: Any, category=gen, batched: bool = False) -> SampleLevelMetric:
@@ -216,7 +220,8 @@ def _builders() -> dict[str, Callable[..., Any]]:
         return [Metrics.expr_gold_metric.value,
                 SampleLevelMetricGrouping(metric_name=names, sample_level_fn=_gsm8k_filters(), category=gen,
                                           corpus_level_fn=dict.fromkeys(names, np.mean),
-                                          higher_is_better=dict.fromkeys(names, True))]
+                                          # lighteval annotates this dict[str, Callable]; it holds bools
+                                          higher_is_better=dict.fromkeys(names, True))]  # type: ignore[arg-type]
 
     def math(ctx: dict):
         fn = MultilingualExtractiveMatchMetric(gold_extraction_target=(LatexExtractionConfig(),),

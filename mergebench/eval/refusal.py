@@ -80,7 +80,8 @@ def rule_label(response: str) -> Label:
 class Judge(Protocol):
     """Labels a batch of (prompt, response) pairs."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def labels(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Label]: ...
 
@@ -127,7 +128,8 @@ class ClassifierJudge:
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_id, padding_side="left")
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(self.model_id, dtype="auto").to(self.device).eval()
+        # transformers' PreTrainedModel.to is @wraps(Module.to), which hides the bound self from type checkers
+        model = AutoModelForCausalLM.from_pretrained(self.model_id, dtype="auto").to(self.device).eval()  # type: ignore[arg-type]
         texts = [WILDGUARD_TEMPLATE.format(prompt=p, response=r) for p, r in zip(prompts, responses, strict=True)]
         out: list[Label] = []
         for i in range(0, len(texts), self.batch_size):

@@ -32,7 +32,7 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
 
 MARK = "MB-SANDBOX"
 EXIT_TAMPERED = 86  # the verdict pipe was closed or replaced: the worker fails closed
@@ -134,6 +134,7 @@ def make_hook(root: str, key: str, verdict_fd: int, top: FrameType, *, read_ok: 
                     else:
                         problem = True
                         break
+                    bases: tuple[str, ...]  # (a bare annotation: no bytecode)
                     if text.startswith("/"):
                         bases = ("/",)
                     elif dir_fd == unknown:
@@ -362,7 +363,7 @@ def _finisher(verdict_fd: int, key: str) -> Callable[[], None]:
     return finish
 
 
-def _prepare_worker(config: dict, verdict_fd: int) -> tuple[object, dict, Callable[[], None]]:
+def _prepare_worker(config: dict, verdict_fd: int) -> tuple[CodeType, dict, Callable[[], None]]:
     """Identity, limits and the program's code and namespace; the program has not run yet."""
     uid = config["uid"]
     if uid is not None and os.geteuid() == 0:

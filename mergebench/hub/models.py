@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
@@ -22,7 +24,8 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from mergebench.errors import CorruptFileError, RefError
 from mergebench.hub.refs import Ref
 from mergebench.hub.retry import get_bytes, with_retries
-from mergebench.stream.format import FileHeader, TensorEntry, check_layout, header_length, parse_header
+from mergebench.stream.format import FileHeader, TensorEntry, header_length, parse_header
+from mergebench.stream.sources import HttpSource, http_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class ResolvedModel:
     sha: str | None
     files: dict[str, FileHeader]
     weight_map: dict[str, str]
-    config: dict
+    config: dict[str, Any]
     file_list: tuple[str, ...]
 
     @property
@@ -78,8 +81,8 @@ class ResolvedModel:
         if self.ref.local_path is not None:
             shutil.copyfile(self.ref.local_path / filename, dest)
             return
-        with get_session().stream("GET", self.url(filename), headers=build_hf_headers(),
-                                  follow_redirects=True) as response:
+        with get_session().stream("GET", self.url(filename), headers=build_hf_headers(), follow_redirects=True,
+                                  timeout=http_timeout()) as response:
             hf_raise_for_status(response)
             with open(dest, "wb") as f:
                 for chunk in response.iter_bytes(1 << 20):
@@ -111,23 +114,24 @@ def _resolve_local(ref: Ref) -> ResolvedModel:
 
 
 def _resolve_hub(ref: Ref, api: HfApi) -> ResolvedModel:
-    assert ref.repo_id
-    info = with_retries(lambda: api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True))
+    repo_id, revision = ref.repo_id, ref.revision
+    assert repo_id
+    info = with_retries(lambda: api.model_info(repo_id, revision=revision, files_metadata=True))
     sha = info.sha
     file_list = tuple(sorted(s.rfilename for s in info.siblings or []))
     sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
     logger.info("Resolved %s to commit %s", ref.text, sha)
     pinned = ResolvedModel(ref, sha, {}, {}, {}, file_list)
     shards = _shard_names(ref, file_list, lambda name: pinned.read_text(name) or "")
-    # Per-shard header reads (Range requests), not get_safetensors_metadata(): that one downloads the
-    # index into the Hub cache, and a streaming merge must leave no copy of its inputs on disk.
-    files = {}
+    # Per-shard header reads with the streaming source's resumable Range requests (not the client's
+    # get_safetensors_metadata(), which writes the index into the Hub cache, nor its per-file metadata call,
+    # which restarts from byte 0 after a drop): the header bytes exactly, checked against the file's size.
+    files: dict[str, FileHeader] = {}
     for name in shards:
-        fm = with_retries(lambda n=name: api.parse_safetensors_file_metadata(ref.repo_id, n, revision=sha))
-        entries = [TensorEntry(t, i.dtype, tuple(i.shape), *i.data_offsets) for t, i in fm.tensors.items()]
+        source = HttpSource(pinned.url(name), model=pinned.label, filename=name, data_size=0)
         try:
-            files[name] = FileHeader(tensors=check_layout(entries), metadata=dict(fm.metadata or {}))
-        except (ValueError, KeyError) as e:
+            files[name] = source.read_header()
+        except ValueError as e:
             raise CorruptFileError(f"The safetensors header of '{name}' in '{pinned.label}' is invalid: {e}",
                                    model=pinned.label, filename=name, hint=_CORRUPT_HINT) from e
     for name, header in files.items():
@@ -140,7 +144,7 @@ def _resolve_hub(ref: Ref, api: HfApi) -> ResolvedModel:
     return ResolvedModel(ref, sha, files, _weight_map(files), config, file_list)
 
 
-def _shard_names(ref: Ref, file_list: tuple[str, ...], read) -> list[str]:
+def _shard_names(ref: Ref, file_list: tuple[str, ...], read: Callable[[str], str]) -> list[str]:
     if INDEX_FILE in file_list:
         index = _parse_json(read(INDEX_FILE), model=ref.text, filename=INDEX_FILE)
         weight_map = index.get("weight_map")
@@ -166,7 +170,7 @@ def _shard_names(ref: Ref, file_list: tuple[str, ...], read) -> list[str]:
     )
 
 
-def _parse_json(text: str, *, model: str, filename: str) -> dict:
+def _parse_json(text: str, *, model: str, filename: str) -> dict[str, Any]:
     """A model's JSON file (``config.json``, the shard index) as a dict; anything else is a CorruptFileError."""
     try:
         value = json.loads(text)

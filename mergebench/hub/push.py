@@ -51,5 +51,6 @@ def push_files(repo_id: str, files: Mapping[str, bytes], *, repo_type: RepoType 
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
     info = api.create_commit(repo_id, operations, repo_type=repo_type, commit_message=commit_message)
-    logger.info("Pushed %d file(s) to %s", len(operations), info.commit_url)
-    return info.commit_url
+    url: str = info.commit_url
+    logger.info("Pushed %d file(s) to %s", len(operations), url)
+    return url

@@ -134,8 +134,9 @@ def pin(ref: Ref | str, *, repo_type: RepoType = "model", base_dir: Path | None 
     if ref.local_path is not None:
         return Pin(ref, None, path_fingerprint(ref.local_path))
     api = api or HfApi()
-    assert ref.repo_id is not None
-    info = with_retries(lambda: api.repo_info(ref.repo_id, repo_type=ref.repo_type, revision=ref.revision))
+    repo_id, repo_type, revision = ref.repo_id, ref.repo_type, ref.revision
+    assert repo_id is not None
+    info = with_retries(lambda: api.repo_info(repo_id, repo_type=repo_type, revision=revision))
     logger.info("Pinned %s %s to commit %s", ref.repo_type, ref.text, info.sha)
     return Pin(ref, info.sha)
 

@@ -11,6 +11,8 @@ import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from mergebench.stream.sources import http_timeout
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -36,7 +38,7 @@ def with_retries(call: Callable[[], T], *, retries: int = 5, backoff: float = 0.
 def get_bytes(url: str) -> bytes:
     """The body of a small file at ``url`` (configs, indexes, cards), retried like any Hub call."""
     def call() -> bytes:
-        response = get_session().get(url, headers=build_hf_headers(), follow_redirects=True)
+        response = get_session().get(url, headers=build_hf_headers(), follow_redirects=True, timeout=http_timeout())
         hf_raise_for_status(response)
         return response.content
 

@@ -101,9 +101,9 @@ def _api(req: Request, store: Store, seg: list[str]) -> Response:
     }
     if action not in routes:
         raise RequestError(404, f"No such endpoint on the loopback Hub: {req.method} {req.path}")
-    method, handler = routes[action]
+    method, repo_handler = routes[action]
     _only(req, method)
-    return handler(req, store, repo_type, repo_id, args)
+    return repo_handler(req, store, repo_type, repo_id, args)
 
 
 def _whoami(req: Request, store: Store) -> Response:

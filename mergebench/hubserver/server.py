@@ -218,6 +218,7 @@ class LoopbackHub:
         if self._server is None:
             raise RuntimeError("The loopback Hub is not running: use `with LoopbackHub(root) as hub:` or start().")
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET/AF_INET6 server's address
         return f"http://{host}:{port}"
 
     def repo_dir(self, repo_id: str, repo_type: str = "model") -> Path:

@@ -247,6 +247,7 @@ class Store:
         with open(local, "rb") as f:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
+        result: tuple[str, str | None]
         if lfs:
             sha256 = h.hexdigest()
             result = (git_blob_sha1(lfs_pointer(sha256, st.st_size)), sha256)

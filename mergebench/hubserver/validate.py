@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -111,7 +111,7 @@ def validate_card(content: str, repo_type: str = "model") -> Report:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _is_str(v: Any) -> bool:
+def _is_str(v: Any) -> TypeGuard[str]:
     return isinstance(v, str) and v.strip() != ""
 
 

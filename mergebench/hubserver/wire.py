@@ -6,6 +6,7 @@ the socket handling (faults, streaming) has one small place.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ class Body:
     holding them in memory.
     """
 
-    def __init__(self, rfile: BinaryIO, headers: Message) -> None:
+    def __init__(self, rfile: BinaryIO | io.BufferedIOBase, headers: Message) -> None:
         self._rfile = rfile
         self._chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         self._buf = b""

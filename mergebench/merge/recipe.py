@@ -29,7 +29,7 @@ from mergebench.errors import ConfigError
 from mergebench.finite import bad_numbers, describe
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # yaml is untyped here (no stubs installed)
     """``yaml.SafeLoader`` that rejects a key given twice in one mapping.
 
     Plain YAML lets the last occurrence win, so ``method:`` written twice would silently merge with the
@@ -45,7 +45,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     "while constructing a mapping", node.start_mark,
                     f"found duplicate key '{key}' (first given at line {seen[key].line + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 def parse_yaml(text: str, *, name: str = "<string>") -> Any:
@@ -162,4 +163,5 @@ class MergeRecipe(BaseModel):
         return cls.from_dict(read_yaml(path, what="Recipe file"), source=f"recipe '{path}'")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False, allow_unicode=True)
+        text: str = yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False, allow_unicode=True)
+        return text

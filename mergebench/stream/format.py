@@ -108,7 +108,7 @@ def header_length(prefix: bytes) -> int:
     """Decode the 8-byte little-endian header length, rejecting absurd values."""
     if len(prefix) < 8:
         raise ValueError(f"file is {len(prefix)} bytes long, shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", prefix[:8])
+    n: int = struct.unpack("<Q", prefix[:8])[0]
     if n == 0 or n > MAX_HEADER_BYTES:
         raise ValueError(f"header length {n} is not a valid safetensors header length")
     return n

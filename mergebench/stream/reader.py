@@ -10,18 +10,46 @@ memory whatever the model size; network, disk and compute overlap.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from mergebench.hub.models import ResolvedModel
+from mergebench.stream.format import FileHeader, TensorEntry
 from mergebench.stream.sources import ByteSource, HttpSource, LocalSource
 
 logger = logging.getLogger(__name__)
 
 MiB = 1 << 20
+
+
+class _Located(Protocol):
+    @property
+    def local_path(self) -> Path | None: ...
+
+
+class StreamModel(Protocol):
+    """A model as the reader needs it (:class:`mergebench.hub.models.ResolvedModel` is one): its shard
+    headers, where each tensor lives, and where to read the bytes (a local folder, else :meth:`url`)."""
+
+    @property
+    def ref(self) -> _Located: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def files(self) -> Mapping[str, FileHeader]: ...
+
+    @property
+    def weight_map(self) -> Mapping[str, str]: ...
+
+    def tensor(self, name: str) -> TensorEntry: ...
+
+    def url(self, filename: str) -> str: ...
 
 
 @dataclass
@@ -59,7 +87,7 @@ class TensorStream:
         progress: an optional tqdm bar advanced by bytes read.
     """
 
-    def __init__(self, models: Sequence[ResolvedModel], order: Sequence[tuple[str, Sequence[int]]], *,
+    def __init__(self, models: Sequence[StreamModel], order: Sequence[tuple[str, Sequence[int]]], *,
                  threads: int = 4, max_inflight_bytes: int = 512 * MiB, chunk_bytes: int = 64 * MiB,
                  progress: tqdm | None = None) -> None:
         self._models = models

@@ -22,7 +22,7 @@ import numpy as np
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from mergebench.errors import ConfigError, CorruptFileError
-from mergebench.stream.format import header_length
+from mergebench.stream.format import FileHeader, header_length, parse_header
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +105,7 @@ class HttpSource:
                  connect_timeout: float | None = None, read_timeout: float | None = None) -> None:
         self._url, self._model, self._filename = url, model, filename
         self._retries, self._backoff = retries, backoff
-        connect = _timeout("connect_timeout", connect_timeout, ("MERGEBENCH_CONNECT_TIMEOUT",),
-                           DEFAULT_CONNECT_TIMEOUT)
-        read = _timeout("read_timeout", read_timeout, ("MERGEBENCH_READ_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"),
-                        DEFAULT_READ_TIMEOUT)
-        self.timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=read)
+        self.timeout = http_timeout(connect_timeout, read_timeout)
         # no compression: Range offsets must count the file's own bytes (as huggingface_hub's downloads do)
         self._headers = {**build_hf_headers(), "Accept-Encoding": "identity"}
         self._lock = threading.Lock()
@@ -129,6 +125,27 @@ class HttpSource:
                         model=self._model, filename=self._filename, hint="Re-upload the shard.")
                 self._data_start = start
             return self._data_start
+
+    def read_header(self) -> FileHeader:
+        """The file's parsed header, read with the same resumable Range requests as its tensors (a link that
+        drops every few kB still delivers it) and checked against the file's size.
+
+        Raises:
+            ValueError: the header is not a valid safetensors header. CorruptFileError: the file is not as long
+                as its header says.
+        """
+        with self._lock:
+            prefix, total = self._fetch(0, 8, want_total=True)
+            n = header_length(bytes(prefix))
+            raw, _ = self._fetch(8, 8 + n)
+            header = parse_header(bytes(raw))
+            expected = 8 + n + header.data_size
+            if total is not None and total != expected:
+                raise CorruptFileError(
+                    f"'{self._filename}' in '{self._model}' on the Hub {_size_problem(total, expected)}.",
+                    model=self._model, filename=self._filename, hint="Re-upload the shard.")
+            self._data_start, self._data_size = 8 + n, header.data_size
+        return header
 
     def read(self, begin: int, end: int) -> memoryview:
         start = self._start()
@@ -225,6 +242,15 @@ class _Transfer:
     def position(self) -> int:
         """The first byte of the file not received yet: where the next attempt resumes."""
         return self.begin + self.got
+
+
+def http_timeout(connect: float | None = None, read: float | None = None) -> httpx.Timeout:
+    """Timeouts of every MergeBench HTTP request: the arguments, else the environment variables named at
+    :data:`DEFAULT_CONNECT_TIMEOUT`/:data:`DEFAULT_READ_TIMEOUT`, else those defaults."""
+    connect_s = _timeout("connect_timeout", connect, ("MERGEBENCH_CONNECT_TIMEOUT",), DEFAULT_CONNECT_TIMEOUT)
+    read_s = _timeout("read_timeout", read, ("MERGEBENCH_READ_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"),
+                      DEFAULT_READ_TIMEOUT)
+    return httpx.Timeout(connect=connect_s, read=read_s, write=read_s, pool=read_s)
 
 
 def _timeout(name: str, value: float | None, env: tuple[str, ...], default: float) -> float:

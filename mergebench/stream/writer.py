@@ -17,21 +17,43 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import torch
 import xxhash
 
-from mergebench.merge.plan import ShardPlan, TensorPlan
 from mergebench.stream.format import encode_header
+
+
+class ShardSpec(Protocol):
+    """One planned output shard, as the writer needs it (:class:`mergebench.merge.plan.ShardPlan` is one)."""
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def tensors(self) -> Sequence[str]: ...
+
+
+class TensorSpec(Protocol):
+    """One planned output tensor, as the writer needs it (:class:`mergebench.merge.plan.TensorPlan` is one)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def out_dtype(self) -> str: ...
+
+    @property
+    def out_bytes(self) -> int: ...
 
 
 @dataclass
 class _OpenShard:
-    plan: ShardPlan
+    plan: ShardSpec
     file: BinaryIO
     checksum: xxhash.xxh3_128
     next_index: int = 0
@@ -55,8 +77,9 @@ def _start_writeback(shard: _OpenShard) -> None:
 class ShardWriter:
     """Append tensors to the planned shards in ``directory``; calls ``on_shard_done(filename, checksum)``."""
 
-    def __init__(self, directory: Path, shards: Sequence[ShardPlan], tensors: Mapping[str, TensorPlan],
-                 *, metadata: Mapping[str, str] | None = None, on_shard_done=None) -> None:
+    def __init__(self, directory: Path, shards: Sequence[ShardSpec], tensors: Mapping[str, TensorSpec],
+                 *, metadata: Mapping[str, str] | None = None,
+                 on_shard_done: Callable[[str, str], None] | None = None) -> None:
         self._dir = directory
         self._shards = list(shards)
         self._tensors = tensors
@@ -150,7 +173,7 @@ def _as_bytes(payload: object) -> memoryview | bytes:
     return payload  # type: ignore[return-value]
 
 
-def write_index(directory: Path, shards: Sequence[ShardPlan], total_size: int) -> None:
+def write_index(directory: Path, shards: Sequence[ShardSpec], total_size: int) -> None:
     """``model.safetensors.index.json`` as transformers writes it (only for sharded outputs)."""
     index = {
         "metadata": {"total_size": total_size},

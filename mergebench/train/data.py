@@ -24,8 +24,8 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from mergebench.data.schema import ROLES
 from mergebench.data.sources import get_domain
+from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError, DataError, RefError
-from mergebench.fixtures.domains import DOMAINS
 from mergebench.hub.refs import Ref, pin
 from mergebench.prompt import CHATML_TEMPLATE, IGNORE_INDEX, encode_chat
 from mergebench.work import folder_fingerprint
@@ -78,7 +78,7 @@ def resolve_sources(domain: str, data: Mapping[str, str | Path], *, api: HfApi |
     missing = [d for d in needed if d not in data]
     extra = [d for d in data if d not in needed]
     if missing or extra:
-        what = "; ".join(filter(None, [missing and f"missing {missing}", extra and f"not used {extra}"]))
+        what = "; ".join(filter(None, [f"missing {missing}" if missing else "", f"not used {extra}" if extra else ""]))
         raise ConfigError(f"Training data for domain '{domain}' must map exactly {list(needed)} to a source ({what}).",
                           hint="Pass --data DOMAIN=FOLDER_OR_ORG/NAME for each of them.")
     return {d: resolve_source(d, data[d], api=api) for d in needed}
@@ -105,6 +105,7 @@ def resolve_source(domain: str, source: str | Path, *, api: HfApi | None = None)
         raise DataError(f"Training data for '{domain}': dataset repo '{ref.repo_id}' does not exist (or is private).",
                         source=text, hint=f"Build and push it: mergebench data build {domain} --out DIR "
                                           f"--push-to {ref.repo_id}") from e
+    assert pinned.sha is not None  # a Hub repo pins to a commit sha
     return DataSource(domain, text, ref.repo_id, pinned.sha)
 
 

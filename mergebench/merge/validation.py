@@ -8,10 +8,11 @@ split is read with ``datasets.load_dataset`` (the real Hub code path) at the com
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from mergebench.data.evalsets import read_jsonl
 from mergebench.errors import RefError, StatisticsError
 from mergebench.hub.refs import Pin, Ref, pin
+from mergebench.work import read_jsonl
 
 
 def pin_validation_source(source: str, *, base_dir: Path | None = None) -> Pin:
@@ -32,7 +33,7 @@ def pin_validation_source(source: str, *, base_dir: Path | None = None) -> Pin:
                               "of a dataset repo with a validation split.") from e
 
 
-def load_validation_rows(source: Pin, *, split: str = "validation") -> list[dict]:
+def load_validation_rows(source: Pin, *, split: str = "validation") -> list[dict[str, Any]]:
     """Rows of one domain's validation split, read from exactly the pinned file or commit."""
     if source.ref.local_path is not None:
         return read_jsonl(source.ref.local_path)
