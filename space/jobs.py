@@ -59,7 +59,8 @@ class Job:
 
     @classmethod
     def new(cls, user: str, kind: Kind, request: dict) -> Job:
-        return cls(id=f"{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}", user=user, kind=kind,
+        # microseconds in the id: jobs submitted within one second still sort (and run) in submission order
+        return cls(id=f"{datetime.now(UTC):%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:6]}", user=user, kind=kind,
                    request=request)
 
     @property
