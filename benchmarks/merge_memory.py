@@ -27,7 +27,8 @@ N_EXPERTS = 5
 
 CHILD = """
 import json, sys, time
-from mergebench.merge.engine import MergeOptions, merge
+from mergebench.merge.engine import merge
+from mergebench.merge.options import MergeOptions
 recipe, out, shard = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 t = time.perf_counter()
 r = merge(recipe, out, options=MergeOptions(progress=False, shard_size=shard))

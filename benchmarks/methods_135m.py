@@ -27,7 +27,8 @@ from mergebench.fixtures import DOMAINS, perturbed_experts, smollm2_model_dir, w
 CHILD = """
 import json, shutil, sys, time
 from pathlib import Path
-from mergebench.merge.engine import MergeOptions, merge
+from mergebench.merge.engine import merge
+from mergebench.merge.options import MergeOptions
 recipe, out, cache = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 shutil.rmtree(out, ignore_errors=True)
 r = merge(recipe, out, options=MergeOptions(progress=False, cache_dir=cache))

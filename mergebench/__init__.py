@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from mergebench.merge import MergeOptions, MergeResult, merge
+    from mergebench.merge.engine import merge
+    from mergebench.merge.options import MergeOptions, MergeResult
 
 __all__ = ["MergeOptions", "MergeResult", "merge"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `mergebench --help` must not import torch
     if name in __all__:
-        from mergebench.merge import engine
+        import mergebench.merge
 
-        return getattr(engine, name)
+        return getattr(mergebench.merge, name)
     raise AttributeError(f"module 'mergebench' has no attribute {name!r}")

@@ -17,7 +17,8 @@ from pathlib import Path
 from mergebench.fixtures import build_family, write_family_to_hub_root
 from mergebench.hub.endpoint import use_endpoint
 from mergebench.hubserver import LoopbackHub
-from mergebench.merge.engine import MergeOptions, MergeResult, merge
+from mergebench.merge.engine import merge
+from mergebench.merge.options import MergeOptions, MergeResult
 
 logger = logging.getLogger(__name__)
 

@@ -65,7 +65,8 @@ def label(request: dict) -> str:
 
 
 def _merge(job_dir: Path, job: dict, config: dict) -> tuple[Path, dict]:
-    from mergebench.merge.engine import MergeOptions, merge
+    from mergebench.merge.engine import merge
+    from mergebench.merge.options import MergeOptions
 
     done = _read_json(job_dir / "merge.json")
     out = job_dir / "merged"

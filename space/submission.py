@@ -119,7 +119,7 @@ def validate_merge(catalogue: Catalogue, *, base: str, experts: list[str], metho
             raise SubmissionError(f"'{spec.name}' needs validation data, which this Space has not configured for "
                                   f"{missing}.", hint="Choose a data-free method.")
         recipe["data"] = {d: validation_data[d] for d in picked}
-    from mergebench.merge.engine import prepare
+    from mergebench.merge.inputs import prepare
 
     prepare(recipe)  # resolves every model on the Hub and checks compatibility from headers only
     return {"method": spec.name, "base_model": base, "experts": picked, "parameters": params, "recipe": recipe}

@@ -120,7 +120,7 @@ def plan(
 
     EXAMPLES: mergebench plan recipe.yaml --shard-size 2GB
     """
-    from mergebench.merge.engine import prepare
+    from mergebench.merge.inputs import prepare
 
     inputs = prepare(config, shard_size=parse_size(shard_size))
     p = inputs.plan
@@ -170,8 +170,8 @@ def merge(
 
     EXAMPLES: mergebench merge recipe.yaml --out merged/ --push-to me/my-merge
     """
-    from mergebench.merge.engine import MergeOptions
     from mergebench.merge.engine import merge as run_merge
+    from mergebench.merge.options import MergeOptions
 
     options = MergeOptions(threads=threads, shard_size=parse_size(shard_size), resume=resume,
                            progress=sys.stderr.isatty())

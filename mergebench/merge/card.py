@@ -25,7 +25,7 @@ from mergebench.methods import MethodSpec, Params
 from mergebench.stream.format import DTYPES
 
 if TYPE_CHECKING:
-    from mergebench.merge.engine import MergeResult
+    from mergebench.merge.options import MergeResult
     from mergebench.merge.recipe import MergeRecipe
 
 logger = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ class _Run:
 
     def __init__(self, config: BenchConfig, *, stages: StageLog) -> None:
         from mergebench.eval.lighteval_wrapper import ModelOptions
-        from mergebench.merge.engine import MergeOptions
+        from mergebench.merge.options import MergeOptions
 
         self.config, self.stages = config, stages
         self.progress = False  # the stage log reports progress: no bars of merges and evaluations beneath it

@@ -63,13 +63,13 @@ def test_sizes_are_decimal_as_on_the_hub_and_binary_only_when_written_so() -> No
 
 
 def test_the_api_shard_size_is_the_clis_5gb() -> None:
-    from mergebench.merge.engine import MergeOptions
+    from mergebench.merge.options import MergeOptions
 
     assert MergeOptions().shard_size == parse_size("5GB") == 5_000_000_000
 
 
 def test_every_api_shard_size_default_is_5gb() -> None:
-    from mergebench.merge.engine import prepare
+    from mergebench.merge.inputs import prepare
     from mergebench.merge.plan import build_plan
     from mergebench.runner.config import MergeSettings
 
@@ -128,13 +128,14 @@ class CliOnly:
 
 
 OUTPUT = CliOnly("how the result is printed")
+OPTIONS = "mergebench.merge.options"
 ENGINE, EVAL, MODEL = "mergebench.merge.engine", "mergebench.eval.run:evaluate", "mergebench.eval.lighteval_wrapper"
 SERVE, FAULTS = "mergebench.hubserver.server:serve", "mergebench.cli.hub:FaultOptions"
 DEFAULTS: dict[str, dict[str, Api | CliOnly]] = {
-    "plan": {"shard_size": Api(f"{ENGINE}:MergeOptions", "shard_size", parse_size), "format": OUTPUT},
+    "plan": {"shard_size": Api(f"{OPTIONS}:MergeOptions", "shard_size", parse_size), "format": OUTPUT},
     "merge": {"push_to": Api(f"{ENGINE}:merge", "push_to"), "private": Api(f"{ENGINE}:merge", "private"),
-              "resume": Api(f"{ENGINE}:MergeOptions", "resume"), "threads": Api(f"{ENGINE}:MergeOptions", "threads"),
-              "shard_size": Api(f"{ENGINE}:MergeOptions", "shard_size", parse_size), "format": OUTPUT},
+              "resume": Api(f"{OPTIONS}:MergeOptions", "resume"), "threads": Api(f"{OPTIONS}:MergeOptions", "threads"),
+              "shard_size": Api(f"{OPTIONS}:MergeOptions", "shard_size", parse_size), "format": OUTPUT},
     "demo": {"work_dir": CliOnly("run_demo takes the folder as an argument"),
              "method": Api("mergebench.demo:run_demo", "method")},
     "eval": {"model": CliOnly("evaluate's model is required; the CLI needs it unless --list"),

@@ -21,7 +21,9 @@ from safetensors.torch import load_file
 
 from mergebench.errors import StatisticsError
 from mergebench.fixtures import write_family_to_hub_root
-from mergebench.merge.engine import MergeOptions, _statistics, merge, prepare
+from mergebench.merge.engine import _statistics, merge
+from mergebench.merge.inputs import prepare
+from mergebench.merge.options import MergeOptions
 from mergebench.merge.plan import is_embedding
 from mergebench.methods import MergeContext
 

@@ -8,7 +8,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from mergebench.merge.card import EvalRow, render_model_card
-from mergebench.merge.engine import MergeOptions, MergeResult, merge, prepare
+from mergebench.merge.engine import merge
+from mergebench.merge.inputs import prepare
+from mergebench.merge.options import MergeOptions, MergeResult
 from mergebench.methods import REGISTRY, get
 from tests.engine._build import family, recipe
 

@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from mergebench.errors import ConfigError, CorruptFileError, NonFiniteError
 from mergebench.fixtures import write_family_to_hub_root
-from mergebench.merge.engine import MergeOptions, merge
+from mergebench.merge.engine import merge
+from mergebench.merge.options import MergeOptions
 from mergebench.stream.format import parse_header
 from tests.engine._build import family, recipe
 from tests.engine.test_merge_local import interrupted_merge, load_dir

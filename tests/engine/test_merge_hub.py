@@ -13,7 +13,9 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from mergebench.errors import CorruptFileError
 from mergebench.fixtures import write_family_to_hub_root
-from mergebench.merge.engine import MergeOptions, merge, prepare
+from mergebench.merge.engine import merge
+from mergebench.merge.inputs import prepare
+from mergebench.merge.options import MergeOptions
 
 QUIET = MergeOptions(progress=False)
 

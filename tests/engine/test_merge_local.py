@@ -18,7 +18,9 @@ from mergebench.errors import (
     OutputExistsError,
     RefError,
 )
-from mergebench.merge.engine import MergeOptions, merge, prepare
+from mergebench.merge.engine import merge
+from mergebench.merge.inputs import prepare
+from mergebench.merge.options import MergeOptions
 from mergebench.stream import writer as writer_module
 from tests.engine._build import base_tensors, expert_tensors, family, recipe, write_model
 

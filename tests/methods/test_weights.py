@@ -68,7 +68,7 @@ def test_merge_command_prints_error_and_hint(tmp_path: Path) -> None:
 
 
 def test_prepare_rejects_the_weights_before_reading_any_model(tmp_path: Path) -> None:
-    from mergebench.merge.engine import prepare
+    from mergebench.merge.inputs import prepare
 
     missing = [tmp_path / name for name in ("base", "e0", "e1")]     # never read: validation comes first
     config = recipe(missing[0], missing[1:], method="model_soup", parameters={"weights": [1.0, -1.0]})

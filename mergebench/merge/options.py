@@ -1,0 +1,50 @@
+"""The records of a merge: how to run it (:class:`MergeOptions`) and what it produced (:class:`MergeResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergebench.merge.compute import CHUNK_ENTRIES
+from mergebench.merge.plan import DEFAULT_SHARD_SIZE, MergePlan
+from mergebench.merge.recipe import MergeRecipe
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """How to run a merge (not what to merge: that is the recipe)."""
+
+    threads: int = 4
+    """Read threads (network and page-in overlap compute)."""
+    compute_threads: int | None = None
+    """Threads for the merge arithmetic of elementwise methods and the top-k passes (``None``: every core)."""
+    compute_chunk: int = CHUNK_ENTRIES
+    """Entries per model merged at once by those threads (results do not depend on it)."""
+    shard_size: int = DEFAULT_SHARD_SIZE
+    """Largest output shard in bytes: 5 GB, decimal as on the Hub (``mergebench merge --shard-size 5GB``)."""
+    read_ahead_bytes: int = 512 << 20
+    """Read-ahead budget in bytes, 512 MiB (binary; not a CLI option): tensors read but not yet merged."""
+    chunk_bytes: int = 64 << 20
+    """Largest coalesced read in bytes, 64 MiB (binary; not a CLI option): one HTTP Range request."""
+    resume: bool = False
+    progress: bool = True
+    stats_device: str = "cpu"
+    """Device for the statistics stage of data-dependent methods (``"cuda"`` on a GPU machine)."""
+    cache_dir: Path | None = None
+    """Root of the statistics cache (default: ``$MERGEBENCH_CACHE`` or ``~/.cache/mergebench``)."""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out_dir: Path
+    recipe: MergeRecipe
+    """The recipe with every Hub reference pinned to its commit sha."""
+    plan: MergePlan
+    seconds: float
+    peak_rss_bytes: int
+    bytes_read: int
+    """Input bytes read by every pass (statistics passes included)."""
+    stats_seconds: float = 0.0
+    """Wall time of the data statistics stage (included in ``seconds``; zero when cached or not needed)."""
+    resumed_shards: tuple[str, ...] = ()
+    commit_url: str | None = None
