@@ -7,6 +7,7 @@ split is read with ``datasets.load_dataset`` (the real Hub code path) at the com
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ def pin_validation_source(source: str, *, base_dir: Path | None = None) -> Pin:
 def load_validation_rows(source: Pin, *, split: str = "validation") -> list[dict[str, Any]]:
     """Rows of one domain's validation split, read from exactly the pinned file or commit."""
     if source.ref.local_path is not None:
-        return read_jsonl(source.ref.local_path)
+        try:
+            return read_jsonl(source.ref.local_path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StatisticsError(f"Validation data file '{source.ref.text}' is not JSON Lines: {e}.",
+                                  hint="Write one JSON object per line (the project's chat-row schema).") from e
     import datasets
 
     dataset = datasets.load_dataset(source.ref.repo_id, split=split, revision=source.sha)

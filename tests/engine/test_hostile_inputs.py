@@ -248,3 +248,13 @@ def test_card_and_saved_recipe_of_a_local_merge_hold_no_absolute_path(tmp_path: 
     assert [m["model"] for m in saved["models"]] == ["../in/e0", "./e1"]
     card = ModelCard.load(out / "README.md")
     assert "../in/e0" in card.text and "./e1" in card.text
+
+
+def test_cli_malformed_validation_jsonl(workdir: Path) -> None:
+    (workdir / "math.jsonl").write_text('{"messages": []}\n{broken\n')
+    (workdir / "regmean.yaml").write_text(yaml.safe_dump(
+        {"method": "regmean", "base_model": "./base", "models": [{"model": "./e0", "domain": "math"}],
+         "data": {"math": "math.jsonl"}}))
+    _assert_clean_error(_cli("merge", "regmean.yaml", "--out", "o", cwd=workdir),
+                        "Validation data file 'math.jsonl' is not JSON Lines", "Write one JSON object per line")
+    assert not (workdir / "o").exists() and not (workdir / ".o.partial").exists()
