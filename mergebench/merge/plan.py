@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 from mergebench.errors import IncompatibleModelsError
 from mergebench.hub.models import ResolvedModel
+from mergebench.methods.common import is_embedding
 from mergebench.stream.format import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, element_size
 
 DEFAULT_SHARD_SIZE = 5_000_000_000
 """Largest output shard: 5 GB in Hugging Face's decimal convention (``save_pretrained``'s "5GB")."""
 
-EMBEDDING_MARKERS = ("embed_tokens", "lm_head", "wte", "wpe", "embed")
-"""Substrings naming embedding and output-head tensors, copied from the base unless ``merge_embeddings``."""
+
 
 CONFIG_KEYS = (
     "model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -86,9 +86,6 @@ class MergePlan:
     def shard_of(self) -> dict[str, str]:
         return {name: shard.filename for shard in self.shards for name in shard.tensors}
 
-
-def is_embedding(name: str) -> bool:
-    return any(marker in name for marker in EMBEDDING_MARKERS)
 
 
 def check_compatible(base: ResolvedModel, experts: Sequence[ResolvedModel]) -> None:
@@ -171,4 +168,4 @@ def _layout(tensors: Sequence[TensorPlan], shard_size: int) -> tuple[ShardPlan, 
     return tuple(ShardPlan(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups))
 
 
-__all__ = ["DTYPES", "MergePlan", "ShardPlan", "TensorPlan", "build_plan", "check_compatible", "is_embedding"]
+__all__ = ["DTYPES", "MergePlan", "ShardPlan", "TensorPlan", "build_plan", "check_compatible"]

@@ -82,3 +82,12 @@ def require(condition: bool, message: str, hint: str | None = None) -> None:
     """Raise :class:`~mergebench.errors.ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message, hint=hint)
+
+
+EMBEDDING_MARKERS = ("embed_tokens", "lm_head", "wte", "wpe", "embed")
+"""Substrings naming embedding and output-head tensors, copied from the base unless ``merge_embeddings``."""
+
+
+def is_embedding(name: str) -> bool:
+    """Whether a tensor is an embedding or the output head (copied from the base unless ``merge_embeddings``)."""
+    return any(marker in name for marker in EMBEDDING_MARKERS)

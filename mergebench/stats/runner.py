@@ -146,7 +146,7 @@ def _fisher(expert: ModelSource, rows: Sequence[Row], config: FisherConfig, opti
 
 def _mask(expert: ModelSource, rows: Sequence[Row], config: MaskConfig, options: StatsOptions,
           base: ModelSource | None) -> dict:
-    from mergebench.merge.plan import is_embedding
+    from mergebench.methods.common import is_embedding
 
     if base is None:
         raise StatisticsError("The 'mask' statistics stage needs the base model.",

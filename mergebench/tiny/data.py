@@ -18,7 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from mergebench.data.publish import write_parquet
 from mergebench.data.schema import features
 from mergebench.domains import DOMAINS
-from mergebench.tiny.domains import SOURCE, TINY_DOMAINS, chat_rows
+from mergebench.eval.tinybench import SOURCE, TINY_DOMAINS, chat_rows
 from mergebench.tiny.stages import is_current, stage_fingerprint, write_record
 from mergebench.work import atomic_folder
 
@@ -55,7 +55,7 @@ def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_RO
 
     A folder is reused only when it was built from the same inputs: the sizes, the seed, the schema, this
     module's format version and the digest of the rows themselves (generating them takes milliseconds, so
-    a change to a generator in :mod:`mergebench.tiny.domains` rebuilds exactly the domains it changes).
+    a change to a generator in :mod:`mergebench.eval.tinybench` rebuilds exactly the domains it changes).
     Each folder records its fingerprint (:mod:`mergebench.tiny.stages`) for the stages trained on it.
     """
     folders = {}

@@ -24,8 +24,8 @@ from mergebench.fixtures import write_family_to_hub_root
 from mergebench.merge.engine import _statistics, merge
 from mergebench.merge.inputs import prepare
 from mergebench.merge.options import MergeOptions
-from mergebench.merge.plan import is_embedding
 from mergebench.methods import MergeContext
+from mergebench.methods.common import is_embedding
 
 DOMAINS = ("math", "coding", "safety")
 PARAMETERS = {

@@ -14,9 +14,9 @@ from mergebench.domains import DOMAINS
 from mergebench.eval.data_source import EXTRA_SETS
 from mergebench.eval.prompts import chat_choice
 from mergebench.eval.tasks import SUITES, get_task
+from mergebench.eval.tinybench import TINY_DOMAINS, chat_rows, eval_splits, items
 from mergebench.prompt import CHATML_TEMPLATE, encode_chat
 from mergebench.tiny.data import write_domain_datasets
-from mergebench.tiny.domains import TINY_DOMAINS, chat_rows, eval_splits, items
 
 ALL = (*DOMAINS, "general")
 
@@ -51,7 +51,7 @@ def test_multilingual_gold_answers_in_the_language_of_the_question() -> None:
 
 
 def test_safety_refuses_exactly_the_harmful_requests() -> None:
-    from mergebench.tiny.domains import _BENIGN, _HARMFUL, REFUSAL
+    from mergebench.eval.tinybench import _BENIGN, _HARMFUL, REFUSAL
 
     for item in items("safety", "test", 60):
         verb = next(v for v in sorted((*_HARMFUL, *_BENIGN), key=len, reverse=True) if f"do I {v} " in item.question)
