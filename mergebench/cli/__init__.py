@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx2 as httpx  # the HTTP client huggingface_hub uses: its connection errors reach us unwrapped
 import typer
@@ -124,7 +124,7 @@ def plan(
 
     inputs = prepare(config, shard_size=parse_size(shard_size))
     p = inputs.plan
-    summary = {
+    summary: dict[str, Any] = {
         "method": inputs.spec.name,
         "parameters": inputs.params.__dict__,
         "base_model": inputs.pinned.base_model,
@@ -193,7 +193,7 @@ def methods_ls(format: FormatOpt = "table") -> None:
     """List the merge methods with their parameters, defaults and search grids (declared by each method)."""
     from mergebench import methods
 
-    rows = [{"method": s.name, "title": s.title, "paper": s.paper, "data": s.data_stats or "none",
+    rows: list[dict[str, Any]] = [{"method": s.name, "title": s.title, "paper": s.paper, "data": s.data_stats or "none",
              "parameters": s.defaults(), "grid": {k: list(v) for k, v in s.grid.items()},
              "elementwise": s.elementwise} for s in methods.REGISTRY]
     if format == "json":

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -47,7 +47,7 @@ class FaultOptions:
 
     def arm(self, faults: Faults) -> list[str]:
         """Arm every requested fault on ``faults``; returns one human-readable line per fault."""
-        common = {"times": self.times, "path_glob": self.path}
+        common: dict[str, Any] = {"times": self.times, "path_glob": self.path}
         armed: list[tuple[str, Callable[[], object]]] = []
         if self.http_error is not None:
             status = self.http_error

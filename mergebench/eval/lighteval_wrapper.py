@@ -81,7 +81,8 @@ def install_registry_override() -> None:
         return Registry._extract_configs(Registry.create_custom_tasks_module(custom_tasks))
 
     load_project_tasks._mergebench = True  # type: ignore[attr-defined]
-    Registry.load_all_task_configs = staticmethod(load_project_tasks)
+    # Deliberate monkey-patch of lighteval's class: mypy forbids assigning to a method.
+    Registry.load_all_task_configs = staticmethod(load_project_tasks)  # type: ignore[method-assign]
 
 
 class _DropExpected(logging.Filter):
@@ -211,7 +212,8 @@ def load_model(model: Any, *, cache_dir: Path, tokenizer: Any = None, options: M
     config = _model_config_class()(model_name=label.replace("/", "__"), tokenizer=str(tokenizer_dir), device=device,
                                    batch_size=options.batch_size, dtype=options.dtype, cache_dir=str(cache_dir),
                                    max_length=options.max_length)
-    hf_model = hf_model.to(device).eval()
+    # transformers types PreTrainedModel.to as @wraps(Module.to), whose signature hides the bound self.
+    hf_model = hf_model.to(device).eval()  # type: ignore[arg-type]
     return _model_class().from_model(hf_model, config)
 
 

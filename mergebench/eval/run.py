@@ -30,7 +30,7 @@ from mergebench.eval.data_source import resolve_source, task_data
 from mergebench.eval.lighteval_wrapper import ModelOptions, load_model, prepare_offline, run_task
 from mergebench.eval.metrics import MetricContext
 from mergebench.eval.refusal import make_judge
-from mergebench.eval.results import Results, ResultsWriter, TaskResult, new_results, now, push_results
+from mergebench.eval.results import Results, ResultsWriter, RunStatus, TaskResult, new_results, now, push_results
 from mergebench.eval.sandbox import SandboxConfig
 from mergebench.eval.tasks import TaskSpec, resolve_tasks
 from mergebench.hub.refs import Pin, Ref, pin
@@ -94,7 +94,7 @@ def _load(model: Any, backend: Backend, *, tokenizer: Any, cache_dir: Path, opti
 def _task_result(spec: TaskSpec, *, started: float, data: dict, run: Any = None, error: BaseException | None = None
                  ) -> TaskResult:
     seconds = round(time.perf_counter() - started, 3)
-    common = dict(name=spec.name, domain=spec.domain, role=spec.role, version=spec.version,
+    common: dict[str, Any] = dict(name=spec.name, domain=spec.domain, role=spec.role, version=spec.version,
                   main_metric=spec.main_metric, seconds=seconds, data=data, finished_at=now())
     if error is not None:
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
@@ -177,7 +177,7 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
                     "sandbox": asdict(sandbox), **asdict(options)}
         writer = ResultsWriter(new_results(model=model_block, settings=settings, eval_data=source.describe(),
                                            environment=_versions(), cost=cost), Path(out) if out else None)
-        status = "failed"
+        status: RunStatus = "failed"
         try:
             for spec in tqdm(specs, desc="mergebench eval", unit="task", disable=not progress, file=sys.stderr):
                 writer.add(_run_one(lighteval_model, spec, source, max_samples=max_samples, work_dir=work_dir,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 
-from mergebench.domains import DOMAINS
+from mergebench.domains import DOMAINS, Domain
 from mergebench.eval.results import Results, load_results
 
 
@@ -81,7 +81,7 @@ def _tasks_of(results: Results, domain: str, *, validation: bool = False) -> lis
     return [n for n, t in results.tasks.items() if t.domain == domain and (t.role == "validation") == validation]
 
 
-def normalised(model: Results, experts: Mapping[str, Results], *, validation: bool = False
+def normalised(model: Results, experts: Mapping[Domain, Results] | Mapping[str, Results], *, validation: bool = False
                ) -> tuple[float | None, dict[str, Ratios]]:
     """(mean over domains of the within-domain mean ratio to the expert, per-domain ratios).
 

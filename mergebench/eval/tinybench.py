@@ -146,7 +146,7 @@ def _multilingual(rng: random.Random, pool: list) -> Item:
 
 # ---- coding: what a Python expression evaluates to ----------------------------------------------------------
 
-def _expression(rng: random.Random, kind: str) -> tuple[str, object]:
+def _expression(rng: random.Random, kind: str) -> tuple[str, int]:
     xs = [rng.randint(1, 9) for _ in range(rng.randint(3, 5))]
     i = rng.randrange(len(xs))
     a, b = rng.randint(10, 40), rng.randint(2, 9)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergebench.domains import Domain
 from mergebench.eval.results import Results, results_from_dict, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class PointRecord:
         return cls(**data)
 
 
-def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_validation: dict[str, Results],
+def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_validation: dict[Domain, Results],
               merge_options: Any, eval_options: Any, eval_data: str | None, progress: bool) -> PointRecord:
     """Merge (or reuse the merged folder of) ``point``, score it on its validation tasks, write its record."""
     from mergebench.eval import evaluate

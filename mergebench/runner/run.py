@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from mergebench.domains import DOMAINS
+from mergebench.domains import DOMAINS, Domain
 from mergebench.eval.results import Results, load_results
 from mergebench.hub.refs import pin
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
@@ -112,7 +112,7 @@ def point_weight(validation_tasks: tuple[str, ...] | list[str]) -> float:
     return 1.0 + (eval_weight(list(validation_tasks)) if validation_tasks else 0.0)
 
 
-def _references(run: _Run, base: BaseEntry) -> tuple[Results, dict[str, Results], Results | None]:
+def _references(run: _Run, base: BaseEntry) -> tuple[Results, dict[Domain, Results], Results | None]:
     config, folder = run.config, run.results_dir / base.label
     base_ref, base_id = config.model_ref(base.model), config.base_id(base)
     base_results = run.evaluate(base_ref, folder / "base.json", run.evaluation_tasks,
@@ -154,7 +154,7 @@ def _grid(run: _Run, base: BaseEntry, entry: MethodEntry, fingerprints: dict[str
     return grid
 
 
-def _search(run: _Run, base: BaseEntry, entry: MethodEntry, experts: dict[str, Results],
+def _search(run: _Run, base: BaseEntry, entry: MethodEntry, experts: dict[Domain, Results],
             fingerprints: dict[str, str]) -> tuple[GridPoint, PointRecord, list[PointRecord]]:
     """Run (or reuse) every grid point of one method; the winner and all records."""
     grid_dir = run.out / "grid" / base.label / entry.key

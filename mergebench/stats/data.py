@@ -163,7 +163,8 @@ def load_model(model: ModelSource, options: StatsOptions) -> torch.nn.Module:
 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
-        return loaded.to(options.device).eval()
+        # transformers types PreTrainedModel.to as @wraps(Module.to), whose signature hides the bound self.
+        return loaded.to(options.device).eval()  # type: ignore[arg-type]
     except Exception as e:  # transformers raises OSError, ValueError, RuntimeError ... for unusable folders
         raise StatisticsError(
             f"Cannot load model '{model.name}' ({model.path}) for its statistics: {type(e).__name__}: "

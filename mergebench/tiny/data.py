@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from mergebench.data.publish import write_parquet
 from mergebench.data.schema import features
-from mergebench.domains import DOMAINS
+from mergebench.domains import DOMAINS, Domain
 from mergebench.eval.tinybench import SOURCE, TINY_DOMAINS, chat_rows
 from mergebench.tiny.stages import is_current, stage_fingerprint, write_record
 from mergebench.work import atomic_folder
@@ -50,7 +50,7 @@ def _card(domain: str, seed: int) -> DatasetCard:
 
 
 def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_ROWS,
-                          validation: int = VALIDATION_ROWS) -> dict[str, Path]:
+                          validation: int = VALIDATION_ROWS) -> dict[Domain, Path]:
     """Write (or reuse) the five domain dataset folders under ``out_dir``; returns domain → folder.
 
     A folder is reused only when it was built from the same inputs: the sizes, the seed, the schema, this

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from mergebench.domains import DOMAINS
+from mergebench.domains import DOMAINS, Domain
 from mergebench.runner.progress import StageLog
 from mergebench.tiny.data import TRAIN_ROWS, VALIDATION_ROWS, write_domain_datasets
 from mergebench.tiny.stages import is_current, recorded_fingerprint, stage_fingerprint, write_record
@@ -115,8 +115,8 @@ def expert_inputs(domain: str, *, recipe: dict[str, Any], base: Path, data: Path
             "manifest": MANIFEST_VERSION, "prompt_format": PROMPT_FORMAT_VERSION}
 
 
-def train_experts(base: Path, data: dict[str, Path], out_dir: Path, *, progress: bool = True, recipe: str = "tiny",
-                  stages: StageLog | None = None, **overrides: Any) -> dict[str, Path]:
+def train_experts(base: Path, data: dict[Domain, Path], out_dir: Path, *, progress: bool = True, recipe: str = "tiny",
+                  stages: StageLog | None = None, **overrides: Any) -> dict[Domain, Path]:
     """Fine-tune one expert per domain with the ``recipe`` (+ ``overrides``); experts built from the same
     recipe, base and data are reused."""
     from mergebench.train import load_train_config, train_expert
