@@ -59,6 +59,18 @@ class NonFiniteError(CorruptFileError):
     """An input tensor holds NaN or Inf (checked by default; ``check_finite: false`` disables it)."""
 
 
+class NetworkError(MergeBenchError, OSError):
+    """The Hub could not be read: retries exhausted (drops, stalls, 5xx) or an answer no retry can fix (4xx).
+
+    Unlike input errors, an interrupted merge's ``.NAME.partial`` folder is kept: ``--resume`` continues it."""
+
+    def __init__(self, message: str, *, model: str, filename: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or "Check the network and HF_ENDPOINT, then re-run with --resume to "
+                                                "continue where the merge stopped.")
+        self.model = model
+        self.filename = filename
+
+
 class StatisticsError(MergeBenchError, ValueError):
     """A data-dependent method lacks statistics, data or a domain for one of its models."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mergebench.errors import MergeBenchError, OutputExistsError
+from mergebench.errors import MergeBenchError, NetworkError, OutputExistsError
 from mergebench.hub.models import ResolvedModel
 from mergebench.merge.card import write_model_card
 from mergebench.merge.inputs import MergeInputs, inputs_fingerprint, prepare, published_recipe
@@ -120,8 +120,9 @@ def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str
             state["thresholds"] = thresholds.tolist()
             _save_state(partial, state)
         bytes_read += merge_pass(inputs, partial, options, dict(state["shards"]), thresholds, statistics, shard_done)
-    except MergeBenchError:
-        shutil.rmtree(partial)  # bad input: nothing worth resuming. Interruptions keep it for --resume.
+    except MergeBenchError as e:
+        if not isinstance(e, NetworkError):  # bad input: nothing worth resuming; network failures keep it
+            shutil.rmtree(partial)
         raise
 
     if inputs.plan.sharded:

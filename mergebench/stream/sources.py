@@ -21,7 +21,7 @@ import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
 import numpy as np
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from mergebench.errors import ConfigError, CorruptFileError
+from mergebench.errors import ConfigError, CorruptFileError, NetworkError
 from mergebench.stream.format import FileHeader, header_length, parse_header
 
 logger = logging.getLogger(__name__)
@@ -161,12 +161,15 @@ class HttpSource:
             try:
                 self._attempt(t, want_total)
             except (_Retryable, httpx.TransportError) as e:
-                idle = 0 if t.got > reached else idle + 1
+                # progress resets the budget, but not when the attempt ended in a stall: a link that trickles a
+                # few bytes and then goes silent on every request must end in an error, not crawl for hours
+                stalled = isinstance(e, httpx.TimeoutException)
+                idle = 0 if t.got > reached and not stalled else idle + 1
                 if idle > self._retries:
-                    raise OSError(
+                    raise NetworkError(
                         f"Reading '{self._filename}' of '{self._model}' failed: {idle} attempts in a row received "
-                        f"nothing ({t.got}/{len(t.buf)} bytes of the range received, at byte {t.position}); "
-                        f"the last one: {self._describe(e)}.") from e
+                        f"nothing or stalled ({t.got}/{len(t.buf)} bytes of the range received, at byte {t.position}); "
+                        f"the last one: {self._describe(e)}.", model=self._model, filename=self._filename) from e
                 delay = self._backoff * 2 ** max(idle - 1, 0)
                 logger.warning("Retrying %s of %s at byte %d in %gs: %s", self._filename, self._model,
                                t.position, delay, self._describe(e))
@@ -199,6 +202,11 @@ class HttpSource:
         """Retry answers a later attempt may not get (429, 5xx); fail on those no retry can fix."""
         if response.status_code in (429, 500, 502, 503, 504):
             raise _Retryable(f"HTTP {response.status_code}")
+        if 400 <= response.status_code < 500 and response.status_code != 416:
+            hint = ("Log in (`hf auth login`) or set HF_TOKEN with access to the repo."
+                    if response.status_code in (401, 403) else "The file may have been deleted; re-upload it.")
+            raise NetworkError(f"The Hub answered HTTP {response.status_code} for '{self._filename}' of "
+                               f"'{self._model}'.", model=self._model, filename=self._filename, hint=hint)
         if response.status_code == 416:
             raise CorruptFileError(
                 f"'{self._filename}' in '{self._model}' is shorter than its header says "

@@ -59,3 +59,28 @@ def test_a_stalled_config_json_ends_in_an_error_not_a_hang(hub, hub_root: Path, 
     assert outcome and outcome[0] is not None and "timed out" in str(outcome[0]).lower()
     assert time.monotonic() - started < 60
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fault", ["http_503_always", "http_404_shard", "stall_after_1000_always"])
+def test_a_hub_that_never_delivers_ends_in_a_network_error_and_keeps_nothing_wrong(
+        fault: str, hub, hub_root: Path, tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    """Found by the probe campaign after the header reads moved to the resumable source: these faults ended in
+    raw tracebacks (OSError, HTTPStatusError), and a link trickling 1000 bytes per request crawled forever."""
+    from mergebench.errors import NetworkError
+
+    repos = write_family_to_hub_root(tiny_llama, hub_root)
+    monkeypatch.setenv("MERGEBENCH_READ_TIMEOUT", "0.5")
+    if fault == "http_503_always":
+        hub.faults.http_error(503, times=None, path_glob="*.safetensors")
+    elif fault == "http_404_shard":
+        hub.faults.http_error(404, times=None, path_glob="model-00001-*")
+    else:
+        hub.faults.stall_after_bytes(1000, times=None, path_glob="*.safetensors")
+    started = time.monotonic()
+    with pytest.raises(NetworkError) as info:
+        merge(_recipe(repos["base"], [repos["math"]]), tmp_path / "out", options=QUIET)
+    assert time.monotonic() - started < 90
+    assert info.value.hint and not (tmp_path / "out").exists()
+    if fault == "http_404_shard":
+        assert "HTTP 404" in str(info.value) and info.value.filename.startswith("model-00001-")
