@@ -19,7 +19,8 @@ category, never a hung campaign. What counts as **handled**:
   DARE) at a seeded random moment after its ``.partial`` folder appeared, then ``--resume`` exits 0 with shards
   byte-identical to a fresh, uninterrupted merge and no ``.partial`` left.
 * **network faults**: a Hub merge under one armed fault either exits 0 with shards byte-identical to the local
-  merge of the same models, or exits 1 with an ``Error:`` line within the time bound; the Hub cache
+  merge of the same models, or exits 1 with an ``Error:`` line within the time bound, leaving nothing but its
+  resumable ``.NAME.partial`` (progress file + a ``--resume`` hint, as documented); the Hub cache
   (``HF_HOME``) holds no model file afterwards.
 * **hostile programs**: the sandbox status is not ``passed`` for every program that does not legitimately
   pass (all of them end with a failing ``assert``), benign programs pass, the fake token never shows in the
@@ -178,6 +179,14 @@ def leftovers(out: Path) -> list[str]:
     if out.exists():
         found.append(out.name)
     return found
+
+
+def kept_for_resume(out: Path, stderr: str) -> bool:
+    """Whether what a failed merge left is only its resumable work folder, as documented for network failures:
+    ``.NAME.partial`` with its progress file (verified shards), no output folder, and a hint to ``--resume``."""
+    partial = out.parent / f".{out.name}.partial"
+    return (not out.exists() and leftovers(out) == [partial.name]
+            and (partial / ".mergebench_progress.json").is_file() and "--resume" in stderr)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -1094,7 +1103,7 @@ class Network:
                     o.detail = f"exit 0, identical to the local merge in {r.seconds:.1f}s"
             elif r.rc != 1 or not has_error_line(r.stderr):
                 o.verdict, o.detail = "unclean_error", f"exit {r.rc}: {last_lines(r.stderr)}"
-            elif leftovers(work / "out"):
+            elif leftovers(work / "out") and not kept_for_resume(work / "out", r.stderr):
                 o.verdict, o.detail = "partial_left", f"left behind: {leftovers(work / 'out')}"
             elif fault.expect == "success":
                 o.verdict = "other"
