@@ -116,10 +116,9 @@ def _resolve_local(ref: Ref) -> ResolvedModel:
 def _resolve_hub(ref: Ref, api: HfApi) -> ResolvedModel:
     repo_id, revision = ref.repo_id, ref.revision
     assert repo_id
-    info = with_retries(lambda: api.model_info(repo_id, revision=revision, files_metadata=True))
+    info = with_retries(lambda: api.model_info(repo_id, revision=revision))
     sha = info.sha
     file_list = tuple(sorted(s.rfilename for s in info.siblings or []))
-    sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
     logger.info("Resolved %s to commit %s", ref.text, sha)
     pinned = ResolvedModel(ref, sha, {}, {}, {}, file_list)
     shards = _shard_names(ref, file_list, lambda name: pinned.read_text(name) or "")
@@ -134,11 +133,6 @@ def _resolve_hub(ref: Ref, api: HfApi) -> ResolvedModel:
         except ValueError as e:
             raise CorruptFileError(f"The safetensors header of '{name}' in '{pinned.label}' is invalid: {e}",
                                    model=pinned.label, filename=name, hint=_CORRUPT_HINT) from e
-    for name, header in files.items():
-        if name in sizes and sizes[name] < 8 + header.data_size:
-            raise CorruptFileError(
-                f"'{name}' in '{ref.text}' is truncated on the Hub: {sizes[name]} bytes, but its header needs "
-                f"more than {8 + header.data_size}.", model=pinned.label, filename=name, hint="Re-upload the shard.")
     config_text = pinned.read_text("config.json")
     config = _parse_json(config_text, model=pinned.label, filename="config.json") if config_text else {}
     return ResolvedModel(ref, sha, files, _weight_map(files), config, file_list)
