@@ -11,6 +11,10 @@ point's record, a Tiny stage, a data build, an evaluation's results) uses these 
   sha, :mod:`mergebench.hub.refs`).
 - :func:`fingerprint_of`: one digest of everything a stage is built from (inputs' shas or fingerprints,
   recipe, settings, code version), the key a stage is resumed or skipped by.
+- :class:`Stage` / :func:`write_record` / :func:`is_current`: the one resume decision. A finished stage
+  leaves a small JSON record (``{"stage", "fingerprint", "inputs", "outputs"}``) written atomically *after*
+  its output; a later run skips the stage only when that record's fingerprint equals the fingerprint of
+  what the stage would be built from now. A missing, unreadable or different record means "build again".
 - :func:`read_jsonl`: the rows of a JSON Lines file (plain or ``.gz``), the one reader every layer uses.
 
 A local file's fingerprint is its **size, modification time (ns) and an XXH3-128 hash of 16 evenly
@@ -22,6 +26,7 @@ reading about a megabyte per file instead of a pass over a multi-GB shard.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -29,7 +34,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +129,68 @@ def path_fingerprint(path: Path) -> str:
 def fingerprint_of(document: Any) -> str:
     """sha256 of the canonical JSON of ``document``: everything a stage is built from, as one key."""
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A unit of work, identified by everything it is built from.
+
+    Args:
+        kind: what the stage makes (``"expert"``, ``"evaluation"``, ``"merge"``, ...).
+        inputs: everything the output depends on: inputs' commit shas or local fingerprints, the recipe, the
+            settings. JSON-able (anything else is keyed by its ``str``).
+        version: bump when the stage's output changes in a way ``inputs`` do not show (a new layout or code
+            path), so that every record written before is out of date.
+
+    >>> Stage("evaluation", {"model": "rev:abc", "tasks": ["mb_gsm8k"]}).fingerprint  # doctest: +SKIP
+    """
+
+    kind: str
+    inputs: Mapping[str, Any]
+    version: int = 1
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of({"stage": self.kind, "version": self.version, **self.inputs})
+
+
+def read_record(record: Path) -> dict[str, Any] | None:
+    """The JSON object in ``record``, or ``None`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(record).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def recorded_fingerprint(record: Path) -> str | None:
+    """The ``fingerprint`` field of ``record`` (a stage record or any resume state that carries one)."""
+    data = read_record(record)
+    found = data.get("fingerprint") if data else None
+    return found if isinstance(found, str) else None
+
+
+def is_current(record: Path, fingerprint: str) -> bool:
+    """Whether ``record`` says its stage was finished from exactly ``fingerprint``: the one skip decision."""
+    return recorded_fingerprint(record) == fingerprint
+
+
+def write_record(record: Path, stage: Stage, outputs: Mapping[str, Any] | None = None) -> str:
+    """Record (atomically, after the stage's output is in place) that ``stage`` is finished; returns its
+    fingerprint. ``outputs`` are measurements worth keeping with it (timings, peak memory)."""
+    fingerprint = stage.fingerprint
+    document = {"stage": stage.kind, "fingerprint": fingerprint, "inputs": dict(stage.inputs),
+                "outputs": dict(outputs or {})}
+    write_atomic(record, json.dumps(document, indent=1, sort_keys=True, default=str) + "\n")
+    return fingerprint
+
+
+def sidecar_record(output: Path) -> Path:
+    """Where the record of a stage whose output is ``output`` lives when the output cannot hold it (a results
+    file, a merged model that is published as it is): ``.NAME.stage.json`` beside it (hidden, so folder
+    listings and ``*.json`` readers that skip dot-files ignore it)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.stage.json")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 
 Output goes to a hidden ``.NAME.partial`` folder next to the destination and is renamed into place only when
 complete; ``resume=True`` keeps the verified shards and top-k thresholds of an interrupted run of the same
-merge (same :func:`~mergebench.merge.inputs.inputs_fingerprint`).
+merge (same :func:`~mergebench.merge.inputs.inputs_fingerprint`, checked by :func:`mergebench.work.is_current`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mergebench.merge.recipe import MergeRecipe
 from mergebench.paths import cache_root
 from mergebench.stats import ModelSource, StatisticsReader, StatsOptions, run_stage
 from mergebench.stream.writer import checksum_file, write_index
-from mergebench.work import write_atomic
+from mergebench.work import is_current, read_record, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +168,10 @@ def _check_output_dir(out_dir: Path) -> None:
 
 def _resume_state(partial: Path, fingerprint: str) -> dict[str, Any] | None:
     """The state of an interrupted run of the same merge, keeping only shards that still verify."""
-    try:
-        state = json.loads((partial / PROGRESS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    state = read_record(partial / PROGRESS_FILE)
+    if state is None:
         return None
-    if state.get("fingerprint") != fingerprint:
+    if not is_current(partial / PROGRESS_FILE, fingerprint):
         logger.warning("The interrupted merge in %s used another recipe or plan, or a local input has changed "
                        "since; starting over.", partial)
         return None

@@ -11,7 +11,6 @@ Hugging Face Job per point — and be collected by copying their records into th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mergebench.domains import Domain
-from mergebench.eval.results import Results, results_from_dict, write_atomic
+from mergebench.eval.results import Results, results_from_dict
+from mergebench.work import Stage, fingerprint_of, is_current, read_record, write_atomic, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,17 @@ class GridPoint:
         return dict(self.recipe.get("parameters") or {})
 
     @property
+    def fingerprint(self) -> str:
+        """Everything the point is built from (:func:`mergebench.work.fingerprint_of`): its record is reused
+        only when the record carries this fingerprint."""
+        return fingerprint_of({"recipe": self.recipe, "validation": self.validation_tasks,
+                               "settings": self.eval_settings, "inputs": self.fingerprints,
+                               "version": RECORD_VERSION})
+
+    @property
     def id(self) -> str:
-        payload = json.dumps({"recipe": self.recipe, "validation": self.validation_tasks,
-                              "settings": self.eval_settings, "inputs": self.fingerprints,
-                              "version": RECORD_VERSION}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """The point's file-system name: the first 16 hex digits of its :attr:`fingerprint`."""
+        return self.fingerprint[:16]
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class PointRecord:
     """What a finished point leaves behind (``grid/<method>/<id>.json``)."""
 
     id: str
+    fingerprint: str
+    """The :attr:`GridPoint.fingerprint` the record was made from (the resume decision compares it)."""
     method_key: str
     parameters: dict[str, Any]
     recipe: dict[str, Any]
@@ -79,13 +87,11 @@ class PointRecord:
         return {"record_version": RECORD_VERSION, **self.__dict__}
 
     @classmethod
-    def load(cls, path: Path) -> PointRecord | None:
-        """The record at ``path``, or ``None`` if it is missing or from another record version."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        if data.pop("record_version", None) != RECORD_VERSION:
+    def load(cls, path: Path, point: GridPoint) -> PointRecord | None:
+        """The record of ``point`` at ``path``, or ``None`` unless it was finished from exactly ``point``
+        (:func:`mergebench.work.is_current`: missing, unreadable, other fingerprint or record version)."""
+        data = read_record(path) if is_current(path, point.fingerprint) else None
+        if data is None or data.pop("record_version", None) != RECORD_VERSION:
             return None
         return cls(**data)
 
@@ -99,16 +105,17 @@ def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_v
     from mergebench.merge.recipe import MergeRecipe
 
     started = time.perf_counter()
-    stats_file = model_dir.with_name(f"{model_dir.name}.merge.json")
-    if (model_dir / RECIPE_FILE).is_file() and stats_file.is_file():
+    merged = Stage("merge", {"point": point.fingerprint})
+    merge_record = model_dir.with_name(f"{model_dir.name}.merge.json")
+    if (model_dir / RECIPE_FILE).is_file() and is_current(merge_record, merged.fingerprint):
         logger.info("Reusing the merged model in %s", model_dir)
-        stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        stats = (read_record(merge_record) or {})["outputs"]
     else:
         shutil.rmtree(model_dir, ignore_errors=True)  # finished but unrecorded: its timings are lost, merge again
         result = merge(point.recipe, model_dir, options=merge_options)
         stats = {"merge_seconds": result.seconds, "stats_seconds": result.stats_seconds,
                  "peak_memory_bytes": result.peak_rss_bytes}
-        write_atomic(stats_file, json.dumps(stats))
+        write_record(merge_record, merged, outputs=stats)
     pinned = MergeRecipe.from_yaml(model_dir / RECIPE_FILE).model_dump(exclude_defaults=True)
     validation, score, validation_seconds = None, None, 0.0
     if point.validation_tasks:
@@ -119,7 +126,8 @@ def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_v
                                        "parameters": point.parameters, "grid_point": point.id})
         validation_seconds = time.perf_counter() - eval_started
         validation, score = results.to_dict(), normalised(results, experts_validation, validation=True)[0]
-    record = PointRecord(id=point.id, method_key=point.method_key, parameters=point.parameters, recipe=pinned,
+    record = PointRecord(id=point.id, fingerprint=point.fingerprint, method_key=point.method_key,
+                         parameters=point.parameters, recipe=pinned,
                          merge_seconds=stats["merge_seconds"], stats_seconds=stats["stats_seconds"],
                          peak_memory_bytes=stats["peak_memory_bytes"], validation_seconds=validation_seconds,
                          score=score, validation=validation)

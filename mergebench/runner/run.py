@@ -36,6 +36,7 @@ from mergebench.hub.refs import pin
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
 from mergebench.runner.point import GridPoint, PointRecord, run_point
 from mergebench.runner.progress import StageLog
+from mergebench.work import Stage, is_current, sidecar_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -82,24 +83,41 @@ class _Run:
 
         return [t for t in tasks if TASKS[t].domain in domains]
 
+    def evaluation_stage(self, weights: str, tasks: list[str], model_info: dict, *, section: str) -> Stage:
+        """What an evaluation's results are built from: the weights (a commit sha, a local fingerprint, or the
+        grid point a merge comes from), the tasks, the section's settings, the evaluation data, what the
+        results file says about the model."""
+        settings = self.config.validation if section == "validation" else self.config.evaluation
+        return Stage("evaluation", {"weights": weights, "tasks": tasks, "settings": settings.model_dump(mode="json"),
+                                    "eval_data": str(self.eval_data), "model_info": model_info})
+
+    def reuse(self, path: Path, stage: Stage, *, label: str) -> Results | None:
+        """The complete results at ``path`` if they were made from exactly ``stage`` (its record beside them)."""
+        if not (path.is_file() and is_current(sidecar_record(path), stage.fingerprint)):
+            return None
+        old = load_results(path)
+        if old.run.get("status") != "complete":
+            return None
+        self.stages.reused(label, weight=eval_weight(list(stage.inputs["tasks"])))
+        return old
+
     def evaluate(self, model: str, path: Path, tasks: list[str], model_info: dict, *, section: str, label: str,
-                 cost: dict | None = None) -> Results:
-        """Evaluate ``model`` on ``tasks`` into ``path``, or reuse that file if complete for the same tasks and the
-        same weights (the results' pinned revision: a commit sha, or a local folder's fingerprint)."""
+                 cost: dict | None = None, weights: str | None = None) -> Results:
+        """Evaluate ``model`` on ``tasks`` into ``path``, or reuse that file if it was made from the same weights
+        (``weights``, default: ``model``'s commit sha or local fingerprint), tasks and settings."""
         from mergebench.eval import evaluate
 
+        stage = self.evaluation_stage(weights or _fingerprint(model), tasks, model_info, section=section)
+        old = self.reuse(path, stage, label=label)
+        if old is not None:
+            return old
         settings = self.config.validation if section == "validation" else self.config.evaluation
-        if path.is_file():
-            old = load_results(path)
-            if (old.run.get("status") == "complete" and old.settings.get("tasks") == tasks
-                    and old.settings.get("max_samples") == settings.max_samples
-                    and old.model.get("revision") == _fingerprint(model)):  # the same weights, not just the path
-                self.stages.reused(label, weight=eval_weight(tasks))
-                return old
         with self.stages.stage(label, weight=eval_weight(tasks), done=f"{len(tasks)} task(s) evaluated"):
-            return evaluate(model, tasks=tasks, max_samples=settings.max_samples, out=path, eval_data=self.eval_data,
-                            options=self.eval_options[section], model_info=model_info, cost=cost,
-                            progress=self.progress)
+            results = evaluate(model, tasks=tasks, max_samples=settings.max_samples, out=path,
+                               eval_data=self.eval_data, options=self.eval_options[section], model_info=model_info,
+                               cost=cost, progress=self.progress)
+        write_record(sidecar_record(path), stage)
+        return results
 
 
 def eval_weight(tasks: list[str]) -> float:
@@ -164,7 +182,7 @@ def _search(run: _Run, base: BaseEntry, entry: MethodEntry, experts: dict[Domain
     for i, point in enumerate(points):
         label = _point_label(run, base, entry, point, i, len(points))
         weight = point_weight(point.validation_tasks)
-        record = PointRecord.load(grid_dir / f"{point.id}.json")
+        record = PointRecord.load(grid_dir / f"{point.id}.json", point)
         if record is not None:
             run.stages.reused(label, weight=weight)
         else:
@@ -205,11 +223,10 @@ def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, rec
     if entry.label:
         info["label"] = entry.label
     label = run.label(base, f"{entry.key} evaluation")
-    if path.is_file():
-        old = load_results(path)
-        if old.run.get("status") == "complete" and old.model.get("grid_point") == point.id:
-            run.stages.reused(label, weight=eval_weight(run.evaluation_tasks))
-            return old
+    weights = f"grid point {point.fingerprint}"  # the merge is deterministic: its point names its weights
+    old = run.reuse(path, run.evaluation_stage(weights, run.evaluation_tasks, info, section="evaluation"), label=label)
+    if old is not None:
+        return old
     if not (model_dir / "config.json").is_file():  # deleted, or not kept: merge the winner again (deterministic)
         from mergebench.merge.engine import merge
 
@@ -217,7 +234,7 @@ def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, rec
         with run.stages.stage(run.label(base, f"{entry.key} merge of the best point"), weight=1.0, done="merged"):
             merge(point.recipe, model_dir, options=run.merge_options)
     results = run.evaluate(str(model_dir), path, run.evaluation_tasks, info, section="evaluation", label=label,
-                           cost=cost)
+                           cost=cost, weights=weights)
     push = run.config.push
     if push and push.models:
         from mergebench.hub.push import push_folder

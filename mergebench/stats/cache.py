@@ -1,11 +1,11 @@
 """Statistics files: one safetensors file per (expert, stage), keyed by tensor name, cached by content.
 
-File: ``{cache_dir}/{stage}/{key}.safetensors`` with ``key = sha256`` of a JSON document holding the stage,
-the file format version, the prompt format version, the model's identity (its commit or a hash of its
-weight and config files), the base's identity (``mask`` only), the sha256 of the rows used, and every
-parameter that changes the numbers. The safetensors metadata repeats those fields (``mergebench.*``) so a
-file explains itself. Files are written to a temporary name and renamed, so a crash never leaves a
-truncated file under a valid key.
+File: ``{cache_dir}/{stage}/{key}.safetensors`` with ``key`` the :func:`mergebench.work.fingerprint_of` of a
+JSON document holding the stage, the file format version, the prompt format version, the model's identity
+(its commit, or the local fingerprint of its weight and config files), the base's identity (``mask`` only),
+the sha256 of the rows used, and every parameter that changes the numbers. The safetensors metadata repeats
+those fields (``mergebench.*``) so a file explains itself. Files are written to a temporary name and renamed,
+so a crash never leaves a truncated file under a valid key.
 
 Loading for a merge is lazy (:class:`StatisticsReader`): statistics can be larger than the model (RegMean's
 Gram matrices are Σ in² per linear layer), so only one tensor's statistics per expert are read at a time.
@@ -13,7 +13,6 @@ Gram matrices are Σ in² per linear layer), so only one tensor's statistics per
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,7 @@ from torch import Tensor
 from mergebench.errors import StatisticsError
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.stats.data import ModelSource
-from mergebench.work import atomic_file
+from mergebench.work import atomic_file, fingerprint_of, folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +36,24 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json")
 
 
 def model_identity(model: ModelSource) -> str:
-    """``rev:<sha>`` when the revision is known, else ``sha256:<hash of weight and config files>``."""
+    """``rev:<sha>`` when the revision is known, else the local folder's fingerprint of its weight and config
+    files (:func:`mergebench.work.folder_fingerprint`, the one scheme every stage uses for local inputs)."""
     if model.revision:
         return f"rev:{model.revision}"
-    h = hashlib.sha256()
     folder = Path(model.path)
     if not folder.is_dir():
         raise StatisticsError(f"Model '{model.name}': '{folder}' is not a folder.",
                               hint="Statistics load each model from a local folder (config.json + weights).")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(MODEL_FILE_SUFFIXES))
-    if not files:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(MODEL_FILE_SUFFIXES))
+    if not names:
         raise StatisticsError(f"Model folder '{folder}' has no weight or config files.",
                               hint="Statistics load each model from a local folder (config.json + weights).")
-    for path in files:
-        h.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return f"sha256:{h.hexdigest()}"
+    return folder_fingerprint(folder, names)
 
 
 def cache_key(document: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``document`` (plus format versions)."""
-    full = {**document, "format": FORMAT, "prompt_format": PROMPT_FORMAT_VERSION}
-    return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
+    """The statistics file's key: :func:`mergebench.work.fingerprint_of` of ``document`` plus format versions."""
+    return fingerprint_of({**document, "format": FORMAT, "prompt_format": PROMPT_FORMAT_VERSION})
 
 
 def cache_path(cache_dir: Path, stage: str, key: str) -> Path:

@@ -19,13 +19,15 @@ from mergebench.data.publish import write_parquet
 from mergebench.data.schema import features
 from mergebench.domains import DOMAINS, Domain
 from mergebench.eval.tinybench import SOURCE, TINY_DOMAINS, chat_rows
-from mergebench.tiny.stages import is_current, stage_fingerprint, write_record
-from mergebench.work import atomic_folder
+from mergebench.work import Stage, atomic_folder, is_current, write_record
 
 TRAIN_ROWS = 512
 VALIDATION_ROWS = 64
 FORMAT_VERSION = 1
 """Bump when the folder layout or the card changes (the rows themselves are covered by their digest)."""
+STAGE_RECORD = "mergebench-tiny-stage.json"
+"""Each finished Tiny stage folder (data, base, expert, runner) holds its :func:`mergebench.work.write_record`
+record under this name, written last: a folder without a matching record is built again."""
 
 _CARD = """
 # MergeBench-Tiny: {domain}
@@ -56,7 +58,8 @@ def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_RO
     A folder is reused only when it was built from the same inputs: the sizes, the seed, the schema, this
     module's format version and the digest of the rows themselves (generating them takes milliseconds, so
     a change to a generator in :mod:`mergebench.eval.tinybench` rebuilds exactly the domains it changes).
-    Each folder records its fingerprint (:mod:`mergebench.tiny.stages`) for the stages trained on it.
+    Each folder records its fingerprint (a :class:`mergebench.work.Stage` record, :data:`STAGE_RECORD`) for the
+    stages trained on it.
     """
     folders = {}
     for domain in DOMAINS:
@@ -66,7 +69,7 @@ def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_RO
                   "validation": chat_rows(domain, "validation", validation, seed=seed)}
         inputs = {"domain": domain, "seed": seed, "train": train, "validation": validation,
                   "format": FORMAT_VERSION, "features": str(features()), "rows": _digest(splits)}
-        if is_current(folder, stage_fingerprint("data", inputs)):
+        if is_current(folder / STAGE_RECORD, Stage("data", inputs).fingerprint):
             continue
         with atomic_folder(folder) as tmp:
             for split, rows in splits.items():
@@ -74,7 +77,7 @@ def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_RO
             (tmp / "validation.jsonl").write_text(
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in splits["validation"]), encoding="utf-8")
             (tmp / "README.md").write_text(str(_card(domain, seed)), encoding="utf-8")
-            write_record(tmp, "data", inputs)
+            write_record(tmp / STAGE_RECORD, Stage("data", inputs))
     return folders
 
 

@@ -1,10 +1,11 @@
 """MergeBench-Tiny end to end: data → base → five experts → the benchmark runner → leaderboard.
 
 Every stage is cached in the work folder and reused only when it was built from exactly the inputs it would
-be built from now (:mod:`mergebench.tiny.stages`): change the data sizes or a row generator and the data,
-the experts and the runner's results are rebuilt; change the ``tiny`` training recipe (its learning rate,
-its steps) and the experts are trained again. A second ``mergebench tiny`` (or ``make demo``) after an
-interruption continues where the first stopped; the benchmark runner caches its grid points the same way.
+be built from now (a :class:`mergebench.work.Stage` record, ``mergebench-tiny-stage.json``): change the data
+sizes or a row generator and the data, the experts and the runner's results are rebuilt; change the ``tiny``
+training recipe (its learning rate, its steps) and the experts are trained again. A second ``mergebench tiny``
+(or ``make demo``) after an interruption continues where the first stopped; the benchmark runner caches its grid
+points the same way.
 Layout of ``work_dir``::
 
     data/<domain>/          dataset folders (train / validation splits, card)   — mergebench.tiny.data
@@ -30,9 +31,16 @@ import yaml
 
 from mergebench.domains import DOMAINS, Domain
 from mergebench.runner.progress import StageLog
-from mergebench.tiny.data import TRAIN_ROWS, VALIDATION_ROWS, write_domain_datasets
-from mergebench.tiny.stages import is_current, recorded_fingerprint, stage_fingerprint, write_record
-from mergebench.work import atomic_folder, path_fingerprint, write_atomic
+from mergebench.tiny.data import STAGE_RECORD, TRAIN_ROWS, VALIDATION_ROWS, write_domain_datasets
+from mergebench.work import (
+    Stage,
+    atomic_folder,
+    is_current,
+    path_fingerprint,
+    recorded_fingerprint,
+    write_atomic,
+    write_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +68,7 @@ class TinyConfig:
 
 def stage_id(folder: Path) -> str:
     """What downstream stages record about ``folder``: its recorded fingerprint, else a fingerprint of its files."""
-    return recorded_fingerprint(folder) or path_fingerprint(folder)
+    return recorded_fingerprint(folder / STAGE_RECORD) or path_fingerprint(folder)
 
 
 def _base_inputs() -> dict[str, Any]:
@@ -86,7 +94,7 @@ def prepare_base(out_dir: Path) -> Path:
     """
     out_dir = Path(out_dir)
     inputs = _base_inputs()
-    if is_current(out_dir, stage_fingerprint("base", inputs)):
+    if is_current(out_dir / STAGE_RECORD, Stage("base", inputs).fingerprint):
         return out_dir
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,7 +109,7 @@ def prepare_base(out_dir: Path) -> Path:
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_record(tmp, "base", inputs)
+        write_record(tmp / STAGE_RECORD, Stage("base", inputs))
     return out_dir
 
 
@@ -129,14 +137,14 @@ def train_experts(base: Path, data: dict[Domain, Path], out_dir: Path, *, progre
         experts[domain] = folder
         inputs = expert_inputs(domain, recipe=config.model_dump(mode="json"), base=base, data=data[domain])
         label = f"{domain} expert"
-        if is_current(folder, stage_fingerprint("expert", inputs)):
+        if is_current(folder / STAGE_RECORD, Stage("expert", inputs).fingerprint):
             stages.reused(label, weight=WEIGHTS["expert"])
             continue
         with stages.stage(label, weight=WEIGHTS["expert"], done=f"trained ({config.max_steps or config.epochs} "
                                                                   f"{'steps' if config.max_steps else 'epochs'})"):
             result = train_expert(base=base, domain=domain, data={domain: data[domain]}, out_dir=folder,
                                   config=config, progress=progress, base_repo_id=BASE_ID, overwrite=True)
-            write_record(folder, "expert", inputs)
+            write_record(folder / STAGE_RECORD, Stage("expert", inputs))
         logger.info("Trained the %s expert in %.0fs (final loss %.3f)", domain, result.seconds, result.final_loss)
     return experts
 
@@ -194,7 +202,7 @@ def prepare(work_dir: Path, *, progress: bool = True, config: TinyConfig = TinyC
     with stages.stage("data", weight=WEIGHTS["data"], done="ready"):
         data = write_domain_datasets(work.data, seed=config.seed, train=config.train_rows,
                                      validation=config.validation_rows)
-    base_current = is_current(work.base, stage_fingerprint("base", _base_inputs()))
+    base_current = is_current(work.base / STAGE_RECORD, Stage("base", _base_inputs()).fingerprint)
     if base_current:
         stages.reused("base model", weight=WEIGHTS["base"])
         base = work.base
@@ -238,11 +246,11 @@ def run_tiny(work_dir: Path, *, progress: bool = True, config: TinyConfig = Tiny
     plan_benchmark(BenchConfig.from_yaml(write_bench_config(work)), stages)  # the bar counts every stage from the start
     bench = prepare(work.root, config=config, stages=stages)
     inputs = runner_inputs(work)
-    if not is_current(work.run, stage_fingerprint("runner", inputs)):
+    if not is_current(work.run / STAGE_RECORD, Stage("runner", inputs).fingerprint):
         if work.run.exists():
             logger.warning("The base, experts, data or benchmark configuration changed since %s was written: "
                            "starting the benchmark run again.", work.run)
             shutil.rmtree(work.run)
         work.run.mkdir(parents=True)
-        write_record(work.run, "runner", inputs)
+        write_record(work.run / STAGE_RECORD, Stage("runner", inputs))
     return run_benchmark(bench, resume=True, stages=stages)

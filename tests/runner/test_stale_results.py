@@ -46,3 +46,24 @@ def test_changed_expert_weights_are_evaluated_again(tiny_llama, validation_dir, 
     assert after["math"].run["id"] != before["math"].run["id"]
     assert after["math"].model["revision"] != before["math"].model["revision"]
     assert all(after[d].run["id"] == before[d].run["id"] for d in DOMAINS if d != "math")
+
+
+def test_changed_evaluation_settings_evaluate_every_model_again(tiny_llama, validation_dir, tmp_path: Path) -> None:
+    """Before, a results file was reused when its tasks, ``max_samples`` and weights matched: scores computed in
+    float32 were kept after the configuration asked for bfloat16 (and a final merge's scores whenever its grid
+    point matched). Now the evaluation's record (:class:`mergebench.work.Stage`) covers every setting."""
+    bench = _bench(tiny_llama.base, dict(tiny_llama.experts), validation_dir, tmp_path / "run")
+    first = run_benchmark(BenchConfig.from_dict(bench), progress=False)
+    folder = first.results_dir / "tiny-llama"
+    names = ["base", *(f"expert_{d}" for d in DOMAINS), "model_soup"]
+    before = {n: load_results(folder / f"{n}.json") for n in names}
+    assert all((folder / f".{n}.json.stage.json").is_file() for n in names)
+
+    run_benchmark(BenchConfig.from_dict(bench), progress=False)  # nothing changed: everything is reused
+    assert all(load_results(folder / f"{n}.json").run["id"] == before[n].run["id"] for n in names)
+
+    bench["evaluation"]["dtype"] = "bfloat16"
+    run_benchmark(BenchConfig.from_dict(bench), progress=False)
+    after = {n: load_results(folder / f"{n}.json") for n in names}
+    assert all(after[n].run["id"] != before[n].run["id"] for n in names)
+    assert {after[n].settings["dtype"] for n in names} == {"bfloat16"}
