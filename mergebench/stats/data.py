@@ -10,8 +10,6 @@ encoded with :func:`mergebench.prompt.encode_chat`, the one prompt format used e
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -120,15 +118,6 @@ def rows_for(expert: ModelSource, rows: Mapping[str, Sequence[Row]], num_samples
 def _clip(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def rows_digest(rows: Sequence[Row]) -> str:
-    """sha256 of the rows' canonical JSON: what the cache key knows about the data."""
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 def load_tokenizer(model: ModelSource, options: StatsOptions) -> Any:

@@ -28,13 +28,13 @@ from mergebench.stats.data import (
     load_model,
     load_tokenizer,
     pad_token_id,
-    rows_digest,
     rows_for,
     with_responses,
 )
 from mergebench.stats.fisher import FisherConfig, compute_fisher
 from mergebench.stats.gram import GramConfig, compute_gram
 from mergebench.stats.masks import MaskConfig, task_vectors, train_masks
+from mergebench.work import fingerprint_of
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
     paths = []
     for expert, expert_rows in zip(experts, selected, strict=True):
         document = {"stage": stage, "model": model_identity(expert), "base": base_id, "domain": expert.domain,
-                    "rows": rows_digest(expert_rows), "num_rows": len(expert_rows),
+                    "rows": fingerprint_of(expert_rows), "num_rows": len(expert_rows),
                     "config": dataclasses.asdict(config), "max_length": options.max_length,
                     "chat_template": options.chat_template,
                     "tokenizer": str(options.tokenizer) if options.tokenizer else None}

@@ -9,7 +9,6 @@ are not written here: the ``mb_tinybench_*`` tasks generate them (they are a pur
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from mergebench.data.publish import write_parquet
 from mergebench.data.schema import features
 from mergebench.domains import DOMAINS, Domain
 from mergebench.eval.tinybench import SOURCE, TINY_DOMAINS, chat_rows
-from mergebench.work import Stage, atomic_folder, is_current, write_record
+from mergebench.work import Stage, atomic_folder, fingerprint_of, is_current, write_record
 
 TRAIN_ROWS = 512
 VALIDATION_ROWS = 64
@@ -68,7 +67,7 @@ def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_RO
         splits = {"train": chat_rows(domain, "train", train, seed=seed),
                   "validation": chat_rows(domain, "validation", validation, seed=seed)}
         inputs = {"domain": domain, "seed": seed, "train": train, "validation": validation,
-                  "format": FORMAT_VERSION, "features": str(features()), "rows": _digest(splits)}
+                  "format": FORMAT_VERSION, "features": str(features()), "rows": fingerprint_of(splits)}
         if is_current(folder / STAGE_RECORD, Stage("data", inputs).fingerprint):
             continue
         with atomic_folder(folder) as tmp:
@@ -79,11 +78,3 @@ def write_domain_datasets(out_dir: Path, *, seed: int = 0, train: int = TRAIN_RO
             (tmp / "README.md").write_text(str(_card(domain, seed)), encoding="utf-8")
             write_record(tmp / STAGE_RECORD, Stage("data", inputs))
     return folders
-
-
-def _digest(splits: dict[str, list[dict]]) -> str:
-    h = hashlib.sha256()
-    for split, rows in sorted(splits.items()):
-        for row in rows:
-            h.update(f"{split}\t{json.dumps(row, sort_keys=True, ensure_ascii=False)}\n".encode())
-    return h.hexdigest()
