@@ -41,7 +41,10 @@ class FaultOptions:
     stall_after_bytes: int | None = None
     stall_seconds: float | None = None
     http_error: int | None = None
+    retry_after: float | None = None
     delay: float | None = None
+    throttle: float | None = None
+    short_body: int | None = None
     times: int | None = 1  # None: every matching request
     path: str = "*"
 
@@ -51,11 +54,21 @@ class FaultOptions:
         armed: list[tuple[str, Callable[[], object]]] = []
         if self.http_error is not None:
             status = self.http_error
-            armed.append((f"HTTP {status} instead of the answer", lambda: faults.http_error(status, **common)))
+            retry = self.retry_after
+            armed.append((f"HTTP {status} instead of the answer" + ("" if retry is None else
+                                                                     f" with Retry-After: {retry:g}"),
+                          lambda: faults.http_error(status, retry_after=retry, **common)))
         if self.delay is not None:
             delay = self.delay
             armed.append((f"{delay}s delay before the headers and each 1 MiB chunk",
                           lambda: faults.delay(delay, **common)))
+        if self.throttle is not None:
+            rate = self.throttle
+            armed.append((f"bodies sent at {rate:g} bytes/s", lambda: faults.throttle(rate, **common)))
+        if self.short_body is not None:
+            missing = self.short_body
+            armed.append((f"bodies {missing} bytes short with a matching Content-Length",
+                          lambda: faults.short_body(missing, **common)))
         if self.drop_after_bytes is not None:
             n = self.drop_after_bytes
             armed.append((f"connection cut after {n} body bytes", lambda: faults.drop_after_bytes(n, **common)))
@@ -90,9 +103,18 @@ def serve_command(
     http_error: Annotated[int | None, typer.Option(
         "--http-error", min=400, max=599, metavar="STATUS", rich_help_panel=_FAULTS,
         help="Answer with HTTP STATUS (e.g. 503, 429, 500) instead of serving the request.")] = None,
+    retry_after: Annotated[float | None, typer.Option(
+        "--retry-after", min=0, metavar="SECONDS", rich_help_panel=_FAULTS,
+        help="With --http-error: also send 'Retry-After: SECONDS' (as a rate-limited Hub does with 429).")] = None,
     delay: Annotated[float | None, typer.Option(
         "--delay", min=0, metavar="SECONDS", rich_help_panel=_FAULTS,
         help="Sleep SECONDS before the headers and before each 1 MiB body chunk (a slow link).")] = None,
+    throttle: Annotated[float | None, typer.Option(
+        "--throttle", min=1, metavar="BYTES_PER_S", rich_help_panel=_FAULTS,
+        help="Send file bodies at most BYTES_PER_S (e.g. 100000 for 100 KB/s).")] = None,
+    short_body: Annotated[int | None, typer.Option(
+        "--short-body", min=1, metavar="N", rich_help_panel=_FAULTS,
+        help="Send file bodies N bytes short with a Content-Length that agrees (a lying length).")] = None,
     fault_times: Annotated[int, typer.Option(
         "--fault-times", min=0, metavar="K", rich_help_panel=_FAULTS,
         help="How many matching requests each fault affects before it expires; 0: every one.")] = 1,
@@ -120,10 +142,12 @@ def serve_command(
     from mergebench.hubserver import serve
 
     faults = FaultOptions(drop_after_bytes=drop_after_bytes, stall_after_bytes=stall_after_bytes,
-                          stall_seconds=stall_seconds, http_error=http_error, delay=delay,
-                          times=fault_times or None, path=fault_path)
+                          stall_seconds=stall_seconds, http_error=http_error, retry_after=retry_after, delay=delay,
+                          throttle=throttle, short_body=short_body, times=fault_times or None, path=fault_path)
     if stall_seconds is not None and stall_after_bytes is None:
         raise typer.BadParameter("--stall-seconds needs --stall-after-bytes.", param_hint="--stall-seconds")
+    if retry_after is not None and http_error is None:
+        raise typer.BadParameter("--retry-after needs --http-error.", param_hint="--retry-after")
 
     def ready(hub: LoopbackHub) -> None:
         for line in faults.arm(hub.faults):

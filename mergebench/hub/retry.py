@@ -1,4 +1,5 @@
-"""Retrying Hub calls: transient failures (5xx, 429, dropped connections) are retried with back-off."""
+"""Retrying Hub calls: transient failures (5xx, 429, dropped connections) are retried with back-off, waiting at
+least what the server's ``Retry-After`` asks for (:func:`mergebench.stream.sources.retry_after_seconds`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx2 as httpx  # the HTTP client huggingface_hub uses (get_session())
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from mergebench.stream.sources import http_timeout
+from mergebench.stream.sources import http_timeout, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ def with_retries(call: Callable[[], T], *, retries: int = 5, backoff: float = 0.
             transient = isinstance(e, httpx.TransportError) or status in RETRYABLE_STATUS
             if not transient or attempt == retries:
                 raise
-            delay = backoff * 2**attempt
+            headers = getattr(getattr(e, "response", None), "headers", None) or {}
+            delay = max(backoff * 2**attempt, retry_after_seconds(headers) or 0.0)
             logger.warning("Hub request failed (%s); retrying in %.1fs", status or type(e).__name__, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

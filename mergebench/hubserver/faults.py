@@ -12,6 +12,9 @@ expires (``None``: until :meth:`Faults.clear`).
 >>> hub.faults.drop_after_bytes(3000, times=2, path_glob="*.safetensors")   # doctest: +SKIP
 >>> hub.faults.http_error(503, times=1)                                     # doctest: +SKIP
 >>> hub.faults.stall_after_bytes(0, times=None)   # headers, then silence     # doctest: +SKIP
+>>> hub.faults.http_error(429, retry_after=1)     # with a Retry-After header  # doctest: +SKIP
+>>> hub.faults.throttle(100_000, times=None)      # 100 KB/s bodies            # doctest: +SKIP
+>>> hub.faults.short_body(10, path_glob="*.json") # Content-Length 10 too small # doctest: +SKIP
 >>> hub.stats.bytes_for("*.safetensors")                                    # doctest: +SKIP
 """
 
@@ -26,7 +29,7 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-FaultKind = Literal["drop", "error", "delay", "stall"]
+FaultKind = Literal["drop", "error", "delay", "stall", "throttle", "short"]
 
 
 def path_matches(path: str, glob: str) -> bool:
@@ -46,6 +49,9 @@ class FaultRule:
     status: int = 503  # error: HTTP status returned instead of the real answer
     seconds: float = 0.0  # delay: sleep before each body chunk (and before the headers)
     pause: float | None = None  # stall: seconds of silence after ``after_bytes`` (None: until the server stops)
+    retry_after: float | None = None  # error: the Retry-After header's seconds (None: no header)
+    rate: float = 0.0  # throttle: body bytes per second
+    short_by: int = 0  # short: bytes missing from the body *and* from its Content-Length (a lying length)
     fired: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -67,11 +73,30 @@ class Faults:
         return self._add(FaultRule("drop", path_glob, method, times, after_bytes=n))
 
     def http_error(self, status: int = 503, *, times: int | None = 1, path_glob: str = "*",
-                   method: str | None = None) -> FaultRule:
-        """Answer matching requests with ``status`` (and a JSON error body) instead of serving them."""
+                   method: str | None = None, retry_after: float | None = None) -> FaultRule:
+        """Answer matching requests with ``status`` (and a JSON error body) instead of serving them; with
+        ``retry_after``, also a ``Retry-After: <seconds>`` header (what a rate-limited Hub sends with 429)."""
         if not 400 <= status <= 599:
             raise ValueError(f"http_error needs a 4xx or 5xx status, got {status}.")
-        return self._add(FaultRule("error", path_glob, method, times, status=status))
+        if retry_after is not None and retry_after < 0:
+            raise ValueError(f"http_error needs retry_after >= 0 or None, got {retry_after}.")
+        return self._add(FaultRule("error", path_glob, method, times, status=status, retry_after=retry_after))
+
+    def throttle(self, bytes_per_second: float, *, times: int | None = None, path_glob: str = "*",
+                 method: str | None = "GET") -> FaultRule:
+        """Send the body of matching file downloads at most ``bytes_per_second`` (a slow link, not a stall)."""
+        if bytes_per_second <= 0:
+            raise ValueError(f"throttle needs bytes_per_second > 0, got {bytes_per_second}.")
+        return self._add(FaultRule("throttle", path_glob, method, times, rate=bytes_per_second))
+
+    def short_body(self, missing: int, *, times: int | None = 1, path_glob: str = "*",
+                   method: str | None = "GET") -> FaultRule:
+        """Serve matching file downloads ``missing`` bytes short *with a Content-Length that agrees*, on a
+        connection that stays open: nothing at the HTTP level is wrong, only the size the file (or the
+        Content-Range) promised. A client that trusts Content-Length alone gets a silently truncated file."""
+        if missing < 1:
+            raise ValueError(f"short_body needs missing >= 1, got {missing}.")
+        return self._add(FaultRule("short", path_glob, method, times, short_by=missing))
 
     def delay(self, seconds_per_chunk: float, *, times: int | None = None, path_glob: str = "*",
               method: str | None = None) -> FaultRule:

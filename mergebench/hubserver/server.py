@@ -109,7 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
             if delay is not None:
                 time.sleep(delay.seconds)
             if (rule := hub.faults.take("error", method, path)) is not None:
-                response = json_response({"error": f"Injected fault: HTTP {rule.status}."}, rule.status)
+                retry = {} if rule.retry_after is None else {"Retry-After": f"{rule.retry_after:g}"}
+                response = json_response({"error": f"Injected fault: HTTP {rule.status}."}, rule.status, retry)
             else:
                 response = dispatch(req, hub.store)
         except RequestError as e:
@@ -133,6 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, response: Response, method: str, path: str, delay: FaultRule | None) -> None:
         length = response.file_length if response.file is not None else len(response.body)
+        faults = self.server.hub.faults
+        short = faults.take("short", method, path) if response.file is not None and method == "GET" else None
+        if short is not None:
+            logger.info("fault: serving %s %s %d bytes short, with a Content-Length to match", method, path,
+                        short.short_by)
+            length = max(0, length - short.short_by)
         self.send_response(response.status)
         for key, value in response.headers.items():
             self.send_header(key, value)
@@ -145,12 +152,15 @@ class _Handler(BaseHTTPRequestHandler):
         if response.file is None:
             self.wfile.write(response.body)
             return
-        faults = self.server.hub.faults
         drop, stall = faults.take("drop", method, path), faults.take("stall", method, path)
+        throttle = faults.take("throttle", method, path)
         response.file.seek(response.file_start)
-        sent, stats = 0, self.server.hub.stats
+        sent, stats, started = 0, self.server.hub.stats, time.monotonic()
         while sent < length:
             n = min(CHUNK, length - sent)
+            if throttle is not None:  # tenth-of-a-second slices, each sent when the rate allows it
+                n = min(n, max(1, int(throttle.rate / 10)))
+                time.sleep(max(0.0, sent / throttle.rate - (time.monotonic() - started)))
             if drop is not None:
                 n = min(n, drop.after_bytes - sent)
                 if n <= 0:

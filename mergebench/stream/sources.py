@@ -7,12 +7,15 @@ enough for its header before any tensor is read, so a truncated shard fails up f
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import math
 import mmap
 import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -170,7 +173,7 @@ class HttpSource:
                         f"Reading '{self._filename}' of '{self._model}' failed: {idle} attempts in a row received "
                         f"nothing or stalled ({t.got}/{len(t.buf)} bytes of the range received, at byte {t.position}); "
                         f"the last one: {self._describe(e)}.", model=self._model, filename=self._filename) from e
-                delay = self._backoff * 2 ** max(idle - 1, 0)
+                delay = max(self._backoff * 2 ** max(idle - 1, 0), getattr(e, "wait", None) or 0.0)
                 logger.warning("Retrying %s of %s at byte %d in %gs: %s", self._filename, self._model,
                                t.position, delay, self._describe(e))
                 time.sleep(delay)
@@ -201,7 +204,7 @@ class HttpSource:
     def _check(self, response: httpx.Response, t: _Transfer) -> None:
         """Retry answers a later attempt may not get (429, 5xx); fail on those no retry can fix."""
         if response.status_code in (429, 500, 502, 503, 504):
-            raise _Retryable(f"HTTP {response.status_code}")
+            raise _Retryable(f"HTTP {response.status_code}", wait=retry_after_seconds(response.headers))
         if 400 <= response.status_code < 500 and response.status_code != 416:
             hint = ("Log in (`hf auth login`) or set HF_TOKEN with access to the repo."
                     if response.status_code in (401, 403) else "The file may have been deleted; re-upload it.")
@@ -284,7 +287,30 @@ def _positive_seconds(seconds: float, origin: str, default: float) -> float:
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, *, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait  # what the server asked for (Retry-After), if anything
+
+
+MAX_RETRY_AFTER = 300.0
+"""The longest ``Retry-After`` honoured (seconds): a server asking for more is waited on this long."""
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait a 429/503 answer asks for (``Retry-After``: seconds, or an HTTP date), at most
+    :data:`MAX_RETRY_AFTER`; ``None`` when absent or unreadable. The Hub rate-limits with 429 + Retry-After, and
+    retrying sooner only spends the attempts a retry budget allows."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
 
 
 def _content_range(value: str) -> tuple[int | None, int | None]:

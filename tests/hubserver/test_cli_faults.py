@@ -85,3 +85,21 @@ def test_bad_fault_options_are_usage_errors(tmp_path, options, message) -> None:
     result = CliRunner().invoke(hub_app, ["serve", str(tmp_path), "--port", "0", *options],
                                 env={"COLUMNS": "200"})  # the message on one line of the error box
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.timeout(60)
+def test_rate_limit_with_retry_after_and_a_short_body_from_the_command_line(root) -> None:
+    options = ("--http-error", "429", "--retry-after", "2", "--short-body", "240", "--fault-times", "1",
+               "--fault-path", "*.safetensors")
+    with serve(root, *options) as (url, stderr):
+        assert any("Fault armed: HTTP 429 instead of the answer with Retry-After: 2" in line for line in stderr)
+        assert any("Fault armed: bodies 240 bytes short" in line for line in stderr)
+        limited = httpx.get(_url(url))
+        assert limited.status_code == 429 and limited.headers["Retry-After"] == "2"
+        assert _received(_url(url)) == (BLOB[:-240], None)  # short, and nothing at the HTTP level says so
+        assert _received(_url(url)) == (BLOB, None)
+
+
+def test_retry_after_needs_http_error(root) -> None:
+    result = CliRunner().invoke(hub_app, ["serve", str(root), "--retry-after", "1"])
+    assert result.exit_code == 2 and "--retry-after needs --http-error" in result.output

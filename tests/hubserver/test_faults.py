@@ -164,3 +164,40 @@ def test_fault_arguments_are_checked(hub) -> None:
         hub.faults.stall_after_bytes(-1)
     with pytest.raises(ValueError, match="seconds >= 0 or None"):
         hub.faults.stall_after_bytes(0, seconds=-1)
+
+
+def test_http_error_can_carry_retry_after(hub, blob) -> None:
+    hub.faults.http_error(429, times=1, path_glob="*.safetensors", retry_after=1.5)
+    first, second = _get(hub), _get(hub)
+    assert first.status_code == 429 and first.headers["Retry-After"] == "1.5"
+    assert second.status_code == 200 and "Retry-After" not in second.headers and second.content == blob
+
+
+def test_throttle_limits_the_body_rate(hub, blob) -> None:
+    hub.faults.throttle(4096, times=1, path_glob="*.safetensors")  # 10 240 bytes at 4 KiB/s: at least 2 s
+    started = time.monotonic()
+    slow = _get(hub)
+    slow_seconds = time.monotonic() - started
+    assert slow.content == blob and slow_seconds >= 2.0
+    started = time.monotonic()
+    assert _get(hub).content == blob and time.monotonic() - started < slow_seconds  # expired after one request
+
+
+def test_short_body_lies_consistently_and_a_ranged_read_sees_the_gap(hub, blob) -> None:
+    hub.faults.short_body(1000, times=2, path_glob="*.safetensors")
+    whole = _get(hub)
+    assert whole.status_code == 200 and int(whole.headers["Content-Length"]) == len(blob) - 1000
+    assert whole.content == blob[:-1000]  # nothing at the HTTP level says it is short
+    ranged = _get(hub, headers={"Range": "bytes=2000-5999"})
+    assert ranged.status_code == 206 and ranged.headers["Content-Range"] == f"bytes 2000-5999/{len(blob)}"
+    assert ranged.content == blob[2000:5000]  # 3000 bytes for a promised 4000
+    assert _get(hub).content == blob
+
+
+def test_a_short_body_is_refused_by_hf_hub_download_and_the_retry_is_whole(hub, blob, tmp_path) -> None:
+    """The size the HEAD answer promised is what the client checks, not the lying GET's Content-Length."""
+    hub.faults.short_body(1000, times=1, path_glob="*.safetensors")
+    with pytest.raises(OSError, match="Consistency check failed"):
+        hf_hub_download(REPO, "weights.safetensors", cache_dir=tmp_path, endpoint=hub.url)
+    path = hf_hub_download(REPO, "weights.safetensors", cache_dir=tmp_path, endpoint=hub.url)
+    assert Path(path).read_bytes() == blob

@@ -168,3 +168,49 @@ def test_an_answer_for_another_range_is_never_stored_as_the_requested_bytes() ->
             source._fetch(100, 110)
     finally:
         server.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_a_rate_limit_is_waited_out_as_retry_after_asks(hub, shard) -> None:
+    """Before, a 429's Retry-After was ignored: quick back-offs (0.01 s doubling, 0.3 s in all here) spent the
+    whole retry budget while the Hub was still refusing, and the read failed. Now each retry waits at least what
+    the server asked, so a rate limit that lifts after a second is waited out."""
+    data, _ = shard
+    source = _source(hub)
+    hub.faults.http_error(429, times=None, path_glob="*.safetensors", retry_after=0.6)
+    threading.Timer(1.0, hub.faults.clear).start()  # the rate limit lifts after 1 s
+    started = time.monotonic()
+    assert _read_in_thread(source, 20) == data
+    assert time.monotonic() - started >= 1.0
+
+
+def test_a_hub_call_waits_out_retry_after_too(hub, shard) -> None:
+    """Small files (configs, indexes) are retried by :func:`mergebench.hub.retry.with_retries`: while the Hub
+    rate-limits for 2 s asking for 2.5 s, one wait of 2.5 s replaces the 0.2/0.4/0.8/1.6 s back-off that asked
+    five times."""
+    from mergebench.hub.retry import get_bytes
+
+    (hub.repo_dir(REPO) / "config.json").write_text('{"ok": 1}')
+    hub.faults.http_error(429, times=None, path_glob="config.json", retry_after=2.5)
+    threading.Timer(2.0, hub.faults.clear).start()
+    hub.stats.reset()
+    assert get_bytes(hf_hub_url(REPO, "config.json", endpoint=hub.url)) == b'{"ok": 1}'
+    assert hub.stats.count("GET", "config.json") == 2
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("2", 2.0), ("0.5", 0.5), ("-3", 0.0), ("1e9", 300.0),
+                                                ("soon", None), ("nan", None), ("", None)])
+def test_retry_after_values(value: str, seconds: float | None) -> None:
+    from mergebench.stream.sources import retry_after_seconds
+
+    assert retry_after_seconds({"Retry-After": value}) == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    import email.utils
+
+    from mergebench.stream.sources import retry_after_seconds
+
+    wait = retry_after_seconds({"retry-after": email.utils.formatdate(time.time() + 30, usegmt=True)})
+    assert wait is not None and 25 <= wait <= 31
+    assert retry_after_seconds({}) is None
