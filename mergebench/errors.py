@@ -71,6 +71,15 @@ class NetworkError(MergeBenchError, OSError):
         self.filename = filename
 
 
+class PushError(MergeBenchError, OSError):
+    """Uploading to the Hub failed after its retries, with nothing lost locally: the finished output stays where
+    it is and the hint says how to push it again. ``repo_id`` names the repo being written."""
+
+    def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.repo_id = repo_id
+
+
 class StatisticsError(MergeBenchError, ValueError):
     """A data-dependent method lacks statistics, data or a domain for one of its models."""
 

@@ -5,7 +5,9 @@ Folders (a merged model, an expert, a domain dataset, the evaluation repo) are p
 a failed run uploads nothing. Files already on the Hub with the same content are skipped by the client's
 pre-upload check, so pushing again after an interrupted upload only sends what is missing; stale files
 (old parquet shards of a rebuilt dataset) go in the same commit through ``delete_patterns``. Small
-generated files (a results parquet and its card, a Space job's request) go with :func:`push_files`.
+generated files (a results parquet and its card, a Space job's request) go with :func:`push_files`. Every call
+is retried on transient answers (5xx, 429 after its Retry-After, dropped connections) by
+:func:`mergebench.hub.retry.with_retries`, as reads are.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from mergebench.hub.refs import RepoType
+from mergebench.hub.retry import with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +38,11 @@ def push_folder(folder: Path, repo_id: str, *, repo_type: RepoType = "model", pr
         delete_patterns: files of the repo to delete in the same commit unless ``folder`` has them.
     """
     api = _api(api, token)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=folder,
-                             commit_message=commit_message or f"Upload {Path(folder).name} with MergeBench",
-                             delete_patterns=list(delete_patterns) or None)
+    with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
+    info = with_retries(lambda: api.upload_folder(
+        repo_id=repo_id, repo_type=repo_type, folder_path=folder,
+        commit_message=commit_message or f"Upload {Path(folder).name} with MergeBench",
+        delete_patterns=list(delete_patterns) or None))
     logger.info("Pushed %s to %s", folder, info.commit_url)
     return info.commit_url
 
@@ -48,9 +52,10 @@ def push_files(repo_id: str, files: Mapping[str, bytes], *, repo_type: RepoType 
                api: Any = None) -> str:
     """Create ``repo_id`` (if missing) and add or replace ``files`` (path in repo → bytes) in one commit."""
     api = _api(api, token)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
-    info = api.create_commit(repo_id, operations, repo_type=repo_type, commit_message=commit_message)
+    info = with_retries(lambda: api.create_commit(repo_id, operations, repo_type=repo_type,
+                                                  commit_message=commit_message))
     url: str = info.commit_url
     logger.info("Pushed %d file(s) to %s", len(operations), url)
     return url

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import torch
+from huggingface_hub.errors import HfHubHTTPError
 
-from mergebench.errors import MergeBenchError, NetworkError, OutputExistsError
+from mergebench.errors import MergeBenchError, NetworkError, OutputExistsError, PushError
 from mergebench.hub.models import ResolvedModel
 from mergebench.merge.card import write_model_card
 from mergebench.merge.inputs import MergeInputs, inputs_fingerprint, prepare, published_recipe
@@ -29,7 +31,7 @@ from mergebench.merge.recipe import MergeRecipe
 from mergebench.paths import cache_root
 from mergebench.stats import ModelSource, StatisticsReader, StatsOptions, run_stage
 from mergebench.stream.writer import checksum_file, write_index
-from mergebench.work import is_current, read_record, write_atomic
+from mergebench.work import Stage, is_current, read_record, sidecar_record, write_atomic, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +94,20 @@ def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str
     started = time.perf_counter()
     reset_peak_rss()
     out_dir = Path(out_dir)
-    _check_output_dir(out_dir)
+    finished = sidecar_record(out_dir)  # written after the rename: this folder is a finished merge of ...
+    resume_finished = options.resume and out_dir.is_dir() and finished.is_file()
+    if not resume_finished:
+        _check_output_dir(out_dir)
     inputs = prepare(config, shard_size=options.shard_size, read_ahead_bytes=options.read_ahead_bytes)
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     fingerprint = inputs_fingerprint(inputs)
+    merged = Stage("merged", {"inputs": fingerprint})
+    if resume_finished:
+        if is_current(finished, merged.fingerprint):  # e.g. the merge finished and only its push failed
+            logger.info("%s is already this merge, finished; nothing to merge again.", out_dir)
+            outputs = (read_record(finished) or {}).get("outputs", {})
+            return _pushed(MergeResult(out_dir, inputs.pinned, inputs.plan, **outputs), push_to, private)
+        _check_output_dir(out_dir)  # another merge's output: taken
     state = _resume_state(partial, fingerprint) if options.resume else None
     if state is None:
         shutil.rmtree(partial, ignore_errors=True)
@@ -141,14 +153,27 @@ def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(partial, out_dir)
+    write_record(finished, merged, outputs={"seconds": seconds, "peak_rss_bytes": peak, "bytes_read": bytes_read,
+                                            "stats_seconds": stats_seconds})
     logger.info("Merged %d experts with %s into %s in %.1fs", len(inputs.experts), inputs.spec.name,
                 out_dir, seconds)
-    if push_to:
-        from mergebench.hub.push import push_folder
+    return _pushed(result, push_to, private)
 
-        url = push_folder(out_dir, push_to, private=private)
-        result = MergeResult(**{**result.__dict__, "commit_url": url})
-    return result
+
+def _pushed(result: MergeResult, push_to: str | None, private: bool) -> MergeResult:
+    """``result`` after pushing its folder to ``push_to`` (when asked), with the commit URL."""
+    if not push_to:
+        return result
+    from mergebench.hub.push import push_folder
+
+    try:
+        url = push_folder(result.out_dir, push_to, private=private)
+    except (HfHubHTTPError, httpx.HTTPError, OSError) as e:
+        raise PushError(f"The merge in '{result.out_dir}' is complete, but pushing it to '{push_to}' failed: "
+                        f"{type(e).__name__}: {' '.join(str(e).split())}", repo_id=push_to,
+                        hint="Run the same command again with --resume: the finished merge is pushed, not "
+                             "merged again.") from e
+    return MergeResult(**{**result.__dict__, "commit_url": url})
 
 
 def _check_output_dir(out_dir: Path) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+from mergebench.domains import DOMAINS
 from mergebench.errors import CorruptFileError
 from mergebench.fixtures import write_family_to_hub_root
 from mergebench.merge.engine import merge
@@ -103,3 +104,51 @@ def test_truncated_shard_on_the_hub_fails_before_writing(hub, hub_family, hub_ro
         merge(recipe_for(hub_family["base"], [hub_family["coding"]]), tmp_path / "out", options=QUIET)
     assert hub_family["coding"] in info.value.model
     assert not (tmp_path / "out").exists()
+
+
+def test_pushes_are_retried_and_a_failed_push_is_finished_by_resume(hub, hub_family, tmp_path) -> None:
+    """Before, one 503 from the Hub on a push ended the command with a traceback-free but final error, and
+    ``--resume`` refused the finished output ("already exists"): the merge had to be redone to be pushed.
+    Now transient answers are retried, and a push that still fails leaves a finished merge that ``--resume``
+    pushes without merging again."""
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mergebench.cli", "merge", str(recipe), *args],
+                              capture_output=True, text=True, timeout=300)
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_for(hub_family["base"], [hub_family[d] for d in DOMAINS])))
+    out, repo = tmp_path / "merged", "pushed/retried"
+    hub.faults.http_error(503, times=2, path_glob="/api/repos/create")
+    hub.faults.http_error(502, times=1, path_glob="/api/models/pushed/retried/commit/*")
+    first = cli("--out", str(out), "--push-to", repo)
+    assert first.returncode == 0, first.stderr
+    assert "model.safetensors" in HfApi().list_repo_files(repo)
+
+    out2, repo2 = tmp_path / "merged2", "pushed/refused"
+    refusal = hub.faults.http_error(503, times=None, path_glob="/api/models/pushed/refused/commit/*")
+    failed = cli("--out", str(out2), "--push-to", repo2)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "is complete, but pushing it to 'pushed/refused' failed" in failed.stderr
+    assert "Hint: Run the same command again with --resume" in failed.stderr
+    assert (out2 / "model.safetensors").is_file()
+    merged_at = (out2 / "model.safetensors").stat().st_mtime_ns
+    assert refusal.fired >= 2  # retried before giving up
+    hub.faults.clear()
+    resumed = cli("--out", str(out2), "--push-to", repo2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out2 / "model.safetensors").stat().st_mtime_ns == merged_at  # pushed, not merged again
+    assert shard_bytes(out2) == shard_bytes(out)
+    assert "model.safetensors" in HfApi().list_repo_files(repo2)
+
+
+def test_resume_of_a_finished_merge_of_another_recipe_is_still_refused(hub, hub_family, tmp_path) -> None:
+    from mergebench.errors import OutputExistsError
+
+    experts = [hub_family[d] for d in DOMAINS]
+    out = tmp_path / "merged"
+    merge(recipe_for(hub_family["base"], experts), out, options=MergeOptions(progress=False))
+    again = merge(recipe_for(hub_family["base"], experts), out, options=MergeOptions(progress=False, resume=True))
+    assert again.out_dir == out and again.seconds > 0  # the record of the finished merge, not a new one
+    other = recipe_for(hub_family["base"], experts, parameters={"scaling": 0.5})
+    with pytest.raises(OutputExistsError, match="already exists"):
+        merge(other, out, options=MergeOptions(progress=False, resume=True))
