@@ -273,7 +273,7 @@ FAULTS: dict[str, tuple[str, ...]] = {
 }
 NETWORK_SUBJECTS = ("merge:task_arithmetic", "statistics", "data_build", "eval_data", "push", "results_upload")
 KILL_PLAN = {"merge:task_arithmetic": 4, "merge:ties": 3, "merge:dare": 3, "merge-hub:task_arithmetic": 10,
-             "statistics": 10, "data_build": 10, "runner": 10}
+             "statistics": 10, "data_build": 12, "runner": 8}
 
 
 def partial_leftovers(out: Path) -> list[str]:
