@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import httpx2 as httpx  # the HTTP client huggingface_hub uses: its connection errors reach us unwrapped
 import typer
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -261,11 +261,15 @@ def main() -> None:
     """Console entry point: run the app, turning MergeBench and Hub errors into ``Error:``/``Hint:`` lines."""
     try:
         app()
-    except (MergeBenchError, HfHubHTTPError, httpx.TransportError) as e:
+    except (MergeBenchError, HfHubHTTPError, httpx.TransportError, OfflineModeIsEnabled) as e:
         if os.environ.get("MERGEBENCH_DEBUG") == "1":
             raise
         message, hint = str(e), getattr(e, "hint", None)
-        if isinstance(e, httpx.TransportError):  # no answer at all: DNS, refused or reset connection, timeout
+        if isinstance(e, OfflineModeIsEnabled):  # HF_HUB_OFFLINE=1, and a Hub reference needs the network
+            message = f"{' '.join(str(e).split('. To disable')[0].split())}."
+            hint = ("Unset HF_HUB_OFFLINE (or set it to 0) to read the Hub, or pass local folders as ./path; "
+                    "offline, only local models and data can be used.")
+        elif isinstance(e, httpx.TransportError):  # no answer at all: DNS, refused or reset connection, timeout
             from huggingface_hub import constants
 
             message = f"Cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e})."

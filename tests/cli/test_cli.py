@@ -60,3 +60,21 @@ def test_errors_are_one_line_with_a_hint_and_exit_1(tmp_path: Path) -> None:
     assert "Error: Unknown merge method 'task_arithmetc'. Did you mean 'task_arithmetic'?" in proc.stderr
     assert "Hint: Available methods:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_offline_mode_with_a_hub_reference_is_an_error_with_a_hint(tmp_path) -> None:
+    """Before, HF_HUB_OFFLINE=1 and a Hub model in a recipe ended in huggingface_hub's OfflineModeIsEnabled
+    traceback (found by the fault campaign on `data build`)."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: task_arithmetic\nbase_model: org/base\nmodels:\n  - model: org/expert\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "mergebench.cli", "merge", str(recipe), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "Error: Cannot reach" in r.stderr and "offline mode is enabled" in r.stderr
+    assert "Hint: Unset HF_HUB_OFFLINE" in r.stderr
+    assert not (tmp_path / "o").exists()
