@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +66,6 @@ def test_errors_are_one_line_with_a_hint_and_exit_1(tmp_path: Path) -> None:
 def test_offline_mode_with_a_hub_reference_is_an_error_with_a_hint(tmp_path) -> None:
     """Before, HF_HUB_OFFLINE=1 and a Hub model in a recipe ended in huggingface_hub's OfflineModeIsEnabled
     traceback (found by the fault campaign on `data build`)."""
-    import os
-    import subprocess
-    import sys
-
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("method: task_arithmetic\nbase_model: org/base\nmodels:\n  - model: org/expert\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
