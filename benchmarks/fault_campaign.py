@@ -7,6 +7,9 @@ Run (from the repository root, with the project's venv)::
     .venv/bin/python benchmarks/fault_campaign.py --only kills  # or: --only network
     .venv/bin/python benchmarks/fault_campaign.py --write       # also rewrites its section of RESULTS.md
 
+Each finished scenario is recorded in ``--state`` (default ``benchmarks/.fault_campaign.json``, not committed): a
+campaign that stopped part-way continues with the scenarios it had not finished (``--fresh`` starts over).
+
 Every subject below is a real ``mergebench`` command in a subprocess (its own process group), on inputs the
 campaign builds (the tiny Llama family, validation rows, the training-source fixtures, an evaluation repo),
 against a real loopback Hub (``mergebench hub serve``) where it reads or writes the Hub. The reference output of
@@ -31,6 +34,7 @@ and faults inside the upload body (the loopback Hub injects faults into its answ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import io
 import json
@@ -276,6 +280,11 @@ KILL_PLAN = {"merge:task_arithmetic": 4, "merge:ties": 3, "merge:dare": 3, "merg
              "statistics": 10, "data_build": 12, "runner": 8}
 
 
+def kill_label(name: str) -> str:
+    label = name.replace("merge-hub:", "Hub merge, ").replace("merge:", "local merge, ")
+    return f"kill -9: {label.replace('_', ' ')}"
+
+
 def partial_leftovers(out: Path) -> list[str]:
     """Temporary or partial siblings of ``out`` (what a reader must never see), e.g. ``.out.partial``, ``.out.x``."""
     return sorted(p.name for p in out.parent.glob(f".{out.name}*") if not p.name.endswith(".stage.json"))
@@ -345,32 +354,44 @@ def main() -> int:
     parser.add_argument("--only", choices=("kills", "network"))
     parser.add_argument("--write", action="store_true", help="rewrite the campaign's section of RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (printed)")
+    parser.add_argument("--state", type=Path, default=P.REPO / "benchmarks" / ".fault_campaign.json")
+    parser.add_argument("--fresh", action="store_true", help="forget the scenarios finished by an earlier run")
     args = parser.parse_args()
     load_before, started = os.getloadavg(), time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mergebench-faults-"))
     campaign = Campaign(root)
-    tallies = []
+    done = {} if args.fresh or not args.state.is_file() else json.loads(args.state.read_text(encoding="utf-8"))
+    tallies = [Tally(**t) for t in done.values()]
+
+    def finished(tally: Tally) -> None:
+        print(tally, flush=True)
+        tallies.append(tally)
+        done[tally.scenario] = dataclasses.asdict(tally)
+        args.state.write_text(json.dumps(done, indent=1), encoding="utf-8")
+
     try:
         if args.only != "network":
             for name, count in KILL_PLAN.items():
-                server = campaign.server() if name.startswith("merge-hub") else None
-                label = name.replace("merge-hub:", "Hub merge, ").replace("merge:", "local merge, ")
-                tally = Tally(f"kill -9: {label.replace('_', ' ')}")
+                if kill_label(name) in done:
+                    continue
+                server = campaign.server() if name.startswith("merge-hub") or name == "data_build" else None
+                tally = Tally(kill_label(name))
                 try:
                     for _ in range(count):
                         campaign.kill_once(name.replace("merge-hub", "merge"), tally, server.url if server else None)
                 finally:
                     if server:
                         server.stop()
-                print(tally, flush=True)
-                tallies.append(tally)
+                finished(tally)
         if args.only != "kills":
             for name in NETWORK_SUBJECTS:
-                tally = Tally(f"network: {name.replace('merge:task_arithmetic', 'Hub merge').replace('_', ' ')}")
+                label = f"network: {name.replace('merge:task_arithmetic', 'Hub merge').replace('_', ' ')}"
+                if label in done:
+                    continue
+                tally = Tally(label)
                 for fault, options in FAULTS.items():
                     campaign.fault_once(name, fault, options, tally)
-                print(tally, flush=True)
-                tallies.append(tally)
+                finished(tally)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
