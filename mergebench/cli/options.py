@@ -95,12 +95,32 @@ ResultsOutOpt = Annotated[Path | None, typer.Option(
     "--out", dir_okay=False,
     help="Results JSON file to write, rewritten after each task (default: results are only printed).")]
 
+def hub_repo_id(value: str | None) -> str | None:
+    """A ``--push-to``/``--push-results`` value checked before any work: ``ORG/NAME`` as the Hub accepts it
+    (``{base}``/``{domain}`` placeholders are checked filled in). Before, a bad name failed after the merge."""
+    if value is None:
+        return None
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if value.count("/") != 1:
+            raise HFValidationError("it must be ORG/NAME (one '/').")
+        validate_repo_id(value.replace("{base}", "base").replace("{domain}", "domain"))
+    except HFValidationError as e:
+        raise typer.BadParameter(f"'{value}' is not a Hub repo id: {' '.join(str(e).split())}") from e
+    return value
+
+
 ModelPushOpt = Annotated[str | None, typer.Option(
-    "--push-to", help="Hub model repo to create (if needed) and upload the --out folder to, in one commit.")]
+    "--push-to", callback=hub_repo_id,
+    help="Hub model repo to create (if needed) and upload the --out folder to, in one commit.")]
 ExpertPushOpt = Annotated[str | None, typer.Option(
-    "--push-to", help="Hub model repo to create (if needed) and upload the --out folder to, in one commit; "
-                      "{base} and {domain} are filled in, e.g. org/{base}_{domain}.")]
+    "--push-to", callback=hub_repo_id,
+    help="Hub model repo to create (if needed) and upload the --out folder to, in one commit; "
+         "{base} and {domain} are filled in, e.g. org/{base}_{domain}.")]
 DatasetPushOpt = Annotated[str | None, typer.Option(
-    "--push-to", help="Hub dataset repo to create (if needed) and upload the --out folder to, in one commit.")]
+    "--push-to", callback=hub_repo_id,
+    help="Hub dataset repo to create (if needed) and upload the --out folder to, in one commit.")]
 ResultsPushOpt = Annotated[str | None, typer.Option(
-    "--push-results", help="Hub results dataset to append the results to.")]
+    "--push-results", callback=hub_repo_id, help="Hub results dataset to append the results to.")]

@@ -20,7 +20,7 @@ import httpx2 as httpx
 import torch
 from huggingface_hub.errors import HfHubHTTPError
 
-from mergebench.errors import MergeBenchError, NetworkError, OutputExistsError, PushError
+from mergebench.errors import ConfigError, MergeBenchError, NetworkError, OutputExistsError, PushError
 from mergebench.hub.models import ResolvedModel
 from mergebench.merge.card import write_model_card
 from mergebench.merge.inputs import MergeInputs, inputs_fingerprint, prepare, published_recipe
@@ -94,6 +94,8 @@ def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str
     started = time.perf_counter()
     reset_peak_rss()
     out_dir = Path(out_dir)
+    if push_to:
+        _check_push_target(push_to)
     finished = sidecar_record(out_dir)  # written after the rename: this folder is a finished merge of ...
     resume_finished = options.resume and out_dir.is_dir() and finished.is_file()
     if not resume_finished:
@@ -174,6 +176,18 @@ def _pushed(result: MergeResult, push_to: str | None, private: bool) -> MergeRes
                         hint="Run the same command again with --resume: the finished merge is pushed, not "
                              "merged again.") from e
     return MergeResult(**{**result.__dict__, "commit_url": url})
+
+
+def _check_push_target(repo_id: str) -> None:
+    """``push_to`` must be a repo id the Hub accepts, checked before any work (not after the merge)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ConfigError(f"push_to '{repo_id}' is not a Hub repo id: {' '.join(str(e).split())}",
+                          hint="Use ORG/NAME, e.g. my-org/llama-3.2-3b-ties.") from e
 
 
 def _check_output_dir(out_dir: Path) -> None:

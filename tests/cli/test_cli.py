@@ -75,3 +75,22 @@ def test_offline_mode_with_a_hub_reference_is_an_error_with_a_hint(tmp_path) -> 
     assert "Error: Cannot reach" in r.stderr and "offline mode is enabled" in r.stderr
     assert "Hint: Unset HF_HUB_OFFLINE" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_push_target_is_refused_before_any_work(tmp_path) -> None:
+    """Before, `--push-to 'org/bad name'` merged first, then failed with huggingface_hub's HFValidationError
+    traceback (found by the fault campaign)."""
+    from mergebench.errors import ConfigError
+    from mergebench.merge.engine import merge
+
+    missing = tmp_path / "missing-recipe.yaml"
+    r = CliRunner().invoke(app, ["merge", str(missing), "--out", str(tmp_path / "o"), "--push-to", "org/bad name"])
+    assert r.exit_code == 2 and "is not a Hub repo id" in r.output
+    for target in ("org/bad name", "a/b/c", "org/-dash"):
+        try:
+            merge(missing, tmp_path / "o", push_to=target)
+        except ConfigError as e:
+            assert "is not a Hub repo id" in str(e) and e.hint
+        else:
+            raise AssertionError(f"{target!r} was accepted")
+    assert not (tmp_path / "o").exists()
