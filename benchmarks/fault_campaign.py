@@ -40,6 +40,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -137,6 +138,11 @@ class Campaign:
             (work / "recipe.yaml").write_text(text)
             return Subject(name, [P.MERGEBENCH, "merge", "recipe.yaml", "--out", "out", "--shard-size", "10MB"], out,
                            lambda: P.shard_digest(out), ("--resume",), fault_path="*.safetensors", cwd=work)
+        if name == "hub_merge":  # the small family: a 100 KB/s link must finish within the campaign's bound
+            (work / "recipe.yaml").write_text(P.recipe_text("ties", self.ids["base"], [self.ids[d] for d in DOMAINS],
+                                                            parameters={"top_k": 0.3}))
+            return Subject(name, [P.MERGEBENCH, "merge", "recipe.yaml", "--out", "out"], out,
+                           lambda: P.shard_digest(out), ("--resume",), fault_path="*.safetensors", cwd=work)
         if name == "statistics":  # RegMean: a statistics stage (forward passes) before the merge
             models = ([self.ids["base"], *(self.ids[d] for d in DOMAINS)] if url else
                       [str(self.family.base), *(str(self.family.experts[d]) for d in DOMAINS)])
@@ -232,7 +238,7 @@ class Campaign:
 
     def fault_once(self, name: str, fault: str, options: tuple[str, ...], tally: Tally) -> None:
         tally.runs += 1
-        work = self.root / "network" / f"{name.replace(':', '-')}-{fault}"
+        work = self.root / "network" / re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-{fault}").strip("-")  # a repo name too
         with self.server() as clean:  # the reference reads the same Hub, without faults
             want, fresh_seconds = self.reference_of(name, clean.url)
         subject = self.subject(name, work, "x")
@@ -275,7 +281,7 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "100 KB/s": ("--throttle", "100000", "--fault-times", "0"),
     "body short, lying Content-Length (×2)": ("--short-body", "100", "--fault-times", "2"),
 }
-NETWORK_SUBJECTS = ("merge:task_arithmetic", "statistics", "data_build", "eval_data", "push", "results_upload")
+NETWORK_SUBJECTS = ("hub_merge", "statistics", "data_build", "eval_data", "push", "results_upload")
 KILL_PLAN = {"merge:task_arithmetic": 4, "merge:ties": 3, "merge:dare": 3, "merge-hub:task_arithmetic": 10,
              "statistics": 10, "data_build": 12, "runner": 8}
 
@@ -385,7 +391,7 @@ def main() -> int:
                 finished(tally)
         if args.only != "kills":
             for name in NETWORK_SUBJECTS:
-                label = f"network: {name.replace('merge:task_arithmetic', 'Hub merge').replace('_', ' ')}"
+                label = f"network: {name.replace('hub_merge', 'Hub merge (TIES)').replace('_', ' ')}"
                 if label in done:
                     continue
                 tally = Tally(label)
