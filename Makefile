@@ -7,13 +7,32 @@ STAMP := $(VENV)/.mergebench-installed
 
 .PHONY: venv demo test test-slow lint format clean
 
+# The venv is built with uv (parallel downloads and installs; pip took 5 minutes of a fresh `make demo`). uv itself
+# comes from PyPI, installed by pip into a bootstrap folder outside the repo, reused by every clone.
+UV_VERSION := 0.13.9
+UV_HOME ?= $(HOME)/.cache/mergebench/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+
+# uv reads none of pip's configuration, so this machine's is handed over: its find-links (the CPU build of torch
+# lies on local disk), extra indexes and constraint file, with pip's choice of the best match over all of them.
+# Without the find-links uv would take PyPI's CUDA build of torch (several GB). Evaluated only when the venv is built.
+pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^\(global\|install\|:env:\)\.$(1)='\(.*\)'$$/\2/p" | tail -n 1)
+UV_SOURCES = $(addprefix --find-links ,$(call pip_setting,find-links)) \
+	$(addprefix --extra-index-url ,$(call pip_setting,extra-index-url)) \
+	$(addprefix --constraints ,$(call pip_setting,constraint)) --index-strategy unsafe-best-match
+UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(UV_SOURCES)
+
+$(UV):
+	$(PYTHON) -m pip install -q --disable-pip-version-check --upgrade --target $(UV_HOME) uv==$(UV_VERSION)
+
 # torch first (the CPU build on local disk); anything that pulls a bare `torch` first gets a CUDA build.
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+# --seed: pip and setuptools in the venv, as `python -m venv` gives (`pip wheel --no-build-isolation` needs them).
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml | $(UV)
+	test -x $(BIN)/python || $(UV) venv --quiet --seed --python $(PYTHON) $(VENV)
+	$(UV_INSTALL) torch==2.13.0
+	$(UV_INSTALL) -r requirements.txt
+	$(UV_INSTALL) --no-deps -r requirements-nodeps.txt
+	$(UV_INSTALL) --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -84,7 +84,9 @@ def methods_markdown() -> str:
     for spec in methods.REGISTRY:
         params = ", ".join(f"`{k}={v}`" for k, v in spec.defaults().items()) or "–"
         grid = " × ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in spec.grid.items()) or "none"
-        passes = " + 2 top-k passes" if spec.make_params().global_topk() is not None else ""
+        params_ = spec.make_params()  # elementwise methods set aside what one counting pass leaves open
+        passes = "" if params_.global_topk() is None else " + 1 top-k pass" if params_.elementwise() else \
+            " + 1–2 top-k passes"
         lines.append(f"| [`{spec.name}`](#{spec.name}) | {params} | {grid} | {_data_needed(spec)} | "
                      f"(n+2) × largest tensor fp32{passes} |")
     for spec in methods.REGISTRY:

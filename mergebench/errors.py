@@ -109,6 +109,16 @@ class MissingPackageError(MergeBenchError, ImportError):
         self.package = package
 
 
+class ScoresError(MergeBenchError, RuntimeError):
+    """Scores cannot be published to or read from a Hub repo: the results were not scored on a Hub evaluation
+    dataset, the model repo moved past the revision that was scored, or an eval results file is malformed.
+    ``repo_id`` names the repo at fault."""
+
+    def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.repo_id = repo_id
+
+
 class EvaluationError(MergeBenchError, RuntimeError):
     """An evaluation cannot run or its results cannot be read: an unknown task or suite, a model that does
     not load, a results file of another schema version. ``task`` names the task at fault when there is one.
@@ -117,3 +127,12 @@ class EvaluationError(MergeBenchError, RuntimeError):
     def __init__(self, message: str, *, task: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.task = task
+
+
+class UnitError(MergeBenchError, RuntimeError):
+    """Units of a benchmark run (grid points, evaluations) failed on their executor (Ray, Hugging Face Jobs)
+    after every retry. ``units`` names each failed unit's label."""
+
+    def __init__(self, message: str, *, units: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.units = units

@@ -34,6 +34,13 @@ A ratio needs both scores and a non-zero reference score; tasks that cannot be c
 never counted as 0. Raw task scores are shown with *Raw task scores*; results with a different
 `max_samples` or task version are not comparable.
 
+**± and ≈.** Each task score is a mean over items and comes with its standard error. The ± shown with every
+number is one standard error, propagated from the tasks' (first order, treating the model's and the
+reference's scores as independent): a ratio m/e has variance σ_m²/e² + m²σ_e²/e⁴, a mean of n ratios the
+root of the summed variances over n. A row compared with itself (an expert in its own domain) is exactly 1.
+Two numbers are *within noise* (≈) when their 95 % intervals (± 1.96 standard errors) overlap; with a few
+dozen items per task, many merges are.
+
 ## Submitting
 
 Sign in, then either propose a merge (base, experts from the benchmark, method, parameters) or an already

@@ -22,23 +22,32 @@ from about import ABOUT
 from board import Board
 from jobs import HubMirror, Job, JobStore, RateLimitError, queue_position
 from processing import (
+    ALWAYS,
+    COMPARE_COLUMNS,
     DEFAULT_COLUMNS,
     HEADERS,
+    LEGEND,
     SORTABLE,
     Filters,
     choices,
+    column_widths,
+    compare,
+    compare_links,
     datatypes,
     display,
     filter_rows,
     log_tail,
+    row_choices,
 )
 from settings import SpaceConfig
-from submission import explain, validate_merge, validate_model
+from submission import explain, scoring, validate_merge, validate_model
 from worker import Worker
 
 logger = logging.getLogger(__name__)
 
 MODES = ("Merge experts", "Evaluate a merged model")
+# one-line headers (column_widths fits them; this keeps a narrow column from wrapping its header letter by letter)
+CSS = "#lb th .header, #cmp th .header { white-space: nowrap; }"
 
 
 @dataclass
@@ -119,7 +128,22 @@ def build_app(services: Services) -> gr.Blocks:
         rows = filter_rows(board.df, f)
         shown = display(rows, list(columns or []), raw=bool(raw), sort_by=sort_by)
         figures = [fn(rows) for fn in plots.PLOTS.values()]
-        return [gr.Dataframe(value=shown, datatype=datatypes(shown)), *figures]
+        return [gr.Dataframe(value=shown, datatype=datatypes(shown), column_widths=column_widths(shown)), *figures]
+
+    def on_compare_tab(a, b):
+        """Offer every row; keep the chosen pair if it still exists, else the first two rows."""
+        options = row_choices(board.df)
+        ids = [run for _, run in options]
+        a = a if a in ids else (ids[0] if ids else None)
+        b = b if b in ids else next((i for i in ids if i != a), None)
+        return gr.Dropdown(choices=options, value=a), gr.Dropdown(choices=options, value=b)
+
+    def compare_rows(a, b):
+        if not a or not b or a not in board.runs or b not in board.runs:
+            return "", gr.Dataframe(value=None, headers=COMPARE_COLUMNS)
+        shown = compare(board.df, board.runs, a, b)
+        return (compare_links(board.df, a, b),
+                gr.Dataframe(value=shown, datatype=datatypes(shown), column_widths=column_widths(shown)))
 
     def submit(mode, base, method, experts, parameters, model, profile: gr.OAuthProfile | None):
         if profile is None:
@@ -136,10 +160,7 @@ def build_app(services: Services) -> gr.Blocks:
         except Exception as e:
             message, hint = explain(e)
             return _message(False, message, hint)
-        reference = board.catalogue.eval_settings.get(base, {})
-        request["eval"] = {"tasks": list(cfg.eval_tasks) or reference.get("tasks"), "suite": reference.get("suite"),
-                           "max_samples": cfg.eval_max_samples if cfg.eval_max_samples is not None
-                           else reference.get("max_samples")}
+        request["eval"] = scoring(board.catalogue, base, tasks=cfg.eval_tasks, max_samples=cfg.eval_max_samples)
         try:
             job = store.add(Job.new(profile.username, kind, request), max_active=cfg.max_active_per_user,
                             max_daily=cfg.max_daily_per_user)
@@ -194,11 +215,20 @@ def build_app(services: Services) -> gr.Blocks:
                     references = gr.Checkbox(True, label="Show experts, base and multi-task rows", elem_id="f-ref")
                     raw = gr.Checkbox(False, label="Raw task scores", elem_id="f-raw")
                 with gr.Accordion("Columns", open=False):
-                    columns = gr.CheckboxGroup([h for h in HEADERS.values() if h != "Model"],
-                                               value=[c for c in DEFAULT_COLUMNS if c != "Model"], label="Columns",
+                    columns = gr.CheckboxGroup([h for h in HEADERS.values() if h not in ALWAYS],
+                                               value=[c for c in DEFAULT_COLUMNS if c not in ALWAYS], label="Columns",
                                                elem_id="f-columns")
+                gr.Markdown(LEGEND, elem_id="legend")
                 table = gr.Dataframe(interactive=False, elem_id="lb", pinned_columns=1, max_height=700,
                                      buttons=["copy", "fullscreen"], wrap=True)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                gr.Markdown("Two rows of the leaderboard side by side, task by task: ± one standard error, "
+                            "≈ where the two are within noise (their 95 % intervals, ± 1.96 SE, overlap).")
+                with gr.Row():
+                    cmp_a = gr.Dropdown(label="A", elem_id="cmp-a")
+                    cmp_b = gr.Dropdown(label="B", elem_id="cmp-b")
+                cmp_links = gr.Markdown(elem_id="cmp-links")
+                cmp_table = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, elem_id="cmp", wrap=True)
             with gr.Tab("Plots", id="plots"):
                 gr.Markdown("Merged models matching the leaderboard's filters.")
                 figures = [gr.Plot(label=name, elem_id=f"plot-{i}") for i, name in enumerate(plots.PLOTS)]
@@ -230,8 +260,12 @@ def build_app(services: Services) -> gr.Blocks:
         inputs = [bases, base_types, methods_, data, references, search, columns, raw, sort_by]
         outputs = [table, *figures]
         gr.on([demo.load, *(c.change for c in inputs if c is not search), search.submit],
-              current_table, inputs, outputs, api_visibility="private")
+              current_table, inputs, outputs, api_visibility="private",
+              trigger_mode="always_last")  # a change made while the table updates is applied after it, not lost
         timer.tick(poll, [version, *inputs], [jobs, log, version, *outputs], api_visibility="private")
+        compare_tab.select(on_compare_tab, [cmp_a, cmp_b], [cmp_a, cmp_b], api_visibility="private")
+        gr.on([cmp_a.change, cmp_b.change], compare_rows, [cmp_a, cmp_b], [cmp_links, cmp_table],
+              api_visibility="private", trigger_mode="always_last")
         demo.load(on_base, s_base, s_experts, api_visibility="private")
         s_base.change(on_base, s_base, s_experts, api_visibility="private")
         s_method.change(on_method, s_method, [s_params, s_help], api_visibility="private")
@@ -250,7 +284,7 @@ def launch(config: SpaceConfig, *, host: str | None = None, port: int | None = N
         services.worker.start()
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
-                footer_links=["gradio", "settings"], theme=gr.themes.Soft())
+                footer_links=["gradio", "settings"], theme=gr.themes.Soft(), css=CSS)
     return demo, services
 
 

@@ -1,5 +1,6 @@
 """The results the page shows: the reference source (Hub dataset, run folder or file) plus the results
-of jobs finished here, as one leaderboard table with a version number the page polls for changes."""
+of jobs finished here, as one leaderboard table (with standard errors) and a version number the page polls
+for changes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pandas as pd
 from jobs import Job, JobStore
 from settings import SpaceConfig
 from submission import Catalogue
+from uncertainty import with_errors
 
-from mergebench.eval.leaderboard import read_results, table
+from mergebench.eval.leaderboard import latest, read_results, table
 from mergebench.eval.results import Results, load_results
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ class Board:
         self._lock = threading.Lock()
         self.version = 0
         self.results: list[Results] = []
+        self.runs: dict[str, Results] = {}
         self.df = pd.DataFrame()
         self.catalogue = Catalogue({}, {})
         self.reload()
@@ -43,9 +46,10 @@ class Board:
             self._set([*self.results, load_results(job.results_file)])
 
     def _set(self, results: list[Results]) -> None:
-        df = table(results, hub_url=self.config.hub_url)
+        runs = {r.run["id"]: r for r in latest(results)}
+        df = with_errors(table(results, hub_url=self.config.hub_url), runs.values())
         with self._lock:
-            self.results, self.df = results, df
+            self.results, self.runs, self.df = results, runs, df
             self.catalogue = Catalogue.from_results(results)
             self.version += 1
         logger.info("leaderboard: %d results, %d rows (version %d)", len(results), len(df), self.version)

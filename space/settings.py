@@ -1,8 +1,9 @@
 """The Space's configuration: where results come from, where jobs live and go, and the limits.
 
-Everything arrives as environment variables (a Space's secrets and variables are environment variables;
-``HF_TOKEN`` is the Space's own write token and is read by ``huggingface_hub`` itself, never here), or
-as keyword overrides from ``mergebench space`` and the tests.
+Three layers, each overriding the one before: ``mergebench-space.json`` next to this file (written by
+``mergebench space deploy``: the results shown, where submissions go), environment variables (a Space's
+secrets and variables are environment variables; ``HF_TOKEN`` is the Space's own write token and is read by
+``huggingface_hub`` itself, never here), and keyword overrides from ``mergebench space`` and the tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "MERGEBENCH_"
+SETTINGS_FILE = Path(__file__).resolve().parent / "mergebench-space.json"
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,12 @@ class SpaceConfig:
     """Where model links point."""
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> SpaceConfig:
-        """``MERGEBENCH_<FIELD>`` variables (``MERGEBENCH_EVAL_TASKS`` comma-separated,
-        ``MERGEBENCH_VALIDATION_DATA`` JSON), then ``overrides`` (``None`` values ignored)."""
+    def from_env(cls, env: dict[str, str] | None = None, *, file: Path | None = SETTINGS_FILE,
+                 **overrides: Any) -> SpaceConfig:
+        """``file``'s settings (if it exists), then ``MERGEBENCH_<FIELD>`` variables (``MERGEBENCH_EVAL_TASKS``
+        comma-separated, ``MERGEBENCH_VALIDATION_DATA`` JSON), then ``overrides`` (``None`` values ignored)."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        values = _read_file(file) if file is not None and file.is_file() else {}
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
@@ -65,6 +68,19 @@ class SpaceConfig:
         if self.models_org:
             return self.models_org
         return self.results_repo.split("/")[0] if self.results_repo else None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """The deploy's settings: a JSON object of ``SpaceConfig`` fields."""
+    from mergebench.errors import ConfigError
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    known = {f.name for f in fields(SpaceConfig)}
+    unknown = sorted(set(data) - known) if isinstance(data, dict) else ["(not a JSON object)"]
+    if unknown:
+        raise ConfigError(f"{path} holds settings the Space does not know: {unknown}.",
+                          hint=f"Use a JSON object of SpaceConfig fields: {', '.join(sorted(known))}.")
+    return {k: _parse(k, v) if isinstance(v, str) else v for k, v in data.items()}
 
 
 def _parse(name: str, raw: str) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError, MergeBenchError
 from mergebench.eval.results import Results
 
@@ -27,26 +28,64 @@ class SubmissionError(MergeBenchError, ValueError):
 
 @dataclass(frozen=True)
 class Catalogue:
-    """Per base: its experts ``{domain: repo}`` and the evaluation settings its reference results used."""
+    """Per base: its experts ``{domain: repo}`` and the evaluation settings a submission is scored with."""
 
     experts: dict[str, dict[str, str]]
     eval_settings: dict[str, dict[str, Any]]
 
     @classmethod
     def from_results(cls, results: Iterable[Results]) -> Catalogue:
+        """The benchmark's bases and experts, read from their reference results.
+
+        A submission is scored like the benchmark's own merges: on every domain's evaluation tasks and on
+        the forgetting tasks, i.e. each expert's tasks *in its own domain* (an expert's results hold only
+        its domain, plus validation surrogates that never count) and the base's tasks (the runner scores
+        the base on the whole evaluation suite, forgetting included). Taking one expert's task list would
+        score a merge on that expert's domain alone.
+        """
         experts: dict[str, dict[str, str]] = {}
-        settings: dict[str, dict[str, Any]] = {}
+        references: dict[str, list[Results]] = {}
         for r in results:
-            base = r.model.get("base_model")
-            if r.model.get("role") == "expert" and base and r.model.get("domain"):
-                experts.setdefault(base, {})[r.model["domain"]] = r.model["id"]
-                settings.setdefault(base, {"tasks": list(r.tasks), "suite": r.settings.get("suite"),
-                                           "max_samples": r.settings.get("max_samples")})
-        return cls({b: dict(sorted(e.items())) for b, e in sorted(experts.items())}, settings)
+            role, domain = r.model.get("role"), r.model.get("domain")
+            base = r.model.get("base_model") or (r.model.get("id") if role == "base" else None)
+            if base and role == "expert" and domain:
+                experts.setdefault(base, {})[domain] = r.model["id"]
+            if base and role in ("expert", "base"):
+                references.setdefault(base, []).append(r)
+        return cls({b: dict(sorted(e.items())) for b, e in sorted(experts.items())},
+                   {b: _eval_settings(references[b]) for b in experts})
 
     @property
     def bases(self) -> list[str]:
         return list(self.experts)
+
+
+def _scored_tasks(r: Results) -> list[str]:
+    """The tasks of a reference run that a merge is compared on: the base's evaluation tasks (every domain
+    and the forgetting tasks), an expert's evaluation tasks of its own domain; never validation tasks."""
+    own = r.model.get("domain") if r.model.get("role") == "expert" else None
+    return [n for n, t in r.tasks.items() if t.role != "validation" and (own is None or t.domain == own)]
+
+
+def _eval_settings(references: list[Results]) -> dict[str, Any]:
+    """Tasks (the five domains in order, then the forgetting tasks) and ``max_samples`` of one base's
+    references; ``max_samples`` from the base's run (the experts were scored with the same settings)."""
+    tasks: dict[str, str] = {}
+    for r in references:
+        tasks.update({n: r.tasks[n].domain for n in _scored_tasks(r)})
+    order = {d: i for i, d in enumerate(DOMAINS)}
+    ordered = sorted(tasks, key=lambda n: order.get(tasks[n], len(order)))
+    first = next((r for r in references if r.model.get("role") == "base"), references[0])
+    return {"tasks": ordered, "suite": first.settings.get("suite"), "max_samples": first.settings.get("max_samples")}
+
+
+def scoring(catalogue: Catalogue, base: str, *, tasks: tuple[str, ...] = (),
+            max_samples: int | None = None) -> dict[str, Any]:
+    """How a submission on ``base`` is evaluated: the catalogue's tasks and ``max_samples`` (the settings its
+    reference results were scored with), unless the Space overrides them (``MERGEBENCH_EVAL_*``)."""
+    reference = catalogue.eval_settings.get(base, {})
+    return {"tasks": list(tasks) or reference.get("tasks"), "suite": reference.get("suite"),
+            "max_samples": max_samples if max_samples is not None else reference.get("max_samples")}
 
 
 def check_repo_id(text: str, what: str) -> str:
@@ -65,6 +104,9 @@ def parse_parameters(text: str | None) -> dict[str, Any]:
         values = json.loads(text)
     except json.JSONDecodeError as e:
         raise SubmissionError(f"Parameters are not valid JSON ({e.msg} at character {e.pos}).",
+                              hint='Write them like {"top_k": 0.2, "scaling": 1.0}.') from e
+    except (ValueError, RecursionError) as e:  # a number of 5,000 digits; nesting past the stack
+        raise SubmissionError("Parameters are not valid JSON (a number is too long or the nesting too deep).",
                               hint='Write them like {"top_k": 0.2, "scaling": 1.0}.') from e
     if not isinstance(values, dict):
         raise SubmissionError("Parameters must be a JSON object.", hint='Write them like {"scaling": 0.4}.')

@@ -234,18 +234,22 @@ def _register_subcommands() -> None:
     from mergebench.cli.demo import demo
     from mergebench.cli.eval import eval_command, tasks_app
     from mergebench.cli.hub import hub_app
+    from mergebench.cli.leaderboard import leaderboard_command
     from mergebench.cli.run import run_command
-    from mergebench.cli.space import space_command
+    from mergebench.cli.space import space_app
     from mergebench.cli.tiny import tiny_command
     from mergebench.cli.train import train_command
+    from mergebench.cli.unit import unit_app
 
     app.add_typer(hub_app, name="hub")
     app.add_typer(tasks_app, name="tasks")
+    app.add_typer(unit_app, name="unit")
     app.command()(demo)
     app.command("eval")(eval_command)
     app.command("train")(train_command)
     app.command("run")(run_command)
-    app.command("space")(space_command)
+    app.command("leaderboard")(leaderboard_command)
+    app.add_typer(space_app, name="space")
     app.command("tiny")(tiny_command)
     try:
         from mergebench.cli.data import data_app
@@ -255,6 +259,18 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+
+def _hub_error_hint(status: int | None) -> str:
+    """The next step after the Hub refused a request (``status``: its HTTP status code)."""
+    if status in (401, 403):
+        return "Check that your token (HF_TOKEN or `hf auth login`) may access the repo (write access, for a push)."
+    if status == 404:
+        return ("Check the repo id (org/name) and the revision; a private or gated repo needs a token that can read "
+                "it, and a local folder is written ./path.")
+    if status == 429 or (status or 0) >= 500:
+        return "The Hub is busy or failing: re-run later (an interrupted merge continues with --resume)."
+    return "Fix what the Hub's answer above names (repo id, revision, file), then re-run."
 
 
 def main() -> None:
@@ -275,6 +291,8 @@ def main() -> None:
             message = f"Cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e})."
             hint = ("Check your network connection and HF_ENDPOINT, then re-run (an interrupted merge continues "
                     "with --resume); for local models, pass their folders as ./path.")
+        elif isinstance(e, HfHubHTTPError):  # the message is the Hub's own explanation: add what to do about it
+            hint = _hub_error_hint(getattr(e.response, "status_code", None))
         err.print(f"[red]Error:[/red] {escape(message)}", highlight=False)
         if hint:
             err.print(f"Hint: {hint}", markup=False, highlight=False)

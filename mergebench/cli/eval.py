@@ -79,6 +79,10 @@ def eval_command(
     max_samples: Annotated[int | None, typer.Option("--max-samples", min=1, help="At most N items per task.")] = None,
     out_file: ResultsOutOpt = None,
     push_results: ResultsPushOpt = None,
+    push_eval_results: Annotated[bool, typer.Option(
+        "--push-eval-results", help="Also write the scores into the model's Hub repo in one commit: "
+                                    ".eval_results/*.yaml (shown on the Hub) and the card's model-index. Needs a "
+                                    "Hub model and --eval-data org/name.")] = False,
     eval_data: Annotated[str | None, typer.Option(
         "--eval-data", help="mergebench-eval dataset: org/name, org/name@REV or a folder (default: packaged).")
                          ] = None,
@@ -93,6 +97,7 @@ def eval_command(
 
     EXAMPLES: mergebench eval merged/ --suite tiny --out results.json
               mergebench eval org/merged --suite domains --backend vllm --push-results org/mergebench-results
+              mergebench eval org/merged --suite domains --eval-data org/mergebench-eval --push-eval-results
     """
     if list_tasks:
         return print_rows(task_rows(), format)
@@ -104,5 +109,6 @@ def eval_command(
 
     results = evaluate(model, suite=suite, tasks=tasks, backend=backend, max_samples=max_samples, out=out_file,
                        eval_data=eval_data, refusal_judge=refusal_judge, push_to=push_results,
+                       push_eval_results=push_eval_results,
                        options=ModelOptions(batch_size=batch_size, device=device))
     _print_results(results, format)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -19,18 +19,28 @@ def run_command(
     config: Annotated[Path, typer.Argument(help="Benchmark configuration (BENCH.yaml).")],
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the output folder first instead of resuming.")] = False,
     methods: Annotated[str | None, typer.Option("--methods", help="Only these method rows (comma-separated).")] = None,
+    executor: Annotated[Literal["local", "ray", "hf-jobs"] | None, typer.Option(
+        "--executor", help="Where grid points and evaluations run (default: the file's executor.kind, else local).",
+    )] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local one.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(
+        "--max-concurrent", min=1, help="Units in flight at once on Ray or Jobs (default: executor.max_concurrent).",
+    )] = None,
 ) -> None:
     """Grid-search every method on the validation tasks, evaluate each winner, print the leaderboard.
 
     Finished grid points and evaluations are cached in the output folder: run the same command again to
-    resume an interrupted run.
+    resume an interrupted run (with hf-jobs, it re-attaches to the Jobs still running).
 
-    EXAMPLES: mergebench run bench.yaml --methods ties,task_arithmetic
+    EXAMPLES: mergebench run bench.yaml --methods ties,task_arithmetic;
+    mergebench run bench.yaml --executor ray --max-concurrent 4; mergebench run bench.yaml --executor hf-jobs
     """
-    from mergebench.runner import run_benchmark
+    from mergebench.runner import BenchConfig, run_benchmark
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    print_summary(run_benchmark(config, resume=not fresh, methods=names, stages=stage_log()))
+    bench = BenchConfig.from_yaml(config).with_executor(executor, address=address, max_concurrent=max_concurrent)
+    print_summary(run_benchmark(bench, resume=not fresh, methods=names, stages=stage_log()))
 
 
 def stage_log() -> StageLog:

@@ -46,11 +46,14 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build. ``revisions``/``repos`` map a source key to a revision / a replacement repo id."""
+    """How to build. ``revisions``/``repos`` map a source key to a revision / a replacement repo id;
+    ``eval_sets`` is the ``mergebench-eval`` repo (``org/name[@rev]`` or a folder) to decontaminate against
+    (default: the packaged evaluation sets and stand-ins)."""
 
     revisions: Mapping[str, str] = field(default_factory=dict)
     repos: Mapping[str, str] = field(default_factory=dict)
     cache_dir: Path | None = None
+    eval_sets: str | None = None
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     validation_rows: int | None = None  # None: the domain's (1,000)
@@ -96,7 +99,8 @@ def build_domain(domain: str, out_dir: Path, *, options: BuildOptions = BuildOpt
         domain: one of ``instruction, math, multilingual, coding, safety``.
         out_dir: the dataset folder to write (replaced atomically; must be empty unless ``overwrite``).
         push_to: dataset repo to upload to in one commit, e.g. ``org/mergebench-math``.
-        corpus: evaluation texts to decontaminate against (default: every set of ``mergebench-eval``).
+        corpus: evaluation texts to decontaminate against (default: ``options.eval_sets``' configs, else every
+            packaged set of :data:`~mergebench.data.evalsets.EVAL_SETS`).
 
     Raises:
         DataError: a source is unusable (names the source, and the row when one row is at fault).
@@ -107,6 +111,8 @@ def build_domain(domain: str, out_dir: Path, *, options: BuildOptions = BuildOpt
     seed = dspec.seed if options.seed is None else options.seed
     out_dir = Path(out_dir)
     check_output(out_dir, overwrite=options.overwrite)  # fail before downloading anything
+    if corpus is None:
+        corpus = EvalCorpus.from_repo(options.eval_sets, api=api) if options.eval_sets else EvalCorpus.default()
     loaded = [load_source(s, revision=options.revisions.get(s.key), cache_dir=options.cache_dir, seed=seed,
                           api=api) for s in specs]
     rows, per_source = _convert(loaded, domain)
@@ -114,7 +120,6 @@ def build_domain(domain: str, out_dir: Path, *, options: BuildOptions = BuildOpt
         raise DataError(f"No rows of domain '{domain}' survive the source filters.",
                         source=",".join(s.key for s in specs))
     kept, dedup_report = deduplicate(rows, options.dedup, progress=options.progress)
-    corpus = corpus or EvalCorpus.default()
     kept, decon_report = decontaminate(kept, NgramIndex(corpus.texts, options.decontam), progress=options.progress)
     train, validation, split_report = split_validation(
         kept, size=options.validation_rows or dspec.validation_rows, seed=seed)

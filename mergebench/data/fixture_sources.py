@@ -150,7 +150,8 @@ def planted(key: str) -> Planted:
 # ---------------------------------------------------------------- writing repos in the real layouts
 
 
-def _parquet_bytes(rows: list[dict]) -> bytes:
+def parquet_bytes(rows: list[dict]) -> bytes:
+    """One parquet file of ``rows`` (schema inferred by pyarrow, as ``datasets``' ``push_to_hub`` writes it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -159,11 +160,13 @@ def _parquet_bytes(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def _jsonl_bytes(rows: list[dict]) -> bytes:
+def jsonl_bytes(rows: list[dict]) -> bytes:
+    """``rows`` as JSON Lines (UTF-8, one object per line)."""
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
-def _tsv_bytes(rows: list[dict]) -> bytes:
+def tsv_bytes(rows: list[dict]) -> bytes:
+    """``rows`` as a tab-separated file with a header line (WildJailbreak's format)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
     writer.writeheader()
@@ -182,23 +185,23 @@ def repo_files(key: str, rows: list[dict] | None = None) -> dict[str, bytes]:
     spec = SOURCES[key]
     rows = fixture_rows(key) if rows is None else rows
     if key == "magicoder-evol-instruct":
-        return {"data-evol_instruct-decontaminated.jsonl": _jsonl_bytes(rows),
+        return {"data-evol_instruct-decontaminated.jsonl": jsonl_bytes(rows),
                 "README.md": _readme(spec.repo_id, spec.license)}
     if key == "wildguardmix":
         test = load_eval_set("wildguardtest")["test"]
         configs = ("configs:\n- config_name: wildguardtrain\n  data_files:\n  - split: train\n"
                    "    path: train/wildguard_train.parquet\n- config_name: wildguardtest\n  data_files:\n"
                    "  - split: test\n    path: test/wildguard_test.parquet\n")
-        return {"train/wildguard_train.parquet": _parquet_bytes(rows),
-                "test/wildguard_test.parquet": _parquet_bytes(test),
+        return {"train/wildguard_train.parquet": parquet_bytes(rows),
+                "test/wildguard_test.parquet": parquet_bytes(test),
                 "README.md": _readme(spec.repo_id, spec.license, configs)}
     if key == "wildjailbreak":
         evals = load_eval_set("wildjailbreak_eval")["test"]
         configs = ("configs:\n- config_name: train\n  data_files: train/train.tsv\n"
                    "- config_name: eval\n  data_files: eval/eval.tsv\n")
-        return {"train/train.tsv": _tsv_bytes(rows), "eval/eval.tsv": _tsv_bytes(evals),
+        return {"train/train.tsv": tsv_bytes(rows), "eval/eval.tsv": tsv_bytes(evals),
                 "README.md": _readme(spec.repo_id, spec.license, configs)}
-    return {"data/train-00000-of-00001.parquet": _parquet_bytes(rows), "README.md": _readme(spec.repo_id, spec.license)}
+    return {"data/train-00000-of-00001.parquet": parquet_bytes(rows), "README.md": _readme(spec.repo_id, spec.license)}
 
 
 def write_repo(folder: Path, files: dict[str, bytes]) -> Path:

@@ -20,9 +20,13 @@ Why each workaround (``../shared/reference/offline-stack.md``):
    tokens, exactly like ``mergebench.prompt.encode_chat``; a tokenizer without a template gets
    ``mergebench.prompt.CHATML_TEMPLATE``, as in training.
 
-One loaded model serves every task of a run (``cleanup`` is a no-op; MergeBench owns the lifetime), and
-each task runs in a lighteval ``Pipeline`` of its own so that its results can be written as soon as it
-finishes and a failing task cannot take the others down.
+One loaded model serves every task of a run (``cleanup`` is a no-op; MergeBench owns the lifetime).
+Log-likelihood tasks that configure the model alike share one lighteval ``Pipeline`` (:func:`pipeline_groups`,
+:func:`run_tasks`): its set-up (task registry, datasets, metrics) is paid once per model, and their requests
+go to the model as one batch. A generative task keeps a pipeline of its own, so that its results are written
+as soon as it finishes (generation dominates its cost, not the set-up). Log-likelihood requests are scored
+with each shared prefix computed once (:mod:`mergebench.eval.packed`): the same numbers as lighteval's own
+per-sequence path up to floating-point summation order, about a third of the work for multiple choice.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import math
 import os
 import statistics
 import types
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +151,45 @@ def _model_class():
                                            "return_dict_in_generate": True, "output_scores": False,
                                            **({"top_p": spec.top_p} if spec.top_p is not None else {})}
 
+        def _loglikelihood_tokens(self, docs: list, rolling: bool = False) -> list:
+            """Each shared prefix computed once (:func:`packed_loglikelihood`); lighteval's own path for rolling
+            (perplexity) requests, models without 4-D masks, and sequences it would have to truncate."""
+            responses = None if rolling else packed_loglikelihood(self, docs)
+            return responses if responses is not None else super()._loglikelihood_tokens(docs, rolling=rolling)
+
     return MBTransformersModel
+
+
+def packed_loglikelihood(model: Any, docs: list) -> list | None:
+    """lighteval's ``ModelResponse`` for each log-likelihood ``doc``, scored by :func:`mergebench.eval.packed.score`
+    on exactly the tokens lighteval would score (its ``tok_encode_pair``, pairwise, as in its batch loop).
+
+    Returns ``None`` when lighteval's own path must run instead: the model takes no 4-D attention mask, or a
+    sequence exceeds the model's maximum length (lighteval then truncates the context from the left).
+    """
+    from lighteval.models.model_output import ModelResponse
+
+    from mergebench.eval import packed
+
+    if not packed.supports(model.model):
+        return None
+    encoded = []
+    for doc in docs:
+        contexts, continuations = model.tok_encode_pair(model.prompt_manager.prepare_prompt(doc), doc.choices,
+                                                        pairwise=True)
+        encoded.append(list(zip(contexts, continuations, strict=True)))
+    if any(len(c) + len(k) > model.max_length for pairs in encoded for c, k in pairs):
+        return None
+    scored = iter(packed.score(model.model, [pair for pairs in encoded for pair in pairs],
+                               progress=not model.disable_tqdm))
+    responses = []
+    for pairs in encoded:
+        answers = [next(scored) for _ in pairs]
+        responses.append(ModelResponse(logprobs=[a.logprob for a in answers],
+                                       argmax_logits_eq_gold=[a.greedy for a in answers],
+                                       input_tokens=list(pairs[0][0]) if pairs else [],
+                                       output_tokens=[list(k) for _, k in pairs]))
+    return responses
 
 
 def _configure_common(model: Any, spec: TaskSpec) -> None:
@@ -227,6 +270,8 @@ class TaskRun:
     empty_responses: int
     outputs_sha256: str = ""
     side_info: dict = field(default_factory=dict)
+    requests: int = 0
+    """Model requests answered (documents × choices): how a shared pipeline's time is divided among its tasks."""
 
 
 def _lighteval_config(spec: TaskSpec, data: TaskData, metrics: list) -> Any:
@@ -252,30 +297,68 @@ def _summarise(details: list, spec: TaskSpec) -> tuple[dict[str, float], int]:
     return stderr, empty
 
 
-def run_task(model: Any, spec: TaskSpec, data: TaskData, *, max_samples: int | None, work_dir: Path,
-             context: MetricContext | None = None) -> TaskRun:
-    """Evaluate ``model`` on one task with a lighteval ``Pipeline`` of its own."""
+def pipeline_groups(specs: Sequence[TaskSpec], max_samples: int | None) -> list[list[TaskSpec]]:
+    """``specs`` split into the groups that share one lighteval ``Pipeline``, in order of first appearance.
+
+    Log-likelihood tasks share a pipeline when they configure the model alike (prompt format) and read the same
+    number of items (``max_samples`` is one setting per pipeline); a generative task runs alone, so that its
+    results are written as soon as it finishes.
+    """
+    groups: dict[tuple, list[TaskSpec]] = {}
+    for spec in specs:
+        shared = spec.kind == "loglikelihood"
+        key = (spec.uses_chat_template, max_samples or spec.max_samples) if shared else (spec.name,)
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
+
+
+def run_tasks(model: Any, specs: Sequence[TaskSpec], data: Mapping[str, TaskData], *, max_samples: int | None,
+              work_dir: Path, context: MetricContext | None = None) -> dict[str, TaskRun]:
+    """Evaluate ``model`` on ``specs`` (one group of :func:`pipeline_groups`) in one lighteval ``Pipeline``.
+
+    Args:
+        data: where each task's rows are (task name → :class:`TaskData`).
+
+    Returns:
+        task name → :class:`TaskRun`, in the order of ``specs``.
+    """
     from lighteval.logging.evaluation_tracker import EvaluationTracker
     from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
 
     prepare_offline()
     context = context or MetricContext()
-    metrics, info = build_metrics(spec.metrics, MetricContext(spec.num_samples, context.sandbox, context.judge))
-    module = types.ModuleType(f"mergebench_tasks_{spec.name}")
-    module.TASKS_TABLE = [_lighteval_config(spec, data, metrics)]  # type: ignore[attr-defined]
-    model.configure(spec)
+    configs, infos = [], {}
+    for spec in specs:
+        metrics, infos[spec.name] = build_metrics(spec.metrics,
+                                                  MetricContext(spec.num_samples, context.sandbox, context.judge))
+        configs.append(_lighteval_config(spec, data[spec.name], metrics))
+    module = types.ModuleType(f"mergebench_tasks_{specs[0].name}")
+    module.TASKS_TABLE = configs  # type: ignore[attr-defined]
+    model.configure(specs[0])  # the group's tasks configure the model alike
     params = PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=module,  # type: ignore
-                                max_samples=max_samples or spec.max_samples, bootstrap_iters=0)
+                                max_samples=max_samples or specs[0].max_samples, bootstrap_iters=0)
     tracker = EvaluationTracker(output_dir=str(work_dir / "lighteval"), save_details=False)
-    pipeline = Pipeline(tasks=f"{spec.name}|0", pipeline_parameters=params, evaluation_tracker=tracker, model=model)
+    pipeline = Pipeline(tasks=",".join(f"{spec.name}|0" for spec in specs), pipeline_parameters=params,
+                        evaluation_tracker=tracker, model=model)
     pipeline.evaluate()
-    key = f"{spec.name}|0"
-    aggregated = pipeline.get_results()["results"][key.replace("|", ":")]
-    details = pipeline.get_details().get(key, [])
+    aggregated, details = pipeline.get_results()["results"], pipeline.get_details()
+    return {spec.name: _task_run(spec, aggregated[f"{spec.name}:0"], details.get(f"{spec.name}|0", []),
+                                 infos[spec.name]) for spec in specs}
+
+
+def run_task(model: Any, spec: TaskSpec, data: TaskData, *, max_samples: int | None, work_dir: Path,
+             context: MetricContext | None = None) -> TaskRun:
+    """Evaluate ``model`` on one task with a lighteval ``Pipeline`` of its own."""
+    return run_tasks(model, [spec], {spec.name: data}, max_samples=max_samples, work_dir=work_dir,
+                     context=context)[spec.name]
+
+
+def _task_run(spec: TaskSpec, aggregated: Mapping[str, Any], details: list, info: SideInfo) -> TaskRun:
     stderr, empty = _summarise(details, spec)
     values = {k: float(v) for k, v in aggregated.items() if not k.endswith("_stderr") and _is_number(v)}
+    requests = sum(max(1, len(d.doc.choices or ())) for d in details)
     return TaskRun(values, {k: v for k, v in stderr.items() if k in values}, len(details), empty,
-                   outputs_digest(details), _side(info))
+                   outputs_digest(details), _side(info), requests=requests)
 
 
 def outputs_digest(details: list) -> str:

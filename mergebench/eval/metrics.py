@@ -7,7 +7,8 @@ match and token F1 with HELM's normaliser (``qem``, ``f1``), corpus BLEU/chrF (s
 
 * ``pass@1`` — code correctness with the **unbiased pass@k estimator** of Chen et al. (2021),
   ``pass@k = 1 - C(n-c, k) / C(n, k)`` per problem (n samples, c correct), averaged over problems;
-  every sample runs in :mod:`mergebench.eval.sandbox`, all samples of a task in parallel;
+  every sample runs in :mod:`mergebench.eval.sandbox`, all samples of a task in parallel, and the task's
+  side information records the weakest ``isolation`` any sample ran under (``bwrap`` or ``none``);
 * ``refusal`` / ``compliance`` — the share of responses judged a refusal (harmful prompts: higher is
   better) or a compliance (benign prompts), by the judge of :mod:`mergebench.eval.refusal`;
 * ``gsm8k`` — lighteval's ``extractive_match`` plus lm-evaluation-harness' two GSM8K filters:
@@ -99,9 +100,13 @@ class SideInfo:
 
     counts: Counter = field(default_factory=Counter)
     examples: list[dict] = field(default_factory=list)
+    isolation: Counter = field(default_factory=Counter)  # code tasks: samples per isolation level
 
     def as_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "examples": self.examples[:5]}
+        info: dict[str, Any] = {"counts": dict(self.counts), "examples": self.examples[:5]}
+        if self.isolation:  # one sample without the kernel layer makes the whole task "none"
+            info["isolation"] = "none" if self.isolation["none"] else "bwrap"
+        return info
 
 
 def _code_metric(n: int, k: int, sandbox: SandboxConfig, info: SideInfo):
@@ -129,6 +134,7 @@ def _code_metric(n: int, k: int, sandbox: SandboxConfig, info: SideInfo):
             passed: Counter[int] = Counter()
             for owner, result in zip(owners, results, strict=True):
                 info.counts[result.status] += 1
+                info.isolation[result.isolation] += 1
                 passed[owner] += result.passed
                 if result.status in ("blocked", "timeout", "memory", "error") and len(info.examples) < 5:
                     info.examples.append({"doc": docs[owner].id, "status": result.status, "detail": result.detail})

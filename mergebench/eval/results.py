@@ -8,25 +8,32 @@ Why it is written the way it is:
   "failed"`` with the error) and the run goes on.
 * **Versioned.** ``schema_version`` is checked on read; another version is a clear
   :class:`~mergebench.errors.EvaluationError`, never a silent misreading of old numbers.
-* **One row per task on the Hub.** :func:`push_results` appends the run's tasks as a new parquet file of
-  the results dataset (``data/{run_id}.parquet``: adding a file never rewrites or races with earlier
-  rows) with a dataset card whose ``configs`` make ``load_dataset(repo, split="train")`` read them all —
-  what the leaderboard Space loads.
+* **One row per identity on the Hub.** A row of the results dataset is one task of one model as measured
+  once: its identity (``row_id``) is the model and its pinned revision, the evaluation data and the commit
+  (or content digest) its rows were read at, the task and its version, and the settings that can change a
+  score. :func:`push_results` writes the run's rows into ``data/{model, revision and settings digest}.parquet``
+  and replaces the rows of that file with the same identity, in one commit made on top of the file it read
+  (``parent_commit``), so a resumed run or a re-submission replaces rows instead of adding duplicates, and
+  a concurrent push is retried instead of lost. The dataset card's ``configs`` make
+  ``load_dataset(repo, split="train")`` read every file — what the leaderboard Space loads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import reprlib
+import types
+import typing
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from mergebench.errors import EvaluationError
-from mergebench.work import write_atomic
+from mergebench.work import fingerprint_of, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +144,111 @@ def _check_version(data: dict, source: str) -> None:
                           hint="Re-run `mergebench eval` to regenerate it with this version.")
 
 
+class _Identified(TypedDict):
+    id: str
+
+
+class _Model(_Identified, total=False):
+    revision: str | None
+    weights: str | None
+    role: str | None
+    domain: str | None
+    base_model: str | None
+    method: str | None
+    label: str | None
+    parameters: dict | None
+    experts: list[str] | dict[str, str] | None
+
+
+class _Run(_Identified, total=False):
+    started_at: str
+    finished_at: str | None
+    status: RunStatus
+
+
+class _Settings(TypedDict, total=False):
+    suite: str | None
+    tasks: list[str]
+    backend: str | None
+    max_samples: int | None
+
+
+class _EvalData(TypedDict, total=False):
+    kind: str | None
+    location: str | None
+    revision: str | None
+
+
+class _Cost(TypedDict, total=False):
+    merge_seconds: float | None
+    merge_peak_memory_bytes: int | None
+    validation_seconds: float | None
+    eval_seconds: float | None
+
+
+class _Environment(TypedDict, total=False):
+    """Free-form (versions of the software that ran): only an object."""
+
+
+BLOCKS: dict[str, type] = {"model": _Model, "settings": _Settings, "run": _Run, "eval_data": _EvalData, "cost": _Cost,
+                           "environment": _Environment}
+"""The fields of each block that readers (leaderboard, scores, the Space) rely on, typed as
+``results.schema.json`` has them; other fields of a block are free."""
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the declared type, without coercion: ``"1"`` is not a number, ``true`` not an int."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if origin is list and args:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict and args:
+        return isinstance(value, dict) and all(_conforms(v, args[1]) for v in value.values())
+    return isinstance(value, (int, float) if hint is float else origin or hint)
+
+
+def _typing_problems(fields: dict[str, Any], hints: dict[str, Any], where: str) -> list[str]:
+    return [f"{where}.{key} = {reprlib.repr(value)}" for key, value in fields.items()
+            if key in hints and not _conforms(value, hints[key])]
+
+
+def _shape_problems(data: dict) -> list[str]:
+    """Where ``data`` breaks the types readers rely on: the :data:`BLOCKS` fields and every task field as
+    :class:`TaskResult` declares it (none: an empty list)."""
+    problems = []
+    for block, declared in BLOCKS.items():
+        fields = data.get(block, {})
+        if not isinstance(fields, dict):
+            problems.append(f"'{block}' is not an object")
+            continue
+        required = sorted(declared.__required_keys__)  # type: ignore[attr-defined]
+        problems += [f"'{block}' has no '{key}'" for key in required if key not in fields]
+        problems += _typing_problems(fields, typing.get_type_hints(declared), block)
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
+        return [*problems, "'tasks' is not an object of task objects"]
+    hints = typing.get_type_hints(TaskResult)
+    for name, task in tasks.items():
+        problems += _typing_problems(task, hints, f"tasks.{name}")
+    return problems
+
+
 def results_from_dict(data: dict, source: str = "<dict>") -> Results:
-    """Parse a results document (checked: schema version, required keys)."""
+    """Parse a results document (checked: schema version, required keys, the types readers rely on)."""
     _check_version(data, source)
+    hint = "Validate it against mergebench/eval/results.schema.json."
+    problems = _shape_problems(data)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise EvaluationError(f"Results file '{source}' does not follow schema_version {SCHEMA_VERSION}: "
+                              f"{'; '.join(problems[:3])}{more}.", hint=hint)
     try:
         tasks = {name: TaskResult(**t) for name, t in data["tasks"].items()}
         return Results(model=data["model"], settings=data["settings"], run=data["run"],
@@ -147,7 +256,11 @@ def results_from_dict(data: dict, source: str = "<dict>") -> Results:
                        cost=data.get("cost", {}), tasks=tasks, schema_version=data["schema_version"])
     except (KeyError, TypeError) as e:
         raise EvaluationError(f"Results file '{source}' does not follow schema_version {SCHEMA_VERSION}: {e}.",
-                              hint="Validate it against mergebench/eval/results.schema.json.") from e
+                              hint=hint) from e
+
+
+def _no_constant(token: str) -> float:
+    raise ValueError(f"{token} is not JSON")
 
 
 def load_results(path: str | Path) -> Results:
@@ -158,11 +271,18 @@ def load_results(path: str | Path) -> Results:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except FileNotFoundError as e:
         raise EvaluationError(f"Results file '{path}' does not exist.", hint="Check the path given to --out.") from e
-    except json.JSONDecodeError as e:
-        raise EvaluationError(f"Results file '{path}' is not valid JSON ({e}).",
+    except IsADirectoryError as e:
+        raise EvaluationError(f"Results file '{path}' is a folder.",
+                              hint="Give one results JSON file here (readers of whole folders take the folder).") from e
+    except OSError as e:
+        raise EvaluationError(f"Results file '{path}' cannot be read: {e.strerror or e}.",
+                              hint="Check the path and the file's permissions.") from e
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, NaN, a 5,000-digit number, too deeply nested
+        why = "it nests too deeply" if isinstance(e, RecursionError) else str(e)
+        raise EvaluationError(f"Results file '{path}' is not valid JSON ({why}).",
                               hint="It may be truncated; results files are written atomically by mergebench eval.",
                               ) from e
     return results_from_dict(data, str(path))
@@ -176,16 +296,53 @@ ROW_COLUMNS = ("run_id", "schema_version", "model", "model_revision", "model_rol
                "started_at", "finished_at", "merge_seconds", "validation_seconds", "error",
                # the model block's leaderboard fields (appended: older files simply lack them)
                "base_model", "model_domain", "method", "parameters_json", "experts_json", "label",
-               "merge_peak_memory_bytes")
+               "merge_peak_memory_bytes",
+               # the row's identity and the main metric's standard error (appended later still)
+               "row_id", "model_weights", "data_sha", "settings_json", "stderr_json")
+NOT_IDENTITY_SETTINGS = ("suite", "tasks")
+"""Settings that only say which tasks ran: every other setting (backend, max_samples, seed, judge, sandbox,
+batch_size, dtype, device, max_length) can change a score and belongs to a row's identity."""
+PUSH_ATTEMPTS = 4
 
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
+def identity_settings(results: Results) -> dict[str, Any]:
+    """The settings that are part of a row's identity (all but :data:`NOT_IDENTITY_SETTINGS`)."""
+    return {k: v for k, v in results.settings.items() if k not in NOT_IDENTITY_SETTINGS}
+
+
+def _model_identity(results: Results) -> list[Any]:
+    """The model as measured: its id and weights — a Hub model's ``weights`` id (unchanged by commits that only
+    add scores or edit the card), else its pinned revision (an in-memory model has none: its run stands in)."""
+    weights = results.model.get("weights") or results.model.get("revision")
+    return [results.model.get("id"), weights if weights is not None else f"run:{results.run.get('id')}"]
+
+
+def data_sha(results: Results, task: TaskResult) -> str | None:
+    """The version of the rows ``task`` read: a Hub commit sha, or the sha-256 of local or packaged rows."""
+    return task.data.get("revision") or task.data.get("sha256") or results.eval_data.get("revision")
+
+
+def row_id(results: Results, task: TaskResult) -> str:
+    """A row's identity: (model, revision, evaluation data and its sha, task and version, settings)."""
+    data = results.eval_data
+    source = data.get("location") if data.get("kind") == "hub" else data.get("kind")
+    return fingerprint_of([*_model_identity(results), source, data_sha(results, task), task.name, task.version,
+                           identity_settings(results)])[:32]
+
+
+def results_path(results: Results) -> str:
+    """The results-dataset file of ``results``: one per (model, revision, settings), rows replaced by identity."""
+    return f"data/{fingerprint_of([*_model_identity(results), identity_settings(results)])[:32]}.parquet"
+
+
 def result_rows(results: Results) -> list[dict[str, Any]]:
     """One flat row per task: the table the leaderboard reads (columns :data:`ROW_COLUMNS`)."""
     r = results
+    settings_json = json.dumps(identity_settings(r), sort_keys=True, default=str)
     return [{
         "run_id": r.run["id"], "schema_version": r.schema_version, "model": r.model.get("id"),
         "model_revision": r.model.get("revision"), "model_role": r.model.get("role"), "task": t.name,
@@ -202,6 +359,9 @@ def result_rows(results: Results) -> list[dict[str, Any]]:
         "method": r.model.get("method"), "parameters_json": _json_or_none(r.model.get("parameters")),
         "experts_json": _json_or_none(r.model.get("experts")), "label": r.model.get("label"),
         "merge_peak_memory_bytes": r.cost.get("merge_peak_memory_bytes"),
+        "row_id": row_id(r, t), "model_weights": r.model.get("weights"), "data_sha": data_sha(r, t),
+        "settings_json": settings_json,
+        "stderr_json": json.dumps(t.stderr, sort_keys=True),
     } for t in r.tasks.values()]
 
 
@@ -211,14 +371,16 @@ RESULTS_CARD = """---
 # MergeBench results
 
 Evaluation results of merged models, their experts, bases and multi-task baselines, written by
-`mergebench eval --push-results {repo_id}`. One row per (run, task); each push adds one parquet file
-under `data/`, so earlier rows are never rewritten.
+`mergebench eval --push-results {repo_id}` and `mergebench run`. One row per task of a model as measured
+once: `row_id` digests the model and its revision, the evaluation data and its revision (`data_sha`), the task
+and its version and the settings that can change a score (`settings_json`). Each file `data/*.parquet` holds
+one model revision under one set of settings; pushing the same rows again replaces them, never adds copies.
 
 Columns: {columns}.
 
-`score` is the task's main metric (`main_metric`); all metrics of the task are in `metrics_json`. Scores
-are raw: normalise them (÷ expert, ÷ base) with `mergebench.eval.scores`. The full results files follow
-schema_version {schema_version} (`mergebench/eval/RESULTS_SCHEMA.md`).
+`score` is the task's main metric (`main_metric`); all metrics of the task are in `metrics_json`, standard
+errors in `stderr_json`. Scores are raw: normalise them (÷ expert, ÷ base) with `mergebench.eval.scores`. The
+full results files follow schema_version {schema_version} (`mergebench/eval/RESULTS_SCHEMA.md`).
 """
 
 
@@ -239,7 +401,7 @@ def _parquet_bytes(rows: Iterable[dict]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = list(rows)
+    rows = [{c: row.get(c) for c in ROW_COLUMNS} for row in rows]  # files pushed before lack the newer columns
     table = pa.Table.from_pylist(rows, schema=_arrow_schema(pa))
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
@@ -254,15 +416,52 @@ def _arrow_schema(pa: Any) -> Any:
                       for c in ROW_COLUMNS])
 
 
+def _rows_of(data: bytes) -> list[dict[str, Any]]:
+    import io
+
+    import pyarrow.parquet as pq
+
+    return list(pq.read_table(io.BytesIO(data)).to_pylist())
+
+
+def _existing_rows(api: Any, repo_id: str, path: str, revision: str) -> list[dict[str, Any]]:
+    """The rows of ``path`` at ``revision`` of the results dataset (none if the file does not exist yet)."""
+    from huggingface_hub import hf_hub_url
+
+    from mergebench.hub.retry import get_bytes, with_retries
+
+    if not with_retries(lambda: api.file_exists(repo_id, path, repo_type="dataset", revision=revision)):
+        return []
+    return _rows_of(get_bytes(hf_hub_url(repo_id, path, repo_type="dataset", revision=revision,
+                                         endpoint=api.endpoint)))
+
+
 def push_results(repo_id: str, results: Results, *, private: bool = False, api: Any = None) -> str:
-    """Append ``results`` (one row per task) to the results dataset ``repo_id``; returns the commit URL.
+    """Add ``results`` (one row per task) to the results dataset ``repo_id``; returns the commit URL.
 
-    Creates the dataset repo if needed; the card is (re)written on every push so its ``configs`` stay right.
+    Rows of the same identity (:func:`row_id`) already in the dataset are replaced, so pushing a run again
+    (a resumed run, a re-submission) never duplicates rows. Creates the dataset repo if needed; the card is
+    (re)written on every push so its ``configs`` stay right.
     """
-    from mergebench.hub.push import push_files
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
-    rows = result_rows(results)
-    return push_files(repo_id, {f"data/{results.run['id']}.parquet": _parquet_bytes(rows),
-                                "README.md": _card(repo_id).encode()},
-                      repo_type="dataset", private=private, api=api,
-                      commit_message=f"Results of {results.model.get('id')} ({len(rows)} tasks)")
+    from mergebench.hub.push import push_files
+    from mergebench.hub.retry import with_retries
+
+    api = api or HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    rows, path = result_rows(results), results_path(results)
+    for attempt in range(PUSH_ATTEMPTS):
+        head = with_retries(lambda: api.repo_info(repo_id, repo_type="dataset")).sha
+        new = {row["row_id"] for row in rows}
+        kept = [row for row in _existing_rows(api, repo_id, path, head) if row.get("row_id") not in new]
+        try:
+            return push_files(repo_id, {path: _parquet_bytes([*kept, *rows]), "README.md": _card(repo_id).encode()},
+                              repo_type="dataset", private=private, api=api, parent_commit=head,
+                              commit_message=f"Results of {results.model.get('id')} ({len(rows)} tasks)")
+        except HfHubHTTPError as e:  # 412: another push landed since we read the file: read it again
+            if getattr(e.response, "status_code", None) != 412 or attempt == PUSH_ATTEMPTS - 1:
+                raise
+            logger.info("results dataset %s moved during the push; retrying", repo_id)
+    raise AssertionError("unreachable")

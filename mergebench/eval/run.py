@@ -2,11 +2,13 @@
 
 The order of work is chosen so that bad input fails before anything expensive: task names are checked
 first (an unknown name suggests the closest), then the model path, then the data source; only then is the
-model loaded. Each task runs on its own; a task that raises is recorded as failed with its error and the
-run continues; the results file is rewritten atomically after every task, so an interrupted run keeps
-every finished task. Every evaluation works in a fresh temporary directory (lighteval's response cache,
-materialised data) that is deleted at the end, so two models evaluated one after the other with the same
-settings can never share cached answers.
+model loaded, once for all the tasks. Log-likelihood tasks share one lighteval pipeline (its set-up is paid
+once per model, :func:`~mergebench.eval.lighteval_wrapper.pipeline_groups`); a generative task has its own.
+A task that raises is recorded as failed with its error and the run continues (a shared pipeline that raises
+is retried task by task to find the one that failed); the results file is rewritten atomically after every
+pipeline, so an interrupted run keeps every finished task. Every evaluation works in a fresh temporary
+directory (lighteval's response cache, materialised data) that is deleted at the end, so two models evaluated
+one after the other with the same settings can never share cached answers.
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ from tqdm.auto import tqdm
 
 from mergebench.errors import EvaluationError, RefError
 from mergebench.eval.data_source import resolve_source, task_data
-from mergebench.eval.lighteval_wrapper import ModelOptions, load_model, prepare_offline, run_task
+from mergebench.eval.hub_results import publish_scores, publish_target
+from mergebench.eval.lighteval_wrapper import (
+    ModelOptions,
+    load_model,
+    pipeline_groups,
+    prepare_offline,
+    run_task,
+    run_tasks,
+)
 from mergebench.eval.metrics import MetricContext
 from mergebench.eval.refusal import make_judge
 from mergebench.eval.results import Results, ResultsWriter, RunStatus, TaskResult, new_results, now, push_results
 from mergebench.eval.sandbox import SandboxConfig
 from mergebench.eval.tasks import TaskSpec, resolve_tasks
+from mergebench.hub.eval_results import weights_id
 from mergebench.hub.refs import Pin, Ref, pin
 
 logger = logging.getLogger(__name__)
@@ -91,11 +102,10 @@ def _load(model: Any, backend: Backend, *, tokenizer: Any, cache_dir: Path, opti
     raise EvaluationError(f"Unknown backend '{backend}'.", hint="--backend transformers (CPU/GPU) or vllm (GPU).")
 
 
-def _task_result(spec: TaskSpec, *, started: float, data: dict, run: Any = None, error: BaseException | None = None
+def _task_result(spec: TaskSpec, *, seconds: float, data: dict, run: Any = None, error: BaseException | None = None
                  ) -> TaskResult:
-    seconds = round(time.perf_counter() - started, 3)
     common: dict[str, Any] = dict(name=spec.name, domain=spec.domain, role=spec.role, version=spec.version,
-                  main_metric=spec.main_metric, seconds=seconds, data=data, finished_at=now())
+                  main_metric=spec.main_metric, seconds=round(seconds, 3), data=data, finished_at=now())
     if error is not None:
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
         return TaskResult(status="failed", score=None, error={"type": type(error).__name__, "message": detail,
@@ -109,6 +119,11 @@ def _task_result(spec: TaskSpec, *, started: float, data: dict, run: Any = None,
                       **common)
 
 
+def _failed(spec: TaskSpec, error: BaseException, *, started: float, data: dict) -> TaskResult:
+    logger.error("task %s failed: %s", spec.name, error, exc_info=logger.isEnabledFor(logging.DEBUG))
+    return _task_result(spec, seconds=time.perf_counter() - started, data=data, error=error)
+
+
 def _run_one(lighteval_model: Any, spec: TaskSpec, source: Any, *, max_samples: int | None, work_dir: Path,
              context: MetricContext) -> TaskResult:
     import torch
@@ -120,10 +135,49 @@ def _run_one(lighteval_model: Any, spec: TaskSpec, source: Any, *, max_samples: 
         data = located.provenance
         torch.manual_seed(SEED)
         run = run_task(lighteval_model, spec, located, max_samples=max_samples, work_dir=work_dir, context=context)
-        return _task_result(spec, started=started, data=data, run=run)
+        return _task_result(spec, seconds=time.perf_counter() - started, data=data, run=run)
     except Exception as e:  # a failing task is recorded; the others still run
-        logger.error("task %s failed: %s", spec.name, e, exc_info=logger.isEnabledFor(logging.DEBUG))
-        return _task_result(spec, started=started, data=data, error=e)
+        return _failed(spec, e, started=started, data=data)
+
+
+def _run_group(lighteval_model: Any, specs: list[TaskSpec], source: Any, *, max_samples: int | None, work_dir: Path,
+               context: MetricContext) -> list[TaskResult]:
+    """One :func:`~mergebench.eval.lighteval_wrapper.pipeline_groups` group in one pipeline, results in order.
+
+    The group's wall-clock is divided among its tasks in proportion to the model requests each needed. If the
+    shared pipeline raises, its tasks run again one by one, so that the failure is recorded against the task
+    that caused it and the others are still scored.
+    """
+    import torch
+
+    if len(specs) == 1:
+        return [_run_one(lighteval_model, specs[0], source, max_samples=max_samples, work_dir=work_dir,
+                         context=context)]
+    started = time.perf_counter()
+    located, failed = {}, {}
+    for spec in specs:
+        try:
+            located[spec.name] = task_data(source, spec.eval_set)
+        except Exception as e:  # this task's data is missing or bad: the others still run
+            failed[spec.name] = _failed(spec, e, started=started, data={})
+    ready = [s for s in specs if s.name in located]
+    try:
+        torch.manual_seed(SEED)
+        runs = run_tasks(lighteval_model, ready, located, max_samples=max_samples, work_dir=work_dir,
+                         context=context) if ready else {}
+    except Exception as e:
+        logger.warning("%d tasks sharing one pipeline failed (%s); running them one by one.", len(ready), e)
+        return [failed.get(s.name) or _run_one(lighteval_model, s, source, max_samples=max_samples,
+                                               work_dir=work_dir, context=context) for s in specs]
+    seconds = time.perf_counter() - started
+    requests = sum(run.requests for run in runs.values()) or 1
+    for spec in ready:
+        data, run = located[spec.name].provenance, runs[spec.name]
+        try:
+            failed[spec.name] = _task_result(spec, seconds=seconds * run.requests / requests, data=data, run=run)
+        except EvaluationError as e:  # the task produced no main metric
+            failed[spec.name] = _failed(spec, e, started=started, data=data)
+    return [failed[s.name] for s in specs]
 
 
 def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = None,
@@ -131,7 +185,7 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
              tokenizer: Any = None, eval_data: str | Path | None = None, refusal_judge: str | None = None,
              sandbox: SandboxConfig | None = None, options: ModelOptions | None = None,
              model_info: dict | None = None, cost: dict | None = None, push_to: str | None = None,
-             progress: bool = True) -> Results:
+             push_eval_results: bool = False, progress: bool = True) -> Results:
     """Evaluate ``model`` (a folder, a Hub id, or an in-memory ``PreTrainedModel`` with ``tokenizer``).
 
     Args:
@@ -146,6 +200,9 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
         cost: merge/validation cost to record (``merge_seconds``, ``merge_peak_memory_bytes``,
             ``validation_seconds``).
         push_to: append the results to this Hub dataset (:func:`~mergebench.eval.results.push_results`).
+        push_eval_results: write the scores into the model's own Hub repo (``.eval_results/*.yaml``, the card's
+            ``model-index``; :func:`~mergebench.eval.hub_results.publish_scores`). Needs a Hub model and Hub
+            evaluation data (``eval_data="org/mergebench-eval"``), checked before the model is loaded.
 
     Returns:
         The :class:`~mergebench.eval.results.Results` (also written to ``out``).
@@ -153,6 +210,8 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
     Raises:
         EvaluationError: unknown task/suite/backend, or a model path that does not exist — before any
             work. Failures inside a task do not raise: they are recorded in that task's result.
+        ScoresError: ``push_eval_results`` for a model or evaluation data that is not on the Hub (before any
+            work), or a model repo that moved on while it was evaluated.
 
     >>> results = evaluate("HuggingFaceTB/SmolLM2-135M-Instruct", suite="tiny", out="results.json")  # doctest: +SKIP
     """
@@ -164,6 +223,8 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
     try:
         source = resolve_source(eval_data, work_dir=work_dir)
         pinned = _pin_model(model)
+        if push_eval_results:  # fail now, not after hours of evaluation
+            publish_target(pinned.ref.repo_id if pinned else None, pinned.sha if pinned else None, source.describe())
         lighteval_model = _load(model, backend, tokenizer=tokenizer, cache_dir=work_dir / "lighteval-cache",
                                 options=options, pinned=pinned)
         context = MetricContext(sandbox=sandbox, judge=make_judge(refusal_judge))
@@ -171,6 +232,7 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
                        "revision": pinned.revision if pinned else None, **(model_info or {})}
         if pinned is not None and pinned.ref.repo_id:
             model_block["id"] = pinned.ref.repo_id
+            model_block["weights"] = weights_id(pinned.ref.repo_id, str(pinned.sha))  # kept by score commits
         model_block["id"] = str(model_block["id"])
         settings = {"suite": suite if not tasks else None, "tasks": [s.name for s in specs], "backend": backend,
                     "max_samples": max_samples, "seed": SEED, "judge": context.judge.name,
@@ -179,9 +241,13 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
                                            environment=_versions(), cost=cost), Path(out) if out else None)
         status: RunStatus = "failed"
         try:
-            for spec in tqdm(specs, desc="mergebench eval", unit="task", disable=not progress, file=sys.stderr):
-                writer.add(_run_one(lighteval_model, spec, source, max_samples=max_samples, work_dir=work_dir,
-                                    context=context))
+            with tqdm(total=len(specs), desc="mergebench eval", unit="task", disable=not progress,
+                      file=sys.stderr) as bar:
+                for group in pipeline_groups(specs, max_samples):
+                    for result in _run_group(lighteval_model, group, source, max_samples=max_samples,
+                                             work_dir=work_dir, context=context):
+                        writer.add(result)
+                    bar.update(len(group))
             status = "complete"
         finally:
             results = writer.finish(status)  # also on KeyboardInterrupt: finished tasks are on disk
@@ -189,4 +255,6 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
         shutil.rmtree(work_dir, ignore_errors=True)
     if push_to:
         push_results(push_to, results)
+    if push_eval_results:
+        publish_scores(results, results_repo=push_to)
     return results

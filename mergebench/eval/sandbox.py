@@ -2,7 +2,17 @@
 
 Why a process of its own, not ``exec`` in the evaluator: a generated program may loop forever, allocate
 all memory, fork-bomb, delete files, phone home or try to report a pass it did not earn. Each program
-runs in a fresh interpreter (the child side is :mod:`mergebench.eval.sandbox_bootstrap`) with:
+runs in a fresh interpreter (the child side is :mod:`mergebench.eval.sandbox_bootstrap`) with two layers:
+
+**The kernel layer** (:mod:`mergebench.eval.isolation`, ``isolation: "bwrap"`` in the results): the
+interpreter starts inside bubblewrap -- new user, network, PID, IPC and UTS namespaces, ``/usr``
+read-only, a private ``/proc`` and ``/dev``, a fresh size-capped tmpfs as the only writable place, no
+home, no project, no token, no capabilities, and a seccomp filter (ptrace, mounts, namespaces, keyrings,
+eBPF, io_uring & co. fail with ``EPERM``). Where the machine refuses it (no ``bwrap``, no unprivileged
+user namespaces, no libseccomp), detected once per process, the run falls back to the guard alone and
+records ``isolation: "none"``; ``SandboxConfig(isolation="bwrap")`` makes that an error instead.
+
+**The in-process guard**, in both cases (its own namespaces only where bwrap is not used):
 
 * **kernel limits** (``resource.setrlimit``): CPU seconds, address space (``RLIMIT_AS``, so a 10 GB
   allocation raises ``MemoryError``), file size, open files, no core dumps, and a process cap
@@ -43,12 +53,14 @@ off: it lives in the closure of one function that nothing else references, holds
 values, makes no global or builtin lookup, and the program runs in its own ``__main__`` module.
 ``blocked`` (any ``DENY``) wins over every other status, even when the program caught the exception.
 
-Threat model: this contains careless or naively harmful model output and the hostile tricks above, not a
-determined attacker with a CPython memory-corruption exploit, nor races between threads that swap a
-symlink between the hook's check and the kernel's use of a path; metadata calls without audit events
-(``os.stat``, ``os.mkfifo``) are only limited by the sandbox uid. With ``audit=False`` (a test setting
-for the kernel limits) nothing guards the key file, so a hostile program could forge its pass. For
-hostile input, run evaluations inside a VM or a container without network as well.
+Threat model: the guard alone contains careless or naively harmful model output and the hostile tricks
+above, not a determined attacker with a CPython memory-corruption exploit, nor races between threads that
+swap a symlink between the hook's check and the kernel's use of a path; metadata calls without audit
+events (``os.stat``, ``os.mkfifo``) are only limited by the sandbox uid, and a program can fill the host's
+temporary folder until its timeout. The kernel layer closes those: what the program cannot see is not
+mounted, whatever trick reaches the kernel. It does not stop a kernel exploit through an allowed system
+call; for hostile input at scale, run evaluations in a VM as well. With ``audit=False`` (a test setting for
+the kernel layer and limits) nothing guards the key file, so a hostile program could forge its pass.
 """
 
 from __future__ import annotations
@@ -58,32 +70,28 @@ import json
 import logging
 import os
 import secrets
-import selectors
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from mergebench.eval import sandbox_bootstrap
+from mergebench.errors import ConfigError, EvaluationError
+from mergebench.eval import isolation, sandbox_bootstrap
+from mergebench.eval.isolation import Isolation
+from mergebench.eval.sandbox_watch import Run, Status, Tail, Verdict, classify, exit_status, kill_group, stop, watch
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["passed", "failed", "timeout", "memory", "blocked", "error"]
 NOBODY = 65534
-_MARK = sandbox_bootstrap.MARK
 _BOOTSTRAP = Path(sandbox_bootstrap.__file__).read_text(encoding="utf-8")
-_CHUNK = 65_536  # bytes per read of a pipe
-_MAX_LINE = 8_192  # longer lines of the verdict pipe are the program's noise: dropped
-_EXIT_GRACE_S = 1.0  # after the child exits, how long its pipes may stay open (nothing should hold them)
 
 
 @dataclass(frozen=True)
@@ -92,15 +100,22 @@ class SandboxConfig:
 
     timeout_s: float = 10.0  # wall clock; CPU seconds are capped at the same value
     memory_mb: int = 1024  # RLIMIT_AS: address space, so huge allocations fail fast
-    max_processes: int = 16  # RLIMIT_NPROC headroom over the processes the identity already has
+    max_processes: int = 16  # RLIMIT_NPROC headroom over the identity's processes (bwrap: over the run's first 3)
     file_size_mb: int = 16  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     output_bytes: int = 16_384  # stdout/stderr tail kept in the result
     max_output_bytes: int = 4 * 2**20  # everything the program writes; beyond it the run is killed ("failed")
-    isolate_network: bool = True  # a network namespace in the child
-    isolate_processes: bool = True  # a PID namespace: nothing the program starts survives it
+    isolate_network: bool = True  # a network namespace in the child (False: the host's network, also in bwrap)
+    isolate_processes: bool = True  # the guard's PID namespace (bwrap always has one): nothing outlives the run
     drop_privileges: bool = True  # as root: run as nobody (root is exempt from RLIMIT_NPROC)
     audit: bool = True  # the audit hook; tests turn it off to check the kernel limits alone
+    isolation: Literal["auto", "bwrap", "none"] = "auto"  # bwrap where it works | required | the guard alone
+    disk_mb: int = 64  # size of the tmpfs holding the work folder (bwrap only)
+
+    def __post_init__(self) -> None:
+        if self.disk_mb < 1:  # bwrap's --size 0 would be a tmpfs without a cap
+            raise ConfigError(f"SandboxConfig(disk_mb={self.disk_mb}) leaves no room for the program.",
+                              hint="Give disk_mb >= 1 (MB); the default is 64.")
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class SandboxResult:
     detail: str = ""  # the blocked event, the exception line, the signal or the limit
     stdout: str = field(default="", repr=False)
     stderr: str = field(default="", repr=False)
+    isolation: Isolation = "none"  # "bwrap": the kernel layer too; "none": the in-process guard alone
 
     @property
     def passed(self) -> bool:
@@ -159,7 +175,7 @@ def _tasks_of(uid: int) -> int:
 
 
 def _identity(config: SandboxConfig) -> tuple[int | None, str, int]:
-    """(uid to switch to, interpreter, RLIMIT_NPROC) for this run."""
+    """(uid to switch to, interpreter, RLIMIT_NPROC) for a run of the in-process guard alone."""
     if os.geteuid() == 0 and config.drop_privileges:
         python = _interpreter(True)
         if python:
@@ -167,10 +183,38 @@ def _identity(config: SandboxConfig) -> tuple[int | None, str, int]:
         logger.warning("No world-readable Python interpreter: the sandbox runs as root, so RLIMIT_NPROC does not "
                        "apply (the audit hook still blocks os.fork).")
         return None, _interpreter(False), config.max_processes
-    if config.isolate_network and os.geteuid() != 0:
-        # a new user namespace counts its own tasks; the margin also covers the no-namespace fallback
-        return None, _interpreter(False), _tasks_of(os.geteuid()) + config.max_processes
+    # without a user namespace the count is the uid's across the host; with one it is the run's own
     return None, _interpreter(False), _tasks_of(os.geteuid()) + config.max_processes
+
+
+def _bwrap_identity(config: SandboxConfig) -> tuple[int | None, str]:
+    """(uid bwrap is started as, interpreter inside it). Root starts it as ``nobody``: inside the new user
+    namespace the program is then nobody on the host too, so ``RLIMIT_NPROC`` applies and root's files stay
+    root's; the interpreter must be one nobody can read."""
+    if os.geteuid() == 0 and config.drop_privileges and _interpreter(True):
+        return NOBODY, _interpreter(True)
+    return None, _interpreter(False)
+
+
+def bwrap_refusal(config: SandboxConfig = SandboxConfig()) -> str:
+    """Why bubblewrap cannot sandbox runs of ``config`` on this machine, or ``""`` when it can (probed once per
+    process and identity: one short sandboxed run)."""
+    return isolation.probe(*_bwrap_identity(config))
+
+
+def _isolation(config: SandboxConfig) -> Isolation:
+    """The layer this run gets: bwrap where it works, else the guard alone."""
+    if config.isolation == "none":
+        return "none"
+    reason = bwrap_refusal(config)
+    if not reason:
+        return "bwrap"
+    if config.isolation == "bwrap":
+        raise EvaluationError(f"The code sandbox cannot use bubblewrap here: {reason}.",
+                              hint="Install it (apt-get install bubblewrap) on a kernel that allows unprivileged "
+                                   "user namespaces, or use SandboxConfig(isolation='auto') to fall back to the "
+                                   "in-process guard (results then record isolation 'none').")
+    return "none"
 
 
 def _limits(config: SandboxConfig, nproc: int) -> dict[str, int]:
@@ -183,152 +227,6 @@ def _clean_env(workdir: str) -> dict[str, str]:
     """Nothing from the caller's environment: no tokens, no ``HF_*``, no proxies, no ``PYTHON*``."""
     return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
             "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-class _Tail:
-    """The last ``keep`` bytes of a stream: what the result shows, in bounded memory."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep, self.buffer = max(0, keep), bytearray()
-
-    def add(self, chunk: bytes) -> None:
-        self.buffer += chunk
-        if len(self.buffer) > 2 * self.keep + _CHUNK:
-            del self.buffer[: len(self.buffer) - self.keep]
-
-    def text(self) -> str:
-        return bytes(self.buffer[-self.keep:] if self.keep else b"").decode("utf-8", "replace")
-
-
-class _Verdict:
-    """The records of the verdict pipe, parsed as they stream in (see :mod:`sandbox_bootstrap`).
-
-    The program can write to the pipe as well, so nothing here trusts a record it could forge to its
-    advantage: ``NET`` counts only as the pipe's first line (written before the program existed), ``DONE``
-    only with the run's secret; a forged ``DENY``, ``FAIL`` or ``MEMORY`` can only fail the program itself.
-    """
-
-    def __init__(self, secret: str) -> None:
-        self.secret, self.partial, self.skipping = secret, bytearray(), False
-        self.first: str | None = None
-        self.denied: list[str] = []
-        self.memory, self.done, self.failure = False, False, ""
-
-    def feed(self, chunk: bytes) -> None:
-        self.partial += chunk
-        while (end := self.partial.find(b"\n")) >= 0:
-            line, skipped = bytes(self.partial[:end]), self.skipping
-            del self.partial[: end + 1]
-            self.skipping = False
-            if not skipped:
-                self._line(line.decode("utf-8", "replace"))
-        if len(self.partial) > _MAX_LINE:
-            self.partial.clear()
-            self.skipping = True
-
-    def _line(self, line: str) -> None:
-        if not line:
-            return
-        if self.first is None:
-            self.first = line
-        kind, _, text = line.removeprefix(f"{_MARK}:").partition(":") if line.startswith(f"{_MARK}:") else ("", "", "")
-        if kind == "DENY" and len(self.denied) < 8:
-            self.denied.append(text)
-        elif kind == "MEMORY":
-            self.memory = True
-        elif kind == "FAIL":
-            self.failure = text
-        elif kind == "DONE" and secrets.compare_digest(text.encode(), self.secret.encode()):
-            self.done = True
-
-    @property
-    def network_isolated(self) -> bool:
-        return self.first == f"{_MARK}:NET:isolated"
-
-
-@dataclass
-class _Run:
-    """What the parent observed of one child."""
-
-    out: _Tail
-    err: _Tail
-    verdict: _Verdict
-    timed_out: bool = False
-    overflow: int = 0  # bytes read when the output limit was hit, 0 when it was not
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Ask the supervisor to kill the worker and its descendants, then kill what is left of its group."""
-    with contextlib.suppress(ProcessLookupError):  # not reaped yet, so the pid is still this child's
-        os.kill(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=1)
-    _kill_group(proc)
-    proc.wait()
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _watch(proc: subprocess.Popen, verdict_fd: int, config: SandboxConfig, run: _Run) -> None:
-    """Read stdout, stderr and the verdict pipe as they stream until they close, the child is gone, the
-    wall clock runs out or the output limit is reached (then the run is stopped)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    sinks: dict[int, Callable[[bytes], None]] = {proc.stdout.fileno(): run.out.add,
-                                                  proc.stderr.fileno(): run.err.add, verdict_fd: run.verdict.feed}
-    deadline, exited_at, total = time.monotonic() + config.timeout_s + 2, None, 0
-    with selectors.DefaultSelector() as selector:
-        for fd in sinks:
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            now = time.monotonic()
-            if now >= deadline:
-                run.timed_out = True
-                break
-            if proc.poll() is not None:
-                exited_at = exited_at or now
-                if now - exited_at > _EXIT_GRACE_S:
-                    break
-            for key, _ in selector.select(timeout=min(0.05, deadline - now)):
-                chunk = os.read(key.fd, _CHUNK)
-                if not chunk:
-                    selector.unregister(key.fd)
-                    continue
-                total += len(chunk)
-                sinks[key.fd](chunk)
-            if total > config.max_output_bytes:
-                run.overflow = total
-                break
-    if not (run.timed_out or run.overflow):
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            run.timed_out = True
-    if run.timed_out or run.overflow:
-        _stop(proc)
-
-
-def _classify(rc: int | None, run: _Run) -> tuple[Status, str]:
-    """The status from the verdict records and the exit status; never from what the program printed."""
-    verdict = run.verdict
-    if verdict.denied:
-        return "blocked", verdict.denied[0]
-    if rc == sandbox_bootstrap.EXIT_TAMPERED:
-        return "blocked", "the program closed or replaced the sandbox's verdict pipe"
-    if run.timed_out:
-        return "timeout", "wall-clock timeout"
-    if run.overflow:
-        return "failed", f"output limit: more than {run.overflow} bytes written (max_output_bytes)"
-    if rc is not None and rc < 0:
-        sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-        return ("timeout" if sig in ("SIGXCPU", "SIGKILL") else "failed"), f"killed by {sig}"
-    if verdict.memory:
-        return "memory", "MemoryError"
-    if rc == 0 and verdict.done:
-        return "passed", ""
-    return "failed", verdict.failure or f"exit code {rc} before the end of the program"
 
 
 def _fill_run_dir(base: str, source: str, uid: int | None) -> tuple[str, str, str]:
@@ -346,48 +244,116 @@ def _fill_run_dir(base: str, source: str, uid: int | None) -> tuple[str, str, st
     return workdir, key, secret
 
 
+@dataclass
+class _Plan:
+    """How to start one run: the command, its environment, its descriptors and what to remove afterwards."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    secret: str
+    fds: list[int] = field(default_factory=list)  # for the child besides the verdict pipe; the parent closes them
+    user: dict = field(default_factory=dict)  # subprocess arguments: the uid the child starts as
+    host_dir: str | None = None  # the guard's run folder on the host
+
+
+def _bootstrap_argv(config: SandboxConfig, *, workdir: str, key: str, verdict_fd: int, uid: int | None, nproc: int,
+                    bwrap: bool) -> list[str]:
+    cfg = {"dir": workdir, "key": key, "verdict_fd": verdict_fd, "uid": uid, "audit": config.audit, "bwrap": bwrap,
+           "isolate_network": config.isolate_network, "isolate_processes": config.isolate_processes,
+           "limits": _limits(config, nproc)}
+    return ["-I", "-S", "-c", _BOOTSTRAP, json.dumps(cfg)]
+
+
+def _guard_plan(source: str, config: SandboxConfig, verdict_fd: int) -> _Plan:
+    """The in-process guard alone: the run folder is a private temporary folder on the host."""
+    uid, python, nproc = _identity(config)
+    base = tempfile.mkdtemp(prefix="mergebench-sandbox-")
+    try:
+        workdir, key, secret = _fill_run_dir(base, source, uid)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    argv = [python, *_bootstrap_argv(config, workdir=workdir, key=key, verdict_fd=verdict_fd, uid=uid, nproc=nproc,
+                                     bwrap=False)]
+    return _Plan(argv, _clean_env(workdir), workdir, secret, host_dir=base)
+
+
+_BWRAP_TASKS = 3  # bwrap's init, the supervisor and the worker: the new user namespace's first tasks
+
+
+def _bwrap_plan(source: str, config: SandboxConfig, verdict_fd: int) -> _Plan:
+    """bwrap copies the program and the key from memfds onto the run's fresh tmpfs: nothing touches the host's
+    disk. The process count starts afresh in the new user namespace, so the cap is the run's own."""
+    uid, python = _bwrap_identity(config)
+    where = isolation.layout(f"mergebench-sandbox-{secrets.token_hex(8)}")
+    secret = secrets.token_hex(16)
+    argv = _bootstrap_argv(config, workdir=where.workdir, key=where.key, verdict_fd=verdict_fd, uid=None,
+                           nproc=config.max_processes + _BWRAP_TASKS, bwrap=True)
+    fds: list[int] = []
+    try:
+        for name, data in (("program", source.encode("utf-8")), ("key", secret.encode()),
+                           ("seccomp", isolation.seccomp_filter())):
+            fds.append(isolation.memfd(name, data))
+        cmd = isolation.command(bwrap=shutil.which("bwrap") or "bwrap", python=python,
+                                mounts=isolation.interpreter_mounts(python) or [], argv=argv, where=where,
+                                disk_bytes=config.disk_mb * 2**20, program_fd=fds[0], key_fd=fds[1],
+                                seccomp_fd=fds[2], share_net=not config.isolate_network)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return _Plan(cmd, _clean_env(where.workdir), "/", secret, fds=fds, user=isolation.as_user(uid))
+
+
+def _start(plan: _Plan, verdict_fd: int) -> subprocess.Popen:
+    return subprocess.Popen(plan.argv, cwd=plan.cwd, env=plan.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                            pass_fds=(verdict_fd, *plan.fds), bufsize=0, **plan.user)
+
+
 def run_program(source: str, config: SandboxConfig = SandboxConfig()) -> SandboxResult:
     """Run one Python program in the sandbox and classify the outcome; never raises for program faults.
+
+    Raises:
+        EvaluationError: ``config.isolation == "bwrap"`` and bubblewrap cannot run here.
 
     >>> run_program("assert 1 + 1 == 2").status  # doctest: +SKIP
     'passed'
     """
-    uid, python, nproc = _identity(config)
+    level = _isolation(config)
     start = time.perf_counter()
-    base = None
+    plan: _Plan | None = None
     try:
-        base = tempfile.mkdtemp(prefix="mergebench-sandbox-")
-        workdir, key, secret = _fill_run_dir(base, source, uid)
         read_end, write_end = os.pipe()
         try:
-            cfg = {"dir": workdir, "key": key, "verdict_fd": write_end, "uid": uid, "audit": config.audit,
-                   "isolate_network": config.isolate_network, "isolate_processes": config.isolate_processes,
-                   "limits": _limits(config, nproc)}
-            proc = subprocess.Popen([python, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(cfg)], cwd=workdir,
-                                    env=_clean_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                                    pass_fds=(write_end,), bufsize=0)
+            plan = (_bwrap_plan if level == "bwrap" else _guard_plan)(source, config, write_end)
+            proc = _start(plan, write_end)
         except BaseException:
             os.close(read_end)
             raise
         finally:
             os.close(write_end)
-        run = _Run(_Tail(config.output_bytes), _Tail(config.output_bytes), _Verdict(secret))
+            for fd in plan.fds if plan is not None else ():
+                os.close(fd)
+        run = Run(Tail(config.output_bytes), Tail(config.output_bytes), Verdict(plan.secret))
         with proc, contextlib.closing(os.fdopen(read_end, "rb", buffering=0)):
             try:
-                _watch(proc, read_end, config, run)
+                watch(proc, read_end, run, timeout_s=config.timeout_s, max_output_bytes=config.max_output_bytes)
             finally:
                 if proc.poll() is None:  # an error of our own: never leave the run behind
-                    _stop(proc)
-                _kill_group(proc)  # stray members of its process group
-        status, detail = _classify(proc.returncode, run)
-        return SandboxResult(status, time.perf_counter() - start, proc.returncode, run.verdict.network_isolated,
-                             detail, run.out.text(), run.err.text())
+                    stop(proc)
+                kill_group(proc)  # stray members of its process group
+        rc = exit_status(proc.returncode, level)
+        status, detail = classify(rc, run)
+        return SandboxResult(status, time.perf_counter() - start, rc, run.verdict.network_isolated, detail,
+                             run.out.text(), run.err.text(), level)
     except OSError as e:  # could not start the child at all: an infrastructure error, not the program's
-        return SandboxResult("error", time.perf_counter() - start, None, False, f"sandbox failed to start: {e}")
+        return SandboxResult("error", time.perf_counter() - start, None, False, f"sandbox failed to start: {e}",
+                             isolation=level)
     finally:
-        if base is not None:
-            shutil.rmtree(base, ignore_errors=True)
+        if plan is not None and plan.host_dir is not None:
+            shutil.rmtree(plan.host_dir, ignore_errors=True)
 
 
 def run_programs(sources: Sequence[str], config: SandboxConfig = SandboxConfig(), *,
@@ -395,6 +361,7 @@ def run_programs(sources: Sequence[str], config: SandboxConfig = SandboxConfig()
     """Run many programs, a few at a time (each is its own process); results in input order."""
     if not sources:
         return []
+    _isolation(config)  # probe once, before the threads (and fail early when bwrap is required but refused)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda s: run_program(s, config), sources))

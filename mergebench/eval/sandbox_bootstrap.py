@@ -6,15 +6,16 @@ Imported normally it only defines functions (tests inspect :func:`make_hook`).
 
 Two processes per run, and no program code ever runs in the first one:
 
-* the **supervisor** (the interpreter the parent started) enters new network and PID namespaces, writes
-  the first record of the verdict pipe (is the network isolated?), becomes a child subreaper and forks
-  the worker. It waits for the worker, kills what the worker left behind and exits with the worker's
-  status. On SIGTERM (the parent's timeout or output limit) it kills the worker first.
+* the **supervisor** (the interpreter the parent started) enters new network and PID namespaces (inside
+  bwrap it is in them already: the config says ``bwrap``), writes the first record of the verdict pipe
+  (is the network isolated?), becomes a child subreaper and forks the worker. It waits for the worker,
+  kills what the worker left behind and exits with the worker's status. On SIGTERM (the parent's timeout
+  or output limit) it kills the worker first.
 * the **worker** is PID 1 of the new PID namespace, so when it ends the kernel kills every process the
-  program started, daemons that called ``setsid`` included (without a PID namespace the orphans are
-  re-parented to the supervisor, which kills them). It drops to the sandbox uid, asks for SIGKILL when
-  the supervisor dies, sets the rlimits, installs the audit hook and executes the program in a fresh
-  ``__main__`` module.
+  program started, daemons that called ``setsid`` included (inside bwrap the namespace belongs to bwrap's
+  own init, and ends with the supervisor; without a PID namespace the orphans are re-parented to the
+  supervisor, which kills them). It drops to the sandbox uid, asks for SIGKILL when the supervisor dies,
+  sets the rlimits, installs the audit hook and executes the program in a fresh ``__main__`` module.
 
 Records are lines ``MB-SANDBOX:<KIND>:<text>`` on the verdict pipe (only the parent holds its read end):
 ``NET`` (first line, written before any program code exists), ``DENY`` (the audit hook refused an
@@ -392,7 +393,11 @@ def main() -> Callable[[], None]:
     config = json.loads(sys.argv[1])
     sys.argv[:] = ["program.py"]
     verdict_fd = config["verdict_fd"]
-    network, _ = _unshare(config["isolate_network"], config["isolate_processes"])
+    # inside bwrap the namespaces exist already (and the seccomp filter refuses unshare)
+    if config.get("bwrap"):
+        network = config["isolate_network"]
+    else:
+        network, _ = _unshare(config["isolate_network"], config["isolate_processes"])
     _record(verdict_fd, "NET", "isolated" if network else "shared")
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     worker = os.fork()

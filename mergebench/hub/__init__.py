@@ -3,6 +3,8 @@
 - :mod:`~mergebench.hub.refs`: parse every reference the project accepts and pin it to a commit sha once;
 - :mod:`~mergebench.hub.models`: a pinned model's file list, safetensors headers and config (no weights);
 - :mod:`~mergebench.hub.push`: the one way results reach the Hub (create the repo, one commit);
+- :mod:`~mergebench.hub.eval_results`: scores in a model repo (``.eval_results/*.yaml``, ``model-index``),
+  written in one commit on top of the scored weights, and read back at one revision;
 - :mod:`~mergebench.hub.retry`: transient failures retried with back-off;
 - :mod:`~mergebench.hub.endpoint`: point the client at another Hub (the loopback server, a mirror).
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, SpaceHardware
 
 from mergebench.hub.refs import RepoType
 from mergebench.hub.retry import with_retries
@@ -31,14 +31,18 @@ def _api(api: HfApi | None, token: str | None) -> HfApi:
 
 def push_folder(folder: Path, repo_id: str, *, repo_type: RepoType = "model", private: bool = False,
                 token: str | None = None, commit_message: str | None = None,
-                delete_patterns: Sequence[str] = (), api: HfApi | None = None) -> str:
+                delete_patterns: Sequence[str] = (), space_sdk: str | None = None,
+                space_hardware: SpaceHardware | None = None, api: HfApi | None = None) -> str:
     """Create ``repo_id`` (if missing) and upload ``folder`` in one commit; returns the commit URL.
 
     Args:
         delete_patterns: files of the repo to delete in the same commit unless ``folder`` has them.
+        space_sdk, space_hardware: a Space's SDK (the Hub requires one to create a Space) and the hardware
+            it is created on (an existing Space keeps its own).
     """
     api = _api(api, token)
-    with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
+    with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
+                                         space_sdk=space_sdk, space_hardware=space_hardware))
     info = with_retries(lambda: api.upload_folder(
         repo_id=repo_id, repo_type=repo_type, folder_path=folder,
         commit_message=commit_message or f"Upload {Path(folder).name} with MergeBench",
@@ -49,13 +53,18 @@ def push_folder(folder: Path, repo_id: str, *, repo_type: RepoType = "model", pr
 
 def push_files(repo_id: str, files: Mapping[str, bytes], *, repo_type: RepoType = "dataset",
                private: bool = False, token: str | None = None, commit_message: str,
-               api: Any = None) -> str:
-    """Create ``repo_id`` (if missing) and add or replace ``files`` (path in repo → bytes) in one commit."""
+               parent_commit: str | None = None, api: Any = None) -> str:
+    """Create ``repo_id`` (if missing) and add or replace ``files`` (path in repo → bytes) in one commit.
+
+    Args:
+        parent_commit: the head the files were computed from; the Hub refuses the commit (HTTP 412) if the repo
+            moved since, so a read-modify-write never loses a concurrent commit.
+    """
     api = _api(api, token)
     with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
     info = with_retries(lambda: api.create_commit(repo_id, operations, repo_type=repo_type,
-                                                  commit_message=commit_message))
+                                                  commit_message=commit_message, parent_commit=parent_commit))
     url: str = info.commit_url
     logger.info("Pushed %d file(s) to %s", len(operations), url)
     return url

@@ -44,5 +44,5 @@ def parameter_counts(path: Path) -> dict[str, int] | None:
                     numel *= int(dim)
                 counts[info["dtype"]] = counts.get(info["dtype"], 0) + numel
         return counts
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):  # e.g. [Infinity], [[[...]]]
         return None

@@ -17,7 +17,8 @@ from urllib.parse import parse_qs
 
 import yaml
 
-from mergebench.hubserver import uploads
+from mergebench.hubserver import jobs, uploads
+from mergebench.hubserver.evals import eval_results_items
 from mergebench.hubserver.headers import read_header
 from mergebench.hubserver.store import (
     REPO_TYPES,
@@ -77,6 +78,8 @@ def _api(req: Request, store: Store, seg: list[str]) -> Response:
         ("repos", "delete"): ("DELETE", uploads.delete_repo),
         ("agent-harnesses",): ("GET", lambda req, store: json_response({"standardEnvVars": [], "harnesses": {}})),
     }
+    if seg and seg[0] == "jobs":
+        return jobs.route(req, store, seg[1:])
     if tuple(seg) in simple:
         method, handler = simple[tuple(seg)]
         _only(req, method)
@@ -185,6 +188,8 @@ def _info(req: Request, store: Store, repo_type: str, repo_id: str, args: list[s
                  "pipeline_tag": card.get("pipeline_tag"), "spaces": []}
         info["config"] = _config(snap)
         info["safetensors"] = _safetensors_summary(store, snap)
+        if "evalResults" in req.query.get("expand", []):
+            info["evalResults"] = eval_results_items(snap)
     elif repo_type == "space":
         info |= {"sdk": card.get("sdk"), "subdomain": repo_id.replace("/", "-").lower()}
     return json_response(info)

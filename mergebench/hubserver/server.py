@@ -20,6 +20,7 @@ from types import TracebackType
 
 from mergebench.errors import ConfigError
 from mergebench.hubserver.faults import FaultRule, Faults, Stats
+from mergebench.hubserver.jobs import cancel_running
 from mergebench.hubserver.routes import dispatch
 from mergebench.hubserver.store import REPO_TYPES, RequestError, Store
 from mergebench.hubserver.wire import CHUNK, Body, Request, Response, error_response, json_response
@@ -276,7 +277,8 @@ class LoopbackHub:
             self.stop()
 
     def stop(self) -> None:
-        """Stop serving, close every connection and release the port. Safe to call twice."""
+        """Stop serving, close every connection, release the port and cancel the Jobs still running (no Job
+        process outlives the server). Safe to call twice."""
         server, thread = self._server, self._thread
         if server is None:
             return
@@ -287,6 +289,7 @@ class LoopbackHub:
         server.close_connections()
         server.server_close()
         self._server = self._thread = None
+        cancel_running(self.store)
 
     def __enter__(self) -> LoopbackHub:
         return self.start()

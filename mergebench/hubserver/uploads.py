@@ -5,7 +5,8 @@ otherwise. With Xet disabled, the ``huggingface_hub`` 2.4 client then asks the L
 out a single-part ``PUT`` URL on this server (``/api/lfs-upload/{oid}``); the object is streamed to disk with
 its sha256 checked. The commit (NDJSON lines ``header``, ``file`` with base64 content for regular files,
 ``lfsFile``, ``deletedFile``, ``deletedFolder``) is read line by line and links the object into the repo, so
-large files never pass through memory. Pull requests (``create_pr``) and branches other than ``main`` are
+large files never pass through memory; a benchmark dataset's ``eval.yaml`` is validated first, as the Hub
+does at push time (:mod:`.evals`). Pull requests (``create_pr``) and branches other than ``main`` are
 refused.
 """
 
@@ -15,6 +16,7 @@ import base64
 import binascii
 import json
 
+from mergebench.hubserver.evals import EVAL_YAML, eval_yaml_errors
 from mergebench.hubserver.store import REPO_TYPES, RequestError, Store, check_repo_path, is_lfs
 from mergebench.hubserver.wire import Request, Response, json_response
 
@@ -137,6 +139,8 @@ def commit(req: Request, store: Store, repo_type: str, repo_id: str, args: list[
             except (ValueError, KeyError, TypeError):
                 raise RequestError(400, "Each commit line must be JSON {\"key\": ..., \"value\": {...}} with the "
                                         "fields of its operation.") from None
+        if repo_type == "dataset":
+            _check_eval_yaml(operations)
         summary = header.get("summary") or "Commit with the loopback Hub"
         snap = store.commit(repo_type, repo_id, revision, operations, title=summary, parent=header.get("parentCommit"))
     finally:
@@ -146,6 +150,16 @@ def commit(req: Request, store: Store, repo_type: str, repo_id: str, args: list[
     url = f"{repo_url(req, repo_type, repo_id)}/commit/{snap.sha}"
     return json_response({"success": True, "commitOid": snap.sha, "commitUrl": url, "hookOutput": "",
                           "pullRequestUrl": None})
+
+
+def _check_eval_yaml(operations: list[dict]) -> None:
+    """Refuse a benchmark ``eval.yaml`` the Hub would refuse at push time (:mod:`.evals`)."""
+    for op in operations:
+        if op["op"] == "add" and op["path"] == EVAL_YAML:
+            errors = eval_yaml_errors(op["source"].read_text(encoding="utf-8", errors="replace"))
+            if errors:
+                raise RequestError(400, "Invalid eval.yaml (https://huggingface.co/docs/hub/eval-results): "
+                                        + "; ".join(errors))
 
 
 def _regular_file(store: Store, repo_type: str, repo_id: str, value: dict) -> dict:

@@ -2,10 +2,13 @@
 
 Why: a whole tensor converted to a float32 stack ``[n, *shape]`` (650 MB for five experts' embeddings of a
 0.4B model) goes through main memory once per operation, and every fresh buffer is page-faulted in by the
-kernel. A chunk of 256 Ki entries per model (6 MB for six models) stays in the CPU cache, its buffers are
-allocated once per thread, and independent chunks run in parallel. Results are bit-identical to the
-whole-tensor computation: every entry goes through the same float32 operations in the same order
-(a reduction over the expert dimension does not depend on how many entries the chunk holds).
+kernel. A chunk of 64 Ki entries per model (1.5 MB for six models) stays in the CPU's L2 cache together with
+the method's temporaries, its buffers are allocated once per thread, and independent chunks run in parallel.
+Results are bit-identical to the whole-tensor computation when every entry goes through the same float32
+operations in the same order. Elementwise operations do; a reduction over the expert dimension does only if it
+adds in expert order: ``torch.sum`` does for up to four experts, but with five or more it sums a row's last
+(width mod 32–64) columns in another order than the others, so the result of an entry depends on the chunk's
+width (TIES adds explicitly, :func:`mergebench.methods.ties.expert_sum`).
 
 While a :class:`ChunkPool` is open, torch's own intra-op threads are set to 1: the pool's threads are the
 parallelism, and OpenMP workers spin-waiting for a core on a shared machine measured twice as slow as a
@@ -22,8 +25,9 @@ from types import TracebackType
 
 import torch
 
-CHUNK_ENTRIES = 1 << 18
-"""Entries per model in one chunk: 1 MiB of float32 per model, so a chunk of six models fits in L2/L3."""
+CHUNK_ENTRIES = 1 << 16
+"""Entries per model in one chunk: 256 KiB of float32 per model. TIES (about ten passes over its chunk, float
+temporaries included) measured fastest at 32–64 Ki entries; 256 Ki spilled out of L2."""
 
 
 class ChunkPool:

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import torch
 from huggingface_hub.errors import HfHubHTTPError
 
 from mergebench.errors import ConfigError, MergeBenchError, NetworkError, OutputExistsError, PushError
-from mergebench.hub.models import ResolvedModel
 from mergebench.merge.card import write_model_card
 from mergebench.merge.inputs import MergeInputs, inputs_fingerprint, prepare, published_recipe
 from mergebench.merge.memory import peak_rss_bytes, reset_peak_rss
 from mergebench.merge.options import MergeOptions, MergeResult
-from mergebench.merge.passes import global_thresholds, merge_pass
+from mergebench.merge.passes import run_passes
 from mergebench.merge.recipe import MergeRecipe
 from mergebench.paths import cache_root
 from mergebench.stats import ModelSource, StatisticsReader, StatsOptions, run_stage
@@ -46,29 +44,18 @@ RECIPE_FILE = "mergebench_config.yaml"
 
 
 def _statistics(inputs: MergeInputs, options: MergeOptions) -> StatisticsReader | None:
-    """Run (or find in the cache) the method's statistics stage, one expert in memory at a time."""
+    """Run (or find in the cache) the method's statistics stage, one expert — one decoder layer of it — in
+    memory at a time, reading the weights through the same streaming sources as the merge (nothing downloaded)."""
     if inputs.stage is None:
         return None
-    experts = [ModelSource(_local_folder(m), domain=entry.domain, revision=m.sha, label=m.label)
-               for m, entry in zip(inputs.experts, inputs.recipe.models, strict=True)]
-    base = ModelSource(_local_folder(inputs.base), revision=inputs.base.sha, label=inputs.base.label)
+    experts = [ModelSource(m, domain=entry.domain) for m, entry in zip(inputs.experts, inputs.recipe.models,
+                                                                          strict=True)]
+    stats_options = StatsOptions(device=options.stats_device, threads=options.threads,
+                                 chunk_bytes=options.chunk_bytes, progress=options.progress)
     paths = run_stage(inputs.stage, experts, inputs.rows, inputs.params,
-                      cache_dir=cache_root(options.cache_dir) / "stats", base=base,
-                      merge_embeddings=inputs.recipe.merge_embeddings,
-                      options=StatsOptions(device=options.stats_device))
+                      cache_dir=cache_root(options.cache_dir) / "stats", base=ModelSource(inputs.base),
+                      merge_embeddings=inputs.recipe.merge_embeddings, options=stats_options)
     return StatisticsReader(inputs.stage, paths)
-
-
-def _local_folder(model: ResolvedModel) -> Path:
-    """A folder ``from_pretrained`` can load. Statistics need whole models in memory, so Hub models are
-    downloaded (to the Hub cache, pinned to their commit) for this stage only."""
-    if model.ref.local_path is not None:
-        return model.ref.local_path
-    from huggingface_hub import snapshot_download
-
-    assert model.ref.repo_id is not None  # a Ref is either a local path or a repo
-
-    return Path(snapshot_download(model.ref.repo_id, revision=model.sha))
 
 
 def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str, *,
@@ -117,23 +104,11 @@ def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str
     done = tuple(state["shards"])
     partial.mkdir(parents=True, exist_ok=True)
     _save_state(partial, state)
-
-    def shard_done(filename: str, checksum: str) -> None:  # a finished shard survives an interruption
-        state["shards"][filename] = checksum
-        _save_state(partial, state)
-
     try:
         stats_started = time.perf_counter()
         statistics = _statistics(inputs, options)
         stats_seconds = time.perf_counter() - stats_started
-        thresholds, bytes_read = None, 0
-        if "thresholds" in state:  # computed before the interruption: exact floats survive JSON
-            thresholds = torch.tensor(state["thresholds"], dtype=torch.float32)
-        elif inputs.params.global_topk() is not None:
-            thresholds, bytes_read = global_thresholds(inputs, options)
-            state["thresholds"] = thresholds.tolist()
-            _save_state(partial, state)
-        bytes_read += merge_pass(inputs, partial, options, dict(state["shards"]), thresholds, statistics, shard_done)
+        bytes_read = run_passes(inputs, partial, options, state, statistics, lambda: _save_state(partial, state))
     except MergeBenchError as e:
         if not isinstance(e, NetworkError):  # bad input: nothing worth resuming; network failures keep it
             shutil.rmtree(partial)

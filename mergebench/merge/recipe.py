@@ -40,6 +40,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # yaml is untype
         seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # a list or mapping as a key (`? [a]`): what SafeLoader itself reports
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        "found an unhashable key", key_node.start_mark) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
@@ -55,6 +60,11 @@ def parse_yaml(text: str, *, name: str = "<string>") -> Any:
     loader.name = name
     try:
         return loader.get_single_data()
+    except RecursionError:  # the composer recurses once per nesting level
+        raise yaml.YAMLError("it nests too deeply (lists or mappings inside each other, hundreds of levels)") from None
+    except ValueError as e:  # a scalar its constructor cannot build: a 5,000-digit integer, a 13th month
+        problem = "an integer has more than 4,300 digits" if "integer string conversion" in str(e) else str(e)
+        raise yaml.YAMLError(f"a value cannot be read: {problem}") from None
     finally:
         loader.dispose()
 
@@ -69,19 +79,21 @@ def read_yaml(path: Path, *, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{what} '{path}' does not exist.") from None
+        raise ConfigError(f"{what} '{path}' does not exist.",
+                          hint="Check the path (a relative path starts from the current folder).") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{what} '{path}' is not a text file (it is not valid UTF-8).",
                           hint="Pass a YAML file.") from None
     except OSError as e:
-        raise ConfigError(f"{what} '{path}' cannot be read: {e.strerror or e}.") from e
+        raise ConfigError(f"{what} '{path}' cannot be read: {e.strerror or e}.",
+                          hint="Check the path and the file's permissions.") from e
     if "\x00" in text:
         raise ConfigError(f"{what} '{path}' is a binary file, not YAML.", hint="Pass a YAML file.")
     try:
         return parse_yaml(text, name=str(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} '{path}' is not valid YAML: {e}",
-                          hint="Each key may appear once per mapping; check the quoted line.") from e
+                          hint="Fix the YAML where the message points (each key may appear once per mapping).") from e
 
 
 class ModelEntry(BaseModel):
@@ -125,6 +137,8 @@ class MergeRecipe(BaseModel):
             raise ValueError("either every model has a 'weight:' or none does")
         try:
             weights = self.weights
+        except OverflowError:  # an integer too large for a float (400 digits)
+            raise ValueError("expert weights must be finite numbers within float32's range") from None
         except (TypeError, ValueError):
             raise ValueError("expert weights must be numbers") from None
         where = "parameters.weights" if "weights" in self.parameters else "weight"
@@ -149,7 +163,9 @@ class MergeRecipe(BaseModel):
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "recipe") -> MergeRecipe:
         if not isinstance(data, dict):
-            raise ConfigError(f"{source} must be a YAML mapping, got {type(data).__name__}.")
+            raise ConfigError(f"{source} must be a YAML mapping, got {type(data).__name__}.",
+                              hint="Write it as `key: value` lines (method:, base_model:, models:); see the recipe "
+                                   "format in `mergebench merge --help`.")
         try:
             return cls.model_validate(data)
         except pydantic.ValidationError as e:

@@ -155,7 +155,8 @@ class MethodSpec(Generic[P]):
                     raise ConfigError(f"Invalid parameters for method '{self.name}': {inner.message}",
                                       hint=inner.hint) from e
             errors = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"Invalid parameters for method '{self.name}': {errors}") from e
+            raise ConfigError(f"Invalid parameters for method '{self.name}': {errors}",
+                              hint=f"Types and ranges: `mergebench methods show {self.name}`.") from e
         # checked after conversion: YAML 1.1 reads `1e39` as a string, which pydantic then turns into a float
         problems = bad_numbers(dataclasses.asdict(params), "parameters")
         if problems:

@@ -1,24 +1,29 @@
-"""Exact top-k magnitude thresholds: whole-model (streamed, two passes) and per-tensor.
+"""Exact top-k magnitude thresholds: whole-model (streamed) and per-tensor.
 
 Definition (``docs``/methods.md): for a fraction ``k`` of ``N`` entries, the threshold ``t`` is the
 ``K``-th largest ``|τ|`` with ``K = ⌈k·N⌉``; a top-k mask keeps every entry with ``|τ| ≥ t``, so all
 ties at the threshold are kept and at least ``K`` entries survive (exactly ``K`` when values are
 distinct). ``k = 1`` gives ``t = min |τ|``: everything is kept.
 
-Whole model, streamed (:class:`GlobalTopK`). Non-negative IEEE-754 float32 values order exactly like their
-bit patterns read as int32 (0 < denormals < normals < inf < NaN), so the ``K``-th largest value can be
-found by radix selection on the bits, one expert per histogram row, without ever holding the model:
+Non-negative IEEE-754 float32 values order exactly like their bit patterns read as int32 (0 < denormals
+< normals < inf < NaN), so the ``K``-th largest value is found by counting bit patterns, one expert per
+histogram row, without ever holding the model (:class:`GlobalTopK`):
 
-- pass 0: a histogram of the high 16 bits of ``|τᵢ|`` per expert (``n × 65536`` int64 counters); the
-  bin holding the ``K``-th largest entry is the highest bin ``b`` with ``#{hi ≥ b} ≥ K``;
-- pass 1: a histogram of the low 16 bits of the entries whose high bits equal ``b``; the same rule on
-  the remaining rank gives the low bits. ``(b << 16) | low`` is the bit pattern of ``t``: exact.
+- **bucket pass**: every ``|τ|`` falls in one of ``2 × 65536`` ordered buckets per expert. With ``h`` the
+  high 16 bits of its pattern, bucket ``2h`` holds exactly the value whose low 16 bits are 0, and bucket
+  ``2h + 1`` the values strictly between ``h·2¹⁶`` and ``(h + 1)·2¹⁶``. The ``K``-th largest lies in the
+  highest bucket ``c`` with ``#{≥ c} ≥ K``. An even ``c`` is a single value: the threshold is exact after
+  this one pass. This is the common case for bf16 and fp16 checkpoints: the difference of two 8-bit
+  significands with the same exponent has at most 8 significant bits, so its low 16 bits are 0.
+- an odd ``c`` is **open**: every value in it is undecided, all others are decided (below ``c``:
+  dropped, above: kept). Either a second counting pass histograms the low 16 bits of the entries in
+  ``c`` (:meth:`GlobalTopK.update` with ``pass_index=1``), or the engine keeps those few entries aside
+  while it merges everything else and resolves them afterwards from the values it kept
+  (:meth:`Selection.resolve`), which saves a whole pass over the inputs.
 
-Each pass costs one ``abs`` + shift + ``bincount`` per entry, vectorised over experts and processed in
-chunks of :data:`CHUNK_ENTRIES` per expert, so temporary memory stays at ``n × CHUNK_ENTRIES × 4`` bytes
-(20 MB for five experts) whatever the tensor size. Feeding order, tensor boundaries and chunking do not
-change the result (counts are integers), so :meth:`GlobalTopK.update` may be called from several threads
-at once. ``N`` is counted in pass 0 and checked in pass 1.
+Counting is one ``abs``, four integer operations and an ``index_add_`` per entry into a histogram owned
+by the calling thread (no per-chunk allocation, no lock), so feeding order, tensor boundaries, chunking
+and threads do not change the result. ``N`` is counted in the bucket pass and checked afterwards.
 
 Per tensor (:func:`tensor_thresholds`): the same definition over one tensor, with ``torch.kthvalue``.
 
@@ -28,16 +33,25 @@ keeps 3, not ``⌈3.0000000000000004⌉ = 4``.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import torch
 from torch import Tensor
 
 BINS = 1 << 16
-CHUNK_ENTRIES = 1 << 20
-"""Entries per expert processed at once (bounds temporaries; 1 M is fastest on a laptop CPU)."""
+"""Values of the high (and of the low) 16 bits of a float32 bit pattern."""
+BUCKETS = 2 * BINS
+"""Ordered buckets per expert in the bucket pass (see the module docstring)."""
+CHUNK_ENTRIES = 1 << 18
+"""Entries per expert counted at once (bounds the per-thread scratch buffers)."""
+FLUSH_ENTRIES = 1 << 30
+"""A thread's int32 histogram is added to the int64 total before it could overflow."""
 
 
 def keep_count(fraction: float, total: int) -> int:
@@ -51,18 +65,167 @@ def keep_count(fraction: float, total: int) -> int:
     return min(total, math.ceil(Fraction(repr(float(fraction))) * total))
 
 
-def _select_bin(hist: Tensor, rank: Tensor) -> tuple[Tensor, Tensor]:
-    """Per row of ``hist`` ``[n, BINS]``: the highest bin ``b`` with ``#{≥ b} ≥ rank`` and ``#{> b}``."""
-    at_or_above = hist.flip(1).cumsum(1).flip(1)  # at_or_above[:, b] = Σ_{j ≥ b} hist[:, j], non-increasing
+def magnitude_bits(stack: Tensor, out: Tensor | None = None) -> Tensor:
+    """``|stack|`` (float32) as its int32 bit patterns, which order like the magnitudes."""
+    return torch.abs(stack, out=out).view(torch.int32)
+
+
+def bucket_of(bits: Tensor, out: Tensor, scratch: Tensor, offset: Tensor | int = 0) -> Tensor:
+    """``offset`` + the bucket of each non-negative bit pattern, into ``out``: ``2h`` when the low 16 bits are 0,
+    else ``2h + 1``.
+
+    ``h + ⌈bits / 2¹⁶⌉`` with ``⌈x / 2¹⁶⌉ = ((x − 1) >> 16) + 1`` (arithmetic shift, so 0 stays 0 and
+    nothing overflows, NaN patterns included). ``scratch`` has ``bits``' shape; ``offset`` broadcasts to it.
+    """
+    torch.bitwise_right_shift(bits, 16, out=out)
+    torch.sub(bits, 1, out=scratch).bitwise_right_shift_(16)
+    return out.add_(scratch).add_(offset + 1)
+
+
+def _select_flat(hist: Tensor, rank: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row of ``hist`` ``[n, B]``: the highest bin ``b`` with ``#{≥ b} ≥ rank`` and ``#{> b}``."""
+    at_or_above = hist.sum(1, keepdim=True) - hist.cumsum(1) + hist  # Σ_{j ≥ b} hist[:, j], non-increasing
     b = (at_or_above >= rank[:, None]).sum(1) - 1
     above = at_or_above.gather(1, b[:, None]).squeeze(1) - hist.gather(1, b[:, None]).squeeze(1)
     return b, above
 
 
-class GlobalTopK:
-    """Exact per-expert ``K``-th largest ``|τᵢ|`` over every entry fed to it, in two streaming passes.
+def _select(hist: Tensor, rank: Tensor, group: int = 512) -> tuple[Tensor, Tensor]:
+    """:func:`_select_flat` in two levels (groups of ``group`` bins, then the bins of the chosen group), so that
+    a merge of many small tensors does not pay a cumulative sum over every bucket of every tensor."""
+    n, bins = hist.shape
+    grouped = hist.view(n, bins // group, group)
+    g, above = _select_flat(grouped.sum(2), rank)
+    b, inside = _select_flat(grouped[torch.arange(n), g], rank - above)
+    return g * group + b, above + inside
 
-    Usage (the engine feeds the same tensors, in any order, in each pass):
+
+def _as_float(bits: Tensor) -> Tensor:
+    return bits.to(torch.int32).view(torch.float32).clone()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Where each expert's ``K``-th largest ``|τ|`` lies after the bucket pass.
+
+    ``bucket[i]`` holds it at ``rank[i]`` (1-based, from the top) among ``count[i]`` entries. Even buckets are
+    single values (:attr:`exact`); odd ones are open until :meth:`resolve` sees their entries.
+    """
+
+    bucket: tuple[int, ...]
+    rank: tuple[int, ...]
+    count: tuple[int, ...]
+    total: int
+    """Entries per expert that were counted (``N``)."""
+
+    @property
+    def exact(self) -> tuple[bool, ...]:
+        """Per expert: whether the threshold is known (an even bucket, or nothing was counted)."""
+        return tuple(self.total == 0 or b % 2 == 0 for b in self.bucket)
+
+    @property
+    def is_exact(self) -> bool:
+        return all(self.exact)
+
+    @property
+    def open_rows(self) -> tuple[int, ...]:
+        """Experts whose threshold is still open."""
+        return tuple(i for i, e in enumerate(self.exact) if not e)
+
+    @property
+    def pending(self) -> int:
+        """Entries in the open buckets, over all experts (an upper bound of the positions to set aside)."""
+        return sum(c for c, e in zip(self.count, self.exact, strict=True) if not e)
+
+    def thresholds(self) -> Tensor:
+        """``[n]`` float32 exact thresholds; only when :attr:`is_exact`."""
+        if not self.is_exact:
+            raise RuntimeError(f"Top-k thresholds of experts {self.open_rows} are still open.")
+        if self.total == 0:
+            return torch.full((len(self.bucket),), math.inf)
+        return _as_float(torch.tensor(self.bucket, dtype=torch.int64) // 2 << 16)
+
+    def provisional(self) -> Tensor:
+        """``[n]`` float32 thresholds that decide every entry outside the open buckets as the exact ones will:
+        the exact value, or for an open bucket ``2h + 1`` the smallest pattern above ``h·2¹⁶`` (its pure
+        value ``h·2¹⁶`` is dropped, its own entries are kept here and decided later)."""
+        if self.total == 0:
+            return torch.full((len(self.bucket),), math.inf)
+        b = torch.tensor(self.bucket, dtype=torch.int64)
+        return _as_float(((b // 2) << 16) + b % 2)
+
+    @functools.cached_property
+    def _open_edges(self) -> tuple[list[int], Tensor, Tensor]:
+        """Open experts and ``[r, 1]`` float edges of their buckets: the values ``h·2¹⁶`` and ``(h+1)·2¹⁶``."""
+        rows = list(self.open_rows)
+        h = torch.tensor([self.bucket[i] // 2 for i in rows], dtype=torch.int64)[:, None]
+        return rows, _as_float(h << 16), _as_float((h + 1) << 16)
+
+    def in_open_bucket(self, stack: Tensor) -> Tensor:
+        """``[m]`` bool: positions of a float32 ``[n, m]`` task-vector stack where an open expert's ``|τ|``
+        lies in its open bucket (the entries :meth:`resolve` needs).
+
+        Strictly between the bucket's edges ``a < b`` is ``min(|τ| − a, b − |τ|) > 0`` (a float difference
+        has the sign of the exact one): five float passes over the open experts, no bool tensor but the result."""
+        rows, lower, upper = self._open_edges
+        if not rows:
+            return torch.zeros(stack.shape[1:], dtype=torch.bool, device=stack.device)
+        magnitude = (stack if len(rows) == stack.shape[0] else stack[rows]).abs()
+        below = torch.rsub(magnitude, upper)
+        return torch.minimum(magnitude.sub_(lower), below, out=below).amax(0) > 0
+
+    def resolve(self, magnitudes: Sequence[Tensor]) -> Tensor:
+        """Exact ``[n]`` thresholds from ``magnitudes[i]``: every ``|τᵢ|`` of expert ``i`` that lies in its open
+        bucket (anything else in it is ignored; ignored for exact experts).
+
+        Raises:
+            RuntimeError: the number of such entries differs from the bucket pass's (the inputs changed).
+        """
+        result = self.provisional()  # exact experts: their value; open ones are replaced below
+        for i in self.open_rows:
+            values = magnitudes[i].reshape(-1).float().abs()
+            keys = bucket_of(magnitude_bits(values), torch.empty(values.shape, dtype=torch.int32),
+                             torch.empty(values.shape, dtype=torch.int32))
+            inside = values[keys == self.bucket[i]]
+            if inside.numel() != self.count[i]:
+                raise RuntimeError(f"Top-k: expert {i} has {inside.numel()} entries in its open bucket where the "
+                                   f"bucket pass counted {self.count[i]}; both passes must read the same tensors.")
+            result[i] = inside.kthvalue(inside.numel() - self.rank[i] + 1).values
+        return result
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bucket": list(self.bucket), "rank": list(self.rank), "count": list(self.count), "total": self.total}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Selection:
+        return cls(tuple(doc["bucket"]), tuple(doc["rank"]), tuple(doc["count"]), int(doc["total"]))
+
+
+class _Partial:
+    """One thread's buffers and partial histogram (its int32 counts are flushed before they could overflow)."""
+
+    def __init__(self, n_experts: int) -> None:
+        self.hist = torch.zeros(n_experts * BUCKETS, dtype=torch.int32)
+        self.counted = 0
+        self._buffers: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+    def scratch(self, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Float32 magnitudes, int32 keys and scratch shaped like a chunk, and as many int32 ones (reused)."""
+        size = math.prod(shape)
+        if self._buffers is None or self._buffers[0].numel() < size:
+            self._buffers = (torch.empty(size, dtype=torch.float32), torch.empty(size, dtype=torch.int32),
+                             torch.empty(size, dtype=torch.int32), torch.ones(size, dtype=torch.int32))
+        magnitude, keys, scratch, ones = self._buffers
+        return (magnitude[:size].view(shape), keys[:size].view(shape), scratch[:size].view(shape), ones[:size])
+
+
+class GlobalTopK:
+    """Exact per-expert ``K``-th largest ``|τᵢ|`` over every entry fed to it.
+
+    Pass 0 counts buckets; after it, :meth:`selection` tells whether every threshold is exact already. If not,
+    either feed the same tensors again as pass 1 (low-bit histograms of the open buckets' entries), or resolve
+    the open buckets from their entries (:meth:`Selection.resolve`). Both passes may be fed from several
+    threads at once, in any order.
 
     >>> acc = GlobalTopK(n_experts=2, fraction=0.5)
     >>> stacks = [torch.tensor([[1., -4.], [0., 2.]]), torch.tensor([[3.], [-5.]])]
@@ -88,13 +251,15 @@ class GlobalTopK:
         self.fraction = float(fraction)
         self.total = 0
         self._seen = [0, 0]
-        self._hist = torch.zeros(n_experts * BINS, dtype=torch.int64)
-        self._offsets = (torch.arange(n_experts, dtype=torch.int32) * BINS)[:, None]
+        self._hist: Tensor | None = None  # int64 totals of the threads' partial histograms
+        self._offsets = (torch.arange(n_experts, dtype=torch.int32) * BUCKETS)[:, None]
         self._finished = [False, False]
-        self._rank: Tensor | None = None  # 1-based rank of the threshold inside its high bin
-        self._high: Tensor | None = None  # [n] int64 high 16 bits of each threshold
+        self._selection: Selection | None = None
+        self._low_hist = torch.zeros(0, dtype=torch.int64)
         self._result: Tensor | None = None
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._partials: list[_Partial] = []
 
     def update(self, pass_index: int, stack: Tensor) -> None:
         """Count the entries of ``stack`` (``[n, *shape]`` float32 task vectors; it is not modified)."""
@@ -105,64 +270,101 @@ class GlobalTopK:
             raise ValueError(f"stack has {stack.shape[0]} experts, expected {self.n}")
         flat = stack.reshape(self.n, -1)
         m = flat.shape[1]
-        if m == 0:
-            return
-        chunk = min(m, CHUNK_ENTRIES)
-        buf = torch.empty(self.n * chunk, dtype=torch.float32, device=flat.device)
-        offsets = self._offsets.to(flat.device)
-        if pass_index == 1:
-            assert self._high is not None
-            # entries of bin b: bits ∈ [b<<16, (b+1)<<16); their low bits shifted into row i's histogram
-            low_start = (self._high.to(torch.int32) << 16).to(flat.device)[:, None]
-            shift = offsets - low_start
-        for start in range(0, m, chunk):
-            part = flat[:, start:start + chunk]
-            out = buf[: part.numel()].view(self.n, part.shape[1])
-            torch.abs(part, out=out)
-            bits = out.view(torch.int32)
-            if pass_index == 0:
-                bits.bitwise_right_shift_(16).add_(offsets)
-                counts = torch.bincount(bits.reshape(-1), minlength=self.n * BINS)
-            else:
-                in_bin = (bits >= low_start) & (bits <= low_start + (BINS - 1))  # no int32 overflow
-                counts = torch.bincount(bits.add_(shift)[in_bin], minlength=self.n * BINS)
-            counts = counts.cpu()
-            with self._lock:  # the engine feeds chunks from several threads
-                self._hist += counts
+        if pass_index == 0:
+            for start in range(0, m, CHUNK_ENTRIES):
+                self._count_buckets(flat[:, start:start + CHUNK_ENTRIES])
+        elif m:
+            self._count_low_bits(flat)
         with self._lock:
             self._seen[pass_index] += m
 
+    def _count_buckets(self, part: Tensor) -> None:
+        local: _Partial | None = getattr(self._local, "partial", None)
+        if local is None:
+            local = self._local.partial = _Partial(self.n)
+            with self._lock:
+                self._partials.append(local)
+        magnitude, keys, scratch, ones = local.scratch(part.shape)
+        bucket_of(magnitude_bits(part, out=magnitude), keys, scratch, self._offsets)
+        local.hist.index_add_(0, keys.view(-1), ones)
+        local.counted += part.numel()
+        if local.counted >= FLUSH_ENTRIES:
+            self._flush(local)
+
+    def _flush(self, local: _Partial, *, last: bool = False) -> None:
+        with self._lock:
+            self._hist = local.hist.to(torch.int64) if self._hist is None else self._hist.add_(local.hist)
+        if not last:
+            local.hist.zero_()
+            local.counted = 0
+
+    def _count_low_bits(self, flat: Tensor) -> None:
+        """Pass 1: the low 16 bits of the entries in each open bucket ``2h + 1`` (patterns strictly between
+        ``h·2¹⁶`` and ``(h+1)·2¹⁶``)."""
+        assert self._selection is not None
+        for i in self._selection.open_rows:
+            start = (self._selection.bucket[i] // 2) << 16
+            bits = magnitude_bits(flat[i])
+            inside = bits[(bits > start) & (bits < start + BINS)]
+            counts = torch.bincount(inside.sub_(start).to(torch.int64), minlength=BINS)
+            with self._lock:
+                self._low_hist[i * BINS:(i + 1) * BINS] += counts
+
     def finish_pass(self, pass_index: int) -> None:
-        """Close a pass: after pass 0 locate each expert's high bin, after pass 1 its exact threshold."""
+        """Close a pass: after pass 0 locate each expert's bucket, after pass 1 its exact threshold."""
         self._check_pass(pass_index)
-        hist = self._hist.view(self.n, BINS)
         if pass_index == 0:
-            self.total = self._seen[0]
-            k = keep_count(self.fraction, self.total)
-            rank = torch.full((self.n,), k, dtype=torch.int64)
-            if k > 0:
-                self._high, above = _select_bin(hist, rank)
-                self._rank = rank - above
-            else:
-                self._high = torch.zeros(self.n, dtype=torch.int64)
-            self._hist = torch.zeros_like(self._hist)
+            for local in self._partials:
+                self._flush(local, last=True)
+            self._partials.clear()
+            self._selection = self._select()
+            self._hist = None
+            self._low_hist = torch.zeros(self.n * BINS, dtype=torch.int64)
         else:
             if self._seen[1] != self.total:
                 raise RuntimeError(f"GlobalTopK: pass 1 saw {self._seen[1]} entries per expert but pass 0 saw "
                                    f"{self.total}; both passes must stream the same tensors.")
-            if self.total == 0:
-                self._result = torch.full((self.n,), math.inf)
-            else:
-                assert self._rank is not None and self._high is not None
-                low, _ = _select_bin(hist, self._rank)
-                bits = ((self._high << 16) | low).to(torch.int32)
-                self._result = bits.view(torch.float32).clone()
-            self._hist = torch.empty(0, dtype=torch.int64)
+            self._result = self._finish_low_bits()
         self._finished[pass_index] = True
 
+    def _select(self) -> Selection:
+        self.total = self._seen[0]
+        hist = (self._hist if self._hist is not None else torch.zeros(self.n * BUCKETS, dtype=torch.int64))
+        hist = hist.view(self.n, BUCKETS)
+        k = keep_count(self.fraction, self.total)
+        if k == 0:
+            zeros = (0,) * self.n
+            return Selection(zeros, zeros, zeros, 0)
+        rank = torch.full((self.n,), k, dtype=torch.int64)
+        bucket, above = _select(hist, rank)
+        count = hist.gather(1, bucket[:, None]).squeeze(1)
+        return Selection(tuple(bucket.tolist()), tuple((rank - above).tolist()), tuple(count.tolist()), self.total)
+
+    def _finish_low_bits(self) -> Tensor:
+        selection = self.selection()
+        result = selection.provisional()  # exact experts: their value; open ones are replaced below
+        rows = list(selection.open_rows)
+        if rows:
+            hist = self._low_hist.view(self.n, BINS)[rows]
+            rank = torch.tensor([selection.rank[i] for i in rows], dtype=torch.int64)
+            low, _ = _select(hist, rank)
+            start = torch.tensor([(selection.bucket[i] // 2) << 16 for i in rows], dtype=torch.int64)
+            result[rows] = _as_float(start | low)
+        return result
+
+    def selection(self) -> Selection:
+        """Where the thresholds lie after pass 0 (exact already when :attr:`Selection.is_exact`)."""
+        if self._selection is None:
+            raise RuntimeError("GlobalTopK.selection() called before pass 0 was finished.")
+        return self._selection
+
     def thresholds(self) -> Tensor:
-        """``[n]`` float32: expert i keeps ``|τᵢ| ≥ thresholds[i]`` (``inf`` when nothing was fed)."""
+        """``[n]`` float32: expert i keeps ``|τᵢ| ≥ thresholds[i]`` (``inf`` when nothing was fed).
+
+        Available after pass 1, or right after pass 0 when every threshold is exact then."""
         if self._result is None:
+            if self._selection is not None and self._selection.is_exact:
+                return self._selection.thresholds()
             raise RuntimeError("GlobalTopK.thresholds() called before both passes were finished.")
         return self._result
 
@@ -195,4 +397,3 @@ def tensor_thresholds(stack: Tensor, fraction: float) -> Tensor:
         return torch.full((n,), math.inf, dtype=torch.float32, device=stack.device)
     # one expert at a time: the |τ| copy kthvalue needs stays tensor-sized
     return torch.stack([row.abs().reshape(-1).kthvalue(m - k + 1).values for row in stack])
-

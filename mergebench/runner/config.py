@@ -18,6 +18,23 @@ eval_data: null                       # mergebench-eval repo or folder; null = t
 merge: {dtype: null}
 push: {results: org/mergebench-results, models: org}   # optional
 keep_models: true                     # keep each method's chosen merged model on disk
+executor: {kind: local}               # or ray / hf-jobs: where grid points and evaluations run (see below)
+```
+
+``executor`` (``mergebench run --executor`` overrides ``kind``; :mod:`mergebench.runner.executors`):
+
+```yaml
+executor:
+  kind: hf-jobs                       # local (default: in this process) | ray | hf-jobs
+  max_concurrent: 8                   # units in flight at once
+  retries: 2                          # relaunches of a failed unit before the run stops
+  results_repo: me/mergebench-runs    # hf-jobs: the dataset units publish to (runs/<name>/...)
+  ray: {address: null, num_cpus: null, resources: {grid_point: {cpus: 1, gpus: 0}, evaluation: {cpus: 1, gpus: 1}}}
+  hf_jobs:
+    image: hf.co/spaces/me/mergebench # a Docker image or Space with `mergebench` installed
+    flavors: {grid_point: a10g-large, evaluation: a10g-large}
+    timeout: 2h
+    namespace: null                   # default: the token's user; an organisation bills it instead
 ```
 
 Unknown keys are errors, and every problem (unknown method or parameter, grid values out of range, a
@@ -28,7 +45,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -112,10 +129,63 @@ class MergeSettings(_Strict):
 
 class PushSettings(_Strict):
     results: str | None = None
-    """Results dataset (``org/mergebench-results``) every results file is appended to."""
+    """Results dataset (``org/mergebench-results``) every results file is pushed to (one row per task and identity:
+    pushing again replaces rows, never adds copies)."""
     models: str | None = None
-    """Namespace the chosen merged models are pushed to, as ``<namespace>/<base>-<method>``."""
+    """Namespace the chosen merged models are pushed to, as ``<namespace>/<base>-<method>``, each followed by its
+    scores (``.eval_results/*.yaml`` and the card's ``model-index``) when ``eval_data`` is a Hub dataset."""
     private: bool = False
+
+
+UnitKind = Literal["grid_point", "evaluation"]
+"""A grid point (merge + validation evaluation) or an evaluation (:mod:`mergebench.runner.units`)."""
+T = TypeVar("T")
+
+
+def _per_kind(value: T) -> dict[UnitKind, T]:
+    return {"grid_point": value, "evaluation": value}
+
+
+class UnitResources(_Strict):
+    """What one unit asks of a Ray cluster."""
+
+    cpus: float = Field(1.0, ge=0)
+    gpus: float = Field(0.0, ge=0)
+
+
+class RaySettings(_Strict):
+    address: str | None = None
+    """``ray://host:10001`` or ``auto`` to join a running cluster; ``None``: start a local one (``ray.init()``)."""
+    num_cpus: int | None = Field(None, ge=1)
+    """Logical CPUs of a *local* cluster (default: this machine's); ignored with ``address``."""
+    resources: dict[UnitKind, UnitResources] = Field(default_factory=lambda: _per_kind(UnitResources()))
+
+
+class HfJobsSettings(_Strict):
+    image: str | None = None
+    """Docker image or Space (``hf.co/spaces/org/name``) whose environment has ``mergebench`` installed."""
+    command: list[str] = Field(default_factory=lambda: ["mergebench"], min_length=1)
+    """How the image runs MergeBench (e.g. ``[uv, run, --with, "mergebench @ git+https://…", mergebench]``)."""
+    flavors: dict[UnitKind, str] = Field(default_factory=lambda: _per_kind("a10g-large"))
+    """Flavor per unit kind: a GPU (``a10g-large`` 24 GB, ``l40sx1`` 48 GB, ``a100-large`` 80 GB) for 7-9B models."""
+    timeout: str = "2h"
+    """Longest a unit may run (``30m``, ``2h``, or seconds); the service stops it then."""
+    namespace: str | None = None
+    """Who runs (and pays for) the Jobs: the token's user by default, or an organisation."""
+    poll_seconds: float = Field(10.0, gt=0)
+
+
+class ExecutorSettings(_Strict):
+    """Where the units of a run (grid points, evaluations) run; see :mod:`mergebench.runner.executors`."""
+
+    kind: Literal["local", "ray", "hf-jobs"] = "local"
+    max_concurrent: int = Field(4, ge=1)
+    retries: int = Field(1, ge=0)
+    results_repo: str | None = None
+    """Dataset repo the units publish their outputs to (needed by hf-jobs, whose disk does not outlive a Job)."""
+    private: bool = True
+    ray: RaySettings = RaySettings()
+    hf_jobs: HfJobsSettings = HfJobsSettings()
 
 
 def default_methods() -> list[MethodEntry]:
@@ -140,8 +210,26 @@ class BenchConfig(_Strict):
     merge: MergeSettings = MergeSettings()
     push: PushSettings | None = None
     keep_models: bool = True
+    executor: ExecutorSettings = ExecutorSettings()
     root: Path = Field(default=Path("."), exclude=True)
     """Folder relative paths are resolved against (the YAML file's folder)."""
+
+    def with_executor(self, kind: str | None = None, *, address: str | None = None,
+                      max_concurrent: int | None = None) -> BenchConfig:
+        """This configuration with the command line's executor choices (``--executor``, ``--address``,
+        ``--max-concurrent``) in place of the file's; ``None`` keeps the file's value."""
+        executor = self.executor.model_dump()
+        if kind is not None:
+            executor["kind"] = kind
+        if max_concurrent is not None:
+            executor["max_concurrent"] = max_concurrent
+        if address is not None:
+            executor["ray"]["address"] = address
+        try:
+            return self.model_copy(update={"executor": ExecutorSettings.model_validate(executor)})
+        except pydantic.ValidationError as e:
+            raise ConfigError(f"Invalid executor option: {e.errors()[0]['msg']}.",
+                              hint="--executor is local, ray or hf-jobs; --max-concurrent is at least 1.") from e
 
     @property
     def output_dir(self) -> Path:
@@ -167,7 +255,9 @@ class BenchConfig(_Strict):
     def from_dict(cls, data: Any, *, root: Path | None = None, source: str = "benchmark configuration"
                   ) -> BenchConfig:
         if not isinstance(data, dict):
-            raise ConfigError(f"The {source} must be a YAML mapping, got {type(data).__name__}.")
+            raise ConfigError(f"The {source} must be a YAML mapping, got {type(data).__name__}.",
+                              hint="Write it as `key: value` lines (name:, bases:, ...); see the BENCH.yaml format in "
+                                   "`mergebench run --help` and the README.")
         try:
             config = cls.model_validate({**data, "root": Path(root or ".").resolve()})
         except pydantic.ValidationError as e:

@@ -101,8 +101,9 @@ def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_v
     """Merge (or reuse the merged folder of) ``point``, score it on its validation tasks, write its record."""
     from mergebench.eval import evaluate
     from mergebench.eval.scores import normalised
-    from mergebench.merge.engine import RECIPE_FILE, merge
+    from mergebench.merge.engine import RECIPE_FILE
     from mergebench.merge.recipe import MergeRecipe
+    from mergebench.runner.isolated import merge_in_child
 
     started = time.perf_counter()
     merged = Stage("merge", {"point": point.fingerprint})
@@ -112,7 +113,7 @@ def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_v
         stats = (read_record(merge_record) or {})["outputs"]
     else:
         shutil.rmtree(model_dir, ignore_errors=True)  # finished but unrecorded: its timings are lost, merge again
-        result = merge(point.recipe, model_dir, options=merge_options)
+        result = merge_in_child(point.recipe, model_dir, options=merge_options)  # its own peak memory
         stats = {"merge_seconds": result.seconds, "stats_seconds": result.stats_seconds,
                  "peak_memory_bytes": result.peak_rss_bytes}
         write_record(merge_record, merged, outputs=stats)

@@ -89,8 +89,16 @@ class StageLog:
         started = time.perf_counter()
         with self._live(label):
             yield
-        seconds = time.perf_counter() - started
-        self.measured_seconds += seconds
+        self.finished(label, weight=weight, seconds=time.perf_counter() - started, done=done)
+
+    def finished(self, label: str, *, weight: float = 1.0, seconds: float, done: str = "done",
+                 rate_seconds: float | None = None) -> None:
+        """A stage that ran elsewhere (a Ray task, a Hugging Face Job), reported when it ends: ``label: done in
+        12s``. ``rate_seconds``: the wall-clock time it adds to the ETA's rate (default ``seconds``; stages
+        running side by side pass the time since the previous one ended, so the ETA is not multiplied by
+        their number)."""
+        self._ensure_planned(weight)
+        self.measured_seconds += seconds if rate_seconds is None else rate_seconds
         self.measured_weight += weight
         self._finish(weight, f"{label}: {done} in {format_seconds(seconds)}")
 

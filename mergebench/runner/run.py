@@ -13,7 +13,9 @@ For each base, in order:
    stage included), ``merge_peak_memory_bytes`` (its peak RSS) and ``validation_seconds`` (the whole grid
    search: every point's merge and validation evaluation; 0 for a single point).
 4. **Leaderboard** — :func:`mergebench.eval.leaderboard.table` over ``results/``, written as
-   ``leaderboard.md`` and ``leaderboard.csv``; optional pushes of results and chosen models.
+   ``leaderboard.md`` and ``leaderboard.csv``; optional pushes of results (one row per task and identity, so
+   pushing again replaces) and chosen models, each followed by its scores (``.eval_results/*.yaml`` and the
+   card's ``model-index``, :mod:`mergebench.eval.hub_results`) when the evaluation data is on the Hub.
 
 Everything is cached under the output folder, so running the same configuration again resumes: finished
 grid points and evaluations are skipped, and the final table is the same.
@@ -130,26 +132,44 @@ def point_weight(validation_tasks: tuple[str, ...] | list[str]) -> float:
     return 1.0 + (eval_weight(list(validation_tasks)) if validation_tasks else 0.0)
 
 
-def _references(run: _Run, base: BaseEntry) -> tuple[Results, dict[Domain, Results], Results | None]:
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation a run needs (the arguments of :meth:`_Run.evaluate`), so that an executor can run it as a
+    unit elsewhere (:mod:`mergebench.runner.dispatch`)."""
+
+    model: str
+    path: Path
+    tasks: list[str]
+    model_info: dict
+    label: str
+    cost: dict | None = None
+    weights: str | None = None
+
+
+def _reference_evaluations(run: _Run, base: BaseEntry) -> dict[str, Evaluation]:
+    """The base's, each expert's (by domain) and the multi-task model's evaluations."""
     config, folder = run.config, run.results_dir / base.label
-    base_ref, base_id = config.model_ref(base.model), config.base_id(base)
-    base_results = run.evaluate(base_ref, folder / "base.json", run.evaluation_tasks,
-                                {"role": "base", "base_model": base_id, "label": "base"}, section="evaluation",
-                                label=run.label(base, "base evaluation"))
-    experts = {}
+    base_id = config.base_id(base)
+    evaluations = {"base": Evaluation(config.model_ref(base.model), folder / "base.json", run.evaluation_tasks,
+                                      {"role": "base", "base_model": base_id, "label": "base"},
+                                      run.label(base, "base evaluation"))}
     for domain in DOMAINS:
-        ref = config.model_ref(base.experts[domain])
         tasks = run.tasks_of(run.evaluation_tasks, {domain}) + run.tasks_of(run.validation_tasks, {domain})
-        experts[domain] = run.evaluate(ref, folder / f"expert_{domain}.json", tasks,
-                                       {"role": "expert", "domain": domain, "base_model": base_id},
-                                       section="evaluation", label=run.label(base, f"{domain} expert evaluation"))
-    multitask = None
+        evaluations[domain] = Evaluation(config.model_ref(base.experts[domain]), folder / f"expert_{domain}.json",
+                                         tasks, {"role": "expert", "domain": domain, "base_model": base_id},
+                                         run.label(base, f"{domain} expert evaluation"))
     if base.multitask:
-        ref = config.model_ref(base.multitask)
-        multitask = run.evaluate(ref, folder / "multitask.json", run.evaluation_tasks + run.validation_tasks,
-                                 {"role": "multitask", "base_model": base_id}, section="evaluation",
-                                 label=run.label(base, "multi-task model evaluation"))
-    return base_results, experts, multitask
+        evaluations["multitask"] = Evaluation(config.model_ref(base.multitask), folder / "multitask.json",
+                                              run.evaluation_tasks + run.validation_tasks,
+                                              {"role": "multitask", "base_model": base_id},
+                                              run.label(base, "multi-task model evaluation"))
+    return evaluations
+
+
+def _references(run: _Run, base: BaseEntry) -> tuple[Results, dict[Domain, Results], Results | None]:
+    done = {key: run.evaluate(e.model, e.path, e.tasks, e.model_info, section="evaluation", label=e.label)
+            for key, e in _reference_evaluations(run, base).items()}
+    return done["base"], {d: done[d] for d in DOMAINS}, done.get("multitask")
 
 
 def _grid(run: _Run, base: BaseEntry, entry: MethodEntry, fingerprints: dict[str, str]) -> list[GridPoint]:
@@ -210,8 +230,9 @@ def _point_label(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoin
     return run.label(base, f"{entry.key} grid point {index + 1}/{count}" + (f" ({values})" if values else ""))
 
 
-def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, record: PointRecord,
-           records: list[PointRecord]) -> Results:
+def _final_evaluation(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, record: PointRecord,
+                      records: list[PointRecord]) -> Evaluation:
+    """The evaluation of a method's chosen point: its merged folder, results file, model block and costs."""
     model_dir = run.out / "models" / base.label / entry.key / point.id
     path = run.results_dir / base.label / f"{entry.key}.json"
     validation_seconds = sum(r.merge_seconds + r.validation_seconds for r in records) if len(records) > 1 else 0.0
@@ -222,26 +243,50 @@ def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, rec
             "grid_point": point.id, "validation_score": record.score}
     if entry.label:
         info["label"] = entry.label
-    label = run.label(base, f"{entry.key} evaluation")
     weights = f"grid point {point.fingerprint}"  # the merge is deterministic: its point names its weights
-    old = run.reuse(path, run.evaluation_stage(weights, run.evaluation_tasks, info, section="evaluation"), label=label)
+    return Evaluation(str(model_dir), path, run.evaluation_tasks, info, run.label(base, f"{entry.key} evaluation"),
+                      cost=cost, weights=weights)
+
+
+def _final(run: _Run, base: BaseEntry, entry: MethodEntry, point: GridPoint, record: PointRecord,
+           records: list[PointRecord]) -> Results:
+    final = _final_evaluation(run, base, entry, point, record, records)
+    model_dir, path, weights = Path(final.model), final.path, str(final.weights)
+    old = run.reuse(path, run.evaluation_stage(weights, final.tasks, final.model_info, section="evaluation"),
+                    label=final.label)
     if old is not None:
         return old
     if not (model_dir / "config.json").is_file():  # deleted, or not kept: merge the winner again (deterministic)
-        from mergebench.merge.engine import merge
+        from mergebench.runner.isolated import merge_in_child
 
         shutil.rmtree(model_dir, ignore_errors=True)
         with run.stages.stage(run.label(base, f"{entry.key} merge of the best point"), weight=1.0, done="merged"):
-            merge(point.recipe, model_dir, options=run.merge_options)
-    results = run.evaluate(str(model_dir), path, run.evaluation_tasks, info, section="evaluation", label=label,
-                           cost=cost, weights=weights)
+            merge_in_child(point.recipe, model_dir, options=run.merge_options)
+    results = run.evaluate(str(model_dir), path, final.tasks, final.model_info, section="evaluation",
+                           label=final.label, cost=final.cost, weights=weights)
     push = run.config.push
     if push and push.models:
-        from mergebench.hub.push import push_folder
-
-        push_folder(model_dir, f"{push.models}/{base.label}-{entry.key}", private=push.private)
+        results = _push_model(run, model_dir, f"{push.models}/{base.label}-{entry.key}", results, path)
     if not run.config.keep_models:
         shutil.rmtree(model_dir, ignore_errors=True)
+    return results
+
+
+def _push_model(run: _Run, model_dir: Path, repo_id: str, results: Results, path: Path) -> Results:
+    """Push a chosen merge, then its scores into its repo; its results file then names the repo and commit."""
+    from mergebench.eval.hub_results import publish_scores, pushed
+    from mergebench.eval.results import save_results
+    from mergebench.hub.push import push_folder
+
+    assert run.config.push is not None
+    push_folder(model_dir, repo_id, private=run.config.push.private)
+    results = pushed(results, repo_id, _fingerprint(repo_id))
+    save_results(results, path)
+    if results.eval_data.get("kind") != "hub":
+        logger.warning("The scores of %s stay off its repo: .eval_results entries name a Hub evaluation dataset "
+                       "(eval_data: org/mergebench-eval), not %s data.", repo_id, results.eval_data.get("kind"))
+        return results
+    publish_scores(results, results_repo=run.config.push.results)
     return results
 
 
@@ -302,6 +347,11 @@ def run_benchmark(config: BenchConfig | str | Path, *, resume: bool = True, prog
     if not resume:
         shutil.rmtree(run.out, ignore_errors=True)
     run.out.mkdir(parents=True, exist_ok=True)
+    if config.executor.kind != "local":  # the units run on Ray or Jobs; the loop below only reads what they left
+        from mergebench.runner.dispatch import ReadOnlyStages, dispatch
+
+        dispatch(run, entries)
+        run.stages = ReadOnlyStages()
     for base in config.bases:
         refs = [config.model_ref(base.model), *(config.model_ref(base.experts[d]) for d in DOMAINS)]
         fingerprints = {ref: _fingerprint(ref) for ref in refs}

@@ -1,5 +1,6 @@
 """Statistics stages of the data-dependent methods: Gram matrices (RegMean), Fisher diagonals (Fisher
-merging) and trained masks (Localize-and-Stitch), each computed per expert on its own domain's rows.
+merging) and trained masks (Localize-and-Stitch), each computed per expert on its own domain's rows, one
+decoder layer at a time from the merge's streaming sources (no model is downloaded or loaded whole).
 
 Flow: ``paths = run_stage(spec.stats_stage(params), experts, rows, params, cache_dir=...)`` writes (or finds)
 one safetensors file per expert; ``StatisticsReader(stage, paths).data_for(tensor_name)`` gives the

@@ -7,26 +7,35 @@ the sha256 of the rows used, and every parameter that changes the numbers. The s
 those fields (``mergebench.*``) so a file explains itself. Files are written to a temporary name and renamed,
 so a crash never leaves a truncated file under a valid key.
 
+Writing is in place (:func:`open_statistics`): every tensor's name, dtype and shape is known before the
+stage runs, so the header is written first and the file sized (zeros); the stage then writes each layer's
+statistics (or adds a group of rows' share to them, or fills a block of an embedding's rows) at its offset as
+soon as it has them and frees them. The result is an ordinary safetensors file.
+
 Loading for a merge is lazy (:class:`StatisticsReader`): statistics can be larger than the model (RegMean's
 Gram matrices are Σ in² per linear layer), so only one tensor's statistics per expert are read at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.stats.data import ModelSource
+from mergebench.stream.format import DTYPE_NAMES, element_size, encode_header
 from mergebench.work import atomic_file, fingerprint_of, folder_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -35,19 +44,15 @@ FORMAT = "mergebench-stats/1"
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json")
 
 
-def model_identity(model: ModelSource) -> str:
-    """``rev:<sha>`` when the revision is known, else the local folder's fingerprint of its weight and config
-    files (:func:`mergebench.work.folder_fingerprint`, the one scheme every stage uses for local inputs)."""
-    if model.revision:
-        return f"rev:{model.revision}"
-    folder = Path(model.path)
-    if not folder.is_dir():
-        raise StatisticsError(f"Model '{model.name}': '{folder}' is not a folder.",
-                              hint="Statistics load each model from a local folder (config.json + weights).")
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(MODEL_FILE_SUFFIXES))
-    if not names:
-        raise StatisticsError(f"Model folder '{folder}' has no weight or config files.",
-                              hint="Statistics load each model from a local folder (config.json + weights).")
+def model_identity(source: ModelSource) -> str:
+    """``rev:<sha>`` for a Hub model pinned to a commit, else the local folder's fingerprint of its weight and
+    config files (:func:`mergebench.work.folder_fingerprint`, the one scheme every stage uses for local inputs)."""
+    model = source.model
+    if model.sha:
+        return f"rev:{model.sha}"
+    folder = model.ref.local_path
+    assert folder is not None  # a resolved model is either pinned to a commit or a local folder
+    names = sorted(name for name in model.file_list if "/" not in name and name.endswith(MODEL_FILE_SUFFIXES))
     return folder_fingerprint(folder, names)
 
 
@@ -60,16 +65,126 @@ def cache_path(cache_dir: Path, stage: str, key: str) -> Path:
     return Path(cache_dir) / stage / f"{key}.safetensors"
 
 
-def write_statistics(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
-    """Atomically write ``tensors`` (contiguous CPU copies) with string ``metadata``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+Entry = tuple[str, torch.dtype, tuple[int, ...]]
+"""A statistics tensor to be written: name, dtype, shape."""
+
+
+class StatisticsFile:
+    """An open statistics file being filled (see :func:`open_statistics`): tensors or blocks of their rows are
+    written, added to or read back at their offsets."""
+
+    def __init__(self, fd: int, data_start: int, entries: Sequence[Entry], *, owned: bool = False) -> None:
+        self._fd = fd
+        self._owned = owned
+        self._layout: dict[str, tuple[int, torch.dtype, tuple[int, ...]]] = {}
+        offset = data_start
+        for name, dtype, shape in entries:
+            self._layout[name] = (offset, dtype, shape)
+            offset += math.prod(shape) * element_size(DTYPE_NAMES[dtype])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._layout)
+
+    def close(self) -> None:
+        """Close the file if this object opened it (:func:`scratch_statistics`)."""
+        if self._owned and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _span(self, name: str, row: int, rows: int | None) -> tuple[int, torch.dtype, tuple[int, ...]]:
+        offset, dtype, shape = self._layout[name]
+        if rows is None:
+            return offset, dtype, shape
+        row_bytes = math.prod(shape[1:]) * element_size(DTYPE_NAMES[dtype])
+        return offset + row * row_bytes, dtype, (rows, *shape[1:])
+
+    def write(self, name: str, values: Tensor, row: int = 0) -> None:
+        """Store ``values``: the whole tensor, or (``row`` > 0 or fewer rows) its rows from ``row`` on."""
+        _, dtype, shape = self._layout[name]
+        rows = None if tuple(values.shape) == shape and row == 0 else values.shape[0]
+        offset, dtype, expected = self._span(name, row, rows)
+        data = values.detach().to("cpu", dtype).contiguous()
+        if tuple(data.shape) != expected:
+            raise ValueError(f"statistics '{name}': {tuple(data.shape)} written where {expected} belongs")
+        raw = data.view(-1).view(torch.uint8).numpy().data if data.numel() else memoryview(b"")
+        done = 0
+        while done < len(raw):
+            done += os.pwrite(self._fd, raw[done:], offset + done)
+
+    def read(self, name: str, row: int = 0, rows: int | None = None) -> Tensor:
+        """The stored tensor (or ``rows`` of its rows from ``row``)."""
+        offset, dtype, shape = self._span(name, row, rows)
+        out = torch.empty(shape, dtype=dtype)
+        raw = out.view(-1).view(torch.uint8).numpy().data if out.numel() else memoryview(bytearray())
+        done = 0
+        while done < len(raw):
+            got = os.preadv(self._fd, [raw[done:]], offset + done)
+            if not got:
+                raise OSError(f"statistics file ends inside '{name}'")
+            done += got
+        return out
+
+    def add(self, name: str, values: Tensor, row: int = 0) -> None:
+        """Add ``values`` to the stored tensor (or to its rows from ``row``): statistics summed over groups."""
+        rows = None if tuple(values.shape) == self._layout[name][2] and row == 0 else values.shape[0]
+        self.write(name, self.read(name, row, rows).add_(values.detach().to("cpu")), row)
+
+    def add_rows(self, name: str, rows: Tensor, values: Tensor) -> None:
+        """Add ``values[k]`` to row ``rows[k]`` of the stored tensor (``rows`` sorted and unique)."""
+        for start, end in _runs(rows):
+            self.add(name, values[start:end], int(rows[start]))
+
+    def gather(self, name: str, rows: Tensor) -> Tensor:
+        """Rows ``rows`` (sorted and unique) of the stored tensor."""
+        parts = [self.read(name, int(rows[start]), end - start) for start, end in _runs(rows)]
+        return torch.cat(parts) if parts else self.read(name, 0, 0)
+
+
+def _runs(rows: Tensor) -> list[tuple[int, int]]:
+    """``(start, end)`` positions of the runs of consecutive values in sorted ``rows``."""
+    values = rows.tolist()
+    runs, start = [], 0
+    for k in range(1, len(values) + 1):
+        if k == len(values) or values[k] != values[k - 1] + 1:
+            runs.append((start, k))
+            start = k
+    return runs
+
+
+@contextlib.contextmanager
+def open_statistics(path: Path, entries: Sequence[Entry], metadata: Mapping[str, Any]) -> Iterator[StatisticsFile]:
+    """Create the statistics file ``path`` holding ``entries`` (all zeros), yield it to be filled, and on success
+    flush it and rename it into place; on error nothing is left at ``path``.
+
+    ``metadata`` values are stored as strings (JSON for non-strings) under ``mergebench.<key>``."""
     meta = {"format": "pt", "mergebench.format": FORMAT,
             **{f"mergebench.{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
                for k, v in metadata.items()}}
-    with atomic_file(path) as tmp:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    logger.info("wrote %d statistics tensors to %s", len(tensors), path)
-    return path
+    prefix = encode_header([(name, DTYPE_NAMES[dtype], shape) for name, dtype, shape in entries], meta)
+    size = len(prefix) + sum(math.prod(shape) * element_size(DTYPE_NAMES[dtype]) for _, dtype, shape in entries)
+    with atomic_file(path) as tmp, open(tmp, "r+b") as f:
+        f.write(prefix)
+        f.truncate(size)  # a sparse file: untouched entries read as zeros
+        f.flush()
+        yield StatisticsFile(f.fileno(), len(prefix), entries)
+        os.fsync(f.fileno())
+    logger.info("wrote %d statistics tensors to %s", len(entries), path)
+
+
+def scratch_statistics(folder: Path, entries: Sequence[Entry]) -> StatisticsFile:
+    """A :class:`StatisticsFile` of ``entries`` (zeros) that is never kept: an unlinked file in ``folder`` for
+    intermediate tensors too large for memory (trained masks' gradients and logits between epochs), given back
+    by :meth:`StatisticsFile.close`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".scratch-", dir=folder)
+    os.unlink(name)
+    try:
+        os.ftruncate(fd, sum(math.prod(shape) * element_size(DTYPE_NAMES[dtype]) for _, dtype, shape in entries))
+    except OSError:
+        os.close(fd)
+        raise
+    return StatisticsFile(fd, 0, entries, owned=True)
 
 
 def load_statistics(path: Path) -> dict[str, Tensor]:
@@ -135,7 +250,13 @@ class StatisticsReader:
         """``[n, *stat_shape]`` statistics of tensor ``name`` (stacked over experts), or ``None``."""
         if name not in self.names:
             return None
-        return torch.stack([f.get_tensor(name) for f in self._files])
+        first = self._files[0].get_tensor(name)
+        stacked = torch.empty((len(self._files), *first.shape), dtype=first.dtype)
+        stacked[0] = first
+        del first
+        for i, f in enumerate(self._files[1:], start=1):  # one expert's copy at a time beside the stack
+            stacked[i] = f.get_tensor(name)
+        return stacked
 
     def data_for(self, name: str) -> dict[str, Tensor]:
         """``{stage: stacked}`` for :attr:`MergeContext.data`, or ``{}`` when the tensor has no statistics."""

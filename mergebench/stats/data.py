@@ -1,8 +1,10 @@
 """Inputs of the statistics stages: which model, which rows, as which tensors.
 
-An expert is a :class:`ModelSource` with a ``domain``; validation rows come as ``{domain: rows}``. Pairing is
-by that key only (:func:`rows_for`), never by list position, and every row must carry the same ``domain``:
-the MergeBench reference paired four of five experts with another domain's data (benchmark-spec §6.2).
+An expert is a :class:`ModelSource` (a model resolved by :func:`mergebench.hub.models.resolve`: its shard
+headers, commit and small files, never a downloaded copy) with a ``domain``; validation rows come as
+``{domain: rows}``. Pairing is by that key only (:func:`rows_for`), never by list position, and every row must
+carry the same ``domain``: the MergeBench reference paired four of five experts with another domain's data
+(benchmark-spec §6.2).
 
 Rows follow the project's chat schema ``{"id", "domain", "messages": [{"role", "content"}, ...]}`` and are
 encoded with :func:`mergebench.prompt.encode_chat`, the one prompt format used everywhere.
@@ -10,7 +12,9 @@ encoded with :func:`mergebench.prompt.encode_chat`, the one prompt format used e
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,30 +24,39 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import MergeBenchError, StatisticsError
+from mergebench.hub.models import ResolvedModel, resolve
+from mergebench.hub.refs import Ref
 from mergebench.prompt import IGNORE_INDEX, encode_chat
 
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+SMALL_FILES = ("config.json", *TOKENIZER_FILES, "special_tokens_map.json", "merges.txt", "added_tokens.json",
+               "chat_template.jinja", "chat_template.json")
+"""What the statistics read of a model besides its weights: the config and the tokenizer."""
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A local model folder (``from_pretrained`` loads it) and what identifies its contents.
+    """A resolved model (local folder or Hub repo pinned to a commit) and, for experts, its domain.
 
-    ``revision`` (a commit sha) names the weights for the cache key; without it the weight and config
-    files are hashed. ``domain`` is required for experts of data-dependent methods.
+    Its weights are read through the merge's streaming sources; the cache key names them by commit
+    (``model.sha``) or, for a local folder, by the fingerprint of its weight and config files.
     """
 
-    path: Path
+    model: ResolvedModel
     domain: str | None = None
-    revision: str | None = None
-    label: str | None = None
+
+    @classmethod
+    def at(cls, path: Path | str, domain: str | None = None) -> ModelSource:
+        """A local model folder, resolved (headers read, no weights)."""
+        return cls(resolve(Ref.parse(str(path))), domain=domain)
 
     @property
     def name(self) -> str:
-        return self.label or str(self.path)
+        return self.model.label
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,21 @@ class StatsOptions:
     chat_template: str | None = None
     """Template for tokenizers without one (see :data:`mergebench.prompt.CHATML_TEMPLATE`)."""
     tokenizer: Path | None = None
-    """Folder of the tokenizer; default: each model's own folder."""
+    """Folder of the tokenizer; default: each model's own tokenizer files."""
+    threads: int = 4
+    """Read threads of the weight stream."""
+    read_ahead_bytes: int = 256 * MiB
+    """Weights read ahead of the layer being computed (the next layer arrives while this one runs)."""
+    chunk_bytes: int = 64 * MiB
+    """Largest coalesced read (one HTTP Range request)."""
+    head_chunk_bytes: int = 128 * MiB
+    """Float32 bytes of one block of vocabulary rows of the output head (logits are computed block by block)."""
+    head_tokens: int = 8192
+    """Tokens whose head gradients are held at once (Fisher, trained masks); the head is read once per group."""
+    spill_bytes: int = 32 << 30
+    """Disk for the activations a backward pass keeps (every layer's input of every row): rows are processed in
+    groups that fit, each group reading the weights again."""
+    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,49 +147,44 @@ def _clip(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_tokenizer(model: ModelSource, options: StatsOptions) -> Any:
-    """The tokenizer that encodes the rows: ``options.tokenizer``, else the model's own.
+@contextlib.contextmanager
+def small_files(model: ResolvedModel) -> Iterator[Path]:
+    """A folder with the model's config and tokenizer files: its own folder when local; for a Hub model a
+    temporary folder they are copied into from the pinned commit (never into the Hub cache)."""
+    if model.ref.local_path is not None:
+        yield model.ref.local_path
+        return
+    with tempfile.TemporaryDirectory(prefix="mergebench-model-files-") as tmp:
+        for name in SMALL_FILES:
+            if name in model.file_list:
+                model.copy_file(name, Path(tmp) / name)
+        yield Path(tmp)
+
+
+def load_tokenizer(model: ModelSource, folder: Path, options: StatsOptions) -> Any:
+    """The tokenizer that encodes the rows: ``options.tokenizer``, else the model's own (files in ``folder``,
+    see :func:`small_files`).
 
     Raises:
         StatisticsError: it cannot be loaded (no tokenizer files, a broken config).
     """
     from transformers import AutoTokenizer
 
-    source = Path(options.tokenizer or model.path)
+    source = Path(options.tokenizer or folder)
+    shown = options.tokenizer or model.name
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError ... for unusable folders
         if source.is_dir() and not any((source / name).is_file() for name in TOKENIZER_FILES):
             hint = (f"Statistics encode each expert's rows with its own tokenizer: put its tokenizer files "
-                    f"(tokenizer.json, tokenizer_config.json) in '{source}'.")
+                    f"(tokenizer.json, tokenizer_config.json) in '{shown}'.")
         else:
-            hint = f"Check the tokenizer files and config.json in '{source}' (AutoTokenizer must load them)."
-        raise StatisticsError(f"Cannot load the tokenizer of model '{model.name}' from '{source}' to encode its "
-                              f"validation rows: {type(e).__name__}: {_first_line(e)}", hint=hint) from e
+            hint = f"Check the tokenizer files and config.json of '{shown}' (AutoTokenizer must load them)."
+        raise StatisticsError(f"Cannot load the tokenizer of model '{model.name}' to encode its validation rows: "
+                              f"{type(e).__name__}: {first_line(e)}", hint=hint) from e
 
 
-def load_model(model: ModelSource, options: StatsOptions) -> torch.nn.Module:
-    """The model in float32 on ``options.device``, in eval mode (no dropout).
-
-    Raises:
-        StatisticsError: ``transformers`` cannot load it (a config that does not describe the weights, an
-        unknown architecture, missing weights) or ``options.device`` is unavailable.
-    """
-    from transformers import AutoModelForCausalLM
-
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32)
-        # transformers types PreTrainedModel.to as @wraps(Module.to), whose signature hides the bound self.
-        return loaded.to(options.device).eval()  # type: ignore[arg-type]
-    except Exception as e:  # transformers raises OSError, ValueError, RuntimeError ... for unusable folders
-        raise StatisticsError(
-            f"Cannot load model '{model.name}' ({model.path}) for its statistics: {type(e).__name__}: "
-            f"{_first_line(e)}",
-            hint="Statistics run the whole model: transformers.AutoModelForCausalLM.from_pretrained must load the "
-                 f"folder on '{options.device}' (check that config.json describes the weights).") from e
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
+def first_line(error: BaseException, limit: int = 300) -> str:
     """The gist of a library error (transformers' messages can run to pages)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = " ".join(lines[:3]) if lines else repr(error)

@@ -1,7 +1,7 @@
 """RegMean's statistics: the input Gram matrix of every linear layer inside the transformer blocks.
 
-For each ``nn.Linear`` whose qualified name contains ``layers.<i>.`` (``model.layers.*`` in Llama, Gemma-2,
-Qwen, Mistral ...), with x ∈ ℝ^in its input at one token:
+For each ``nn.Linear`` of decoder layer ``<i>`` (``model.layers.<i>.*`` in Llama, Gemma-2, Qwen, Mistral ...),
+with x ∈ ℝ^in its input at one token:
 
     G = (1/T) Σ_t x_t x_tᵀ        over the T non-padding tokens (prompt and response) of the expert's
                                   own-domain validation rows
@@ -9,27 +9,35 @@ Qwen, Mistral ...), with x ∈ ℝ^in its input at one token:
 stored under the layer's weight name (``model.layers.0.mlp.up_proj.weight``) as float32 ``[in, in]``.
 Layers that share an input (q/k/v, gate/up) get identical matrices under their own names.
 
-Memory: one expert in float32 (4 bytes × parameters) + its Grams, Σ in² × 4 bytes over the linear layers
-(Llama-3.1-8B: 32 × (6 × 4096² + 14336²) × 4 ≈ 39 GB; Llama-3.2-3B: 28 × (6 × 3072² + 8192²) × 4 ≈ 14 GB)
-+ one batch of activations. Accumulation is in float32, one ``xᵀx`` matmul per layer and batch.
+Layer by layer (:mod:`mergebench.stats.layered`): the rows are embedded once; then each decoder layer is read
+from the stream, the rows' hidden states (parked on disk, :mod:`mergebench.stats.spill`) go through it batch by
+batch while hooks accumulate ``xᵀx`` in float32, its Grams are written to the statistics file and the layer is
+freed. Memory: one layer in float32 + its Grams (Llama-3.1-8B: 0.87 GB + 1.23 GB) + one batch of activations
++ the read-ahead; disk: the statistics, Σ in² × 4 bytes over the linear layers (8B: 39 GB), plus two layers'
+worth of hidden states while it runs.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from mergebench.errors import StatisticsError
+from mergebench.stats.cache import Entry, StatisticsFile
 from mergebench.stats.data import Batch
+from mergebench.stats.layered import LayeredModel, Weights
+from mergebench.stats.spill import Spill
 
 logger = logging.getLogger(__name__)
 
-BLOCK_LINEAR = re.compile(r"(^|\.)layers\.\d+\.")
+NO_LINEAR_HINT = ("RegMean supports decoder models whose blocks are 'model.layers.<i>' with nn.Linear projections "
+                  "(Llama, Gemma, Qwen, Mistral); merge this one with another method.")
 
 
 @dataclass(frozen=True)
@@ -37,49 +45,100 @@ class GramConfig:
     num_samples: int = 1000
 
 
-def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """``{weight name: module}`` for every ``nn.Linear`` inside a transformer block."""
-    return {f"{name}.weight": module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and BLOCK_LINEAR.search(name + ".")}
+def block_linears(layer: nn.Module, prefix: str) -> dict[str, nn.Linear]:
+    """``{weight name: module}`` for every ``nn.Linear`` of one decoder layer whose names start with ``prefix``."""
+    return {f"{prefix}{name}.weight": module for name, module in layer.named_modules()
+            if isinstance(module, nn.Linear)}
 
 
-def compute_gram(model: nn.Module, batches: Iterable[Batch]) -> dict[str, Tensor]:
-    """Mean ``x xᵀ`` over non-padding tokens for every block linear layer, keyed by its weight name."""
-    linears = block_linears(model)
-    if not linears:
-        raise StatisticsError(f"The model ({type(model).__name__}) has no nn.Linear inside 'layers.<i>.' blocks, so "
-                              "there is no Gram matrix to compute.",
-                              hint="RegMean supports decoder models whose blocks are 'model.layers.<i>' with nn.Linear "
-                                   "projections (Llama, Gemma, Qwen, Mistral); merge this one with another method.")
-    sums: dict[str, Tensor] = {}
-    counts: dict[str, int] = dict.fromkeys(linears, 0)
-    current: dict[str, Tensor] = {}
+def gram_entries(lm: LayeredModel) -> list[Entry]:
+    """Every Gram the model has, in layer order: ``(weight name, float32, (in, in))``."""
+    entries: list[Entry] = [(name, torch.float32, (module.in_features, module.in_features))
+               for i, layer in enumerate(lm.layers)
+               for name, module in block_linears(layer, f"{lm.prefix}.{i}.").items()]
+    if not entries:
+        raise StatisticsError(f"The model ({type(lm.module).__name__}) has no nn.Linear inside its decoder blocks, so "
+                              "there is no Gram matrix to compute.", hint=NO_LINEAR_HINT)
+    return entries
 
-    def hook(name: str):
+
+class GramAccumulator:
+    """Σ x xᵀ and token counts of some linear layers, fed by forward hooks over the non-padding tokens."""
+
+    def __init__(self, linears: dict[str, nn.Linear]) -> None:
+        self.linears = linears
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = dict.fromkeys(linears, 0)
+        self.mask: Tensor | None = None
+        """``[B, T]`` bool: the tokens of the batch running now."""
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            x = inputs[0]
-            mask = current["mask"]
-            rows = x[mask] if x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])  # MoE-style inputs
-            rows = rows.float()
-            if name not in sums:
-                sums[name] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
-            sums[name].addmm_(rows.T, rows)
-            counts[name] += rows.shape[0]
+            x, mask = inputs[0], self.mask
+            rows = x[mask] if mask is not None and x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])
+            rows = rows.float()  # MoE-style inputs (tokens routed to this expert) are taken as they come
+            if name not in self.sums:
+                self.sums[name] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
+            self.sums[name].addmm_(rows.T, rows)
+            self.counts[name] += rows.shape[0]
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in linears.items()]
+    def run(self, forward: Callable[[], None]) -> None:
+        """Call ``forward`` (one or more batches through the layers) with the hooks installed."""
+        handles = [module.register_forward_hook(self._hook(name)) for name, module in self.linears.items()]
+        try:
+            with torch.no_grad():
+                forward()
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def means(self) -> dict[str, Tensor]:
+        """Σ x xᵀ / T per layer. Raises :class:`StatisticsError` when a layer saw no token."""
+        missing = [name for name, count in self.counts.items() if count == 0]
+        if missing:
+            raise StatisticsError(f"No token reached {len(missing)} of {len(self.linears)} linear layers (e.g. "
+                                  f"'{missing[0]}'), so they have no Gram matrix.",
+                                  hint="Give the domain validation rows with text (num_samples ≥ 1); layers that "
+                                       "only some tokens reach (mixture-of-experts) need more rows.")
+        return {name: self.sums.pop(name).div_(self.counts[name]) for name in self.linears}
+
+
+def compute_gram(lm: LayeredModel, weights: Weights, batches: Sequence[Batch], out: StatisticsFile,
+                 spill_dir: Path) -> None:
+    """Write the mean ``x xᵀ`` of every block linear layer (see the module docstring) into ``out``."""
+    ids = lm.use_vocabulary(torch.cat([batch.input_ids.flatten() for batch in batches]))
+    lm.set_table(weights.gather(lm.embedding_name, ids))
+    spill = Spill(spill_dir)
     try:
         with torch.no_grad():
-            for batch in batches:
-                current["mask"] = batch.attention_mask.bool()
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            for b, batch in enumerate(batches):
+                spill.put(b, lm.embed(batch).hidden)
+        n_layers = len(lm.layers)
+        bar = tqdm(total=n_layers, desc="Gram layers", unit="layer", disable=not lm.options.progress, leave=False)
+        layers = weights.layers(range(n_layers))
+        for i in range(n_layers):
+            layer = lm.load_layer(i, next(layers))
+            last = i == n_layers - 1
+            following = None if last else Spill(spill_dir)
+            acc = GramAccumulator(block_linears(layer, f"{lm.prefix}.{i}."))
+
+            def forward(i: int = i, acc: GramAccumulator = acc, source: Spill = spill,
+                        following: Spill | None = following) -> None:
+                for b, batch in enumerate(batches):
+                    acc.mask = batch.attention_mask.bool().to(lm.device)
+                    hidden = lm.run_layer(i, source.get(b).to(lm.device), lm.embed(batch).calls[i])
+                    if following is not None:
+                        following.put(b, hidden)
+
+            acc.run(forward)
+            for name, gram in acc.means().items():
+                out.write(name, gram)
+            lm.free_layer(i)
+            spill.close()
+            if following is not None:
+                spill = following
+            bar.update()
+        bar.close()
     finally:
-        for handle in handles:
-            handle.remove()
-    missing = [name for name, count in counts.items() if count == 0]
-    if missing:
-        raise StatisticsError(f"No token reached {len(missing)} of {len(linears)} linear layers (e.g. '{missing[0]}'), "
-                              "so they have no Gram matrix.",
-                              hint="Give the domain validation rows with text (num_samples ≥ 1); layers that only "
-                                   "some tokens reach (mixture-of-experts) need more rows.")
-    return {name: sums[name].div_(counts[name]) for name in linears}
+        spill.close()

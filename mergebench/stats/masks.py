@@ -11,35 +11,45 @@ output head are excluded unless ``merge_embeddings``):
     S^{e+1} = S^e − learning_rate · ∂L/∂S − l1_strength · σ'(S^e)      once per epoch (full batch)
     M   = [σ(S^E) ≥ 0.5]                       stored as bool under each mergeable tensor name
 
-∂L/∂S = (∂L/∂θ)|θ(S) ⊙ τ ⊙ σ'(S): θ(S) is materialised once per epoch as a leaf tensor, the batches run
-through ``torch.func.functional_call`` and accumulate ∂L/∂θ, and the chain rule is applied at the end. The
-base model's own parameters are never modified, so one loaded base could serve every expert.
-With ``learning_rate = 0`` and ``l1_strength = 0`` (or ``epochs = 0``) no forward pass runs and the masks are
-exactly the dataless ones.
+∂L/∂S = (∂L/∂θ)|θ(S) ⊙ τ ⊙ σ'(S). Each epoch, ∂L/∂θ at θ(S) is computed layer by layer with the exact backward
+of :mod:`mergebench.stats.backprop` (the weights it reads are θ(S), built from the base's and the expert's
+streamed tensors and S), summed over the rows into a scratch file; then an update pass reads θ₀, τ and S again
+tensor by tensor, applies the step, and writes S (or, after the last epoch, the masks). S⁰ is never stored: it
+follows from τ and the threshold. With ``learning_rate = 0`` and ``l1_strength = 0`` (or ``epochs = 0``) no
+forward pass runs and the masks are exactly the dataless ones.
 
 Like the authors' code, one full-batch step is taken per epoch (gradients averaged over all rows, hence
 the large default learning rate 1e8). Unlike it, the L1 term is the gradient of ``l1_strength · Σσ(S)``,
 which shrinks the mask; the authors' update adds ``l1_strength · sign(S) · σ'(S)``, which grows |S|.
 
-Memory: the base model in float32 (4 bytes × parameters) + τ, S, θ(S) and its gradient over the mergeable
-tensors (4 × 4 bytes × mergeable parameters) + activations of one batch. While τ is taken both models are
-loaded (τ reuses the expert's parameter memory, the rest of the expert is then freed). Output: a bool file,
-1 byte per mergeable parameter.
+Memory: one decoder layer of the base, the expert and S in float32 plus θ(S) and its gradient accumulator
+(5 × 4 bytes × the layer's parameters: 4.4 GB at Llama-3.1-8B) + what :mod:`~mergebench.stats.backprop` needs
+for its head blocks and activations. Disk: ∂L/∂θ (and S between epochs) over the mergeable tensors in
+float32, and the parked activations. Reads per epoch: the base and the expert twice for the gradient and once
+for the update, plus one pass (two when a threshold's histogram bucket is not decided by the first) for the
+global threshold. Output: a bool file, 1 byte per mergeable parameter.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mergebench.errors import StatisticsError
+from mergebench.hub.models import ResolvedModel
+from mergebench.methods.common import is_embedding
 from mergebench.methods.topk import GlobalTopK, tensor_thresholds
-from mergebench.stats.data import Sample, batches, per_sample_nll, require_responses
+from mergebench.stats.backprop import accumulate
+from mergebench.stats.cache import Entry, StatisticsFile, scratch_statistics
+from mergebench.stats.data import Sample, require_responses
+from mergebench.stats.layered import LayeredModel, RowReader
+from mergebench.stats.spill import Spill
 
 logger = logging.getLogger(__name__)
 
@@ -56,97 +66,230 @@ class MaskConfig:
     merge_embeddings: bool = False
 
 
-def task_vectors(base: nn.Module, expert: nn.Module, mergeable: Callable[[str], bool]) -> dict[str, Tensor]:
-    """``{name: θᵢ − θ₀}`` in float32 over the mergeable parameters (computed in the expert's memory)."""
-    base_params = dict(base.named_parameters())
-    deltas = {}
-    with torch.no_grad():
-        for name, p in expert.named_parameters():
-            if mergeable(name) and p.is_floating_point():
-                theta0 = base_params.get(name)
-                if theta0 is None or theta0.shape != p.shape:
-                    found = "missing" if theta0 is None else f"{tuple(theta0.shape)}"
-                    raise StatisticsError(f"Parameter '{name}' is {tuple(p.shape)} in the expert but {found} in the "
-                                          "base, so it has no task vector.",
-                                          hint="Experts must be fine-tunes of the base: same architecture, "
-                                               "tensor names and shapes.")
-                deltas[name] = p.detach().float().sub_(theta0.detach().float().to(p.device))
-    if not deltas:
-        raise StatisticsError("The expert has no mergeable floating-point parameter, so there is no mask to train.",
-                              hint="Check the models (merge_embeddings: true also masks embeddings and the head).")
-    return deltas
+class _Tensors:
+    """The mergeable tensors of a base and an expert, read whole (layers, tail) or in row blocks (embedding,
+    head), with their task vectors τ = θᵢ − θ₀ in float32."""
+
+    def __init__(self, lm: LayeredModel, expert: ResolvedModel, merge_embeddings: bool) -> None:
+        self.lm = lm
+        self.expert = expert
+        self.layer_groups = [lm.layer_names(i) for i in range(len(lm.layers))]
+        names = [n for group in self.layer_groups for n in group] + lm.tail_names()
+        if merge_embeddings:
+            names += [lm.embedding_name, lm.head_name, *([lm.head_bias_name] if lm.head_bias_name else [])]
+        self.mergeable = [n for n in dict.fromkeys(names) if merge_embeddings or not is_embedding(n)]
+        self.blocked = [n for n in self.mergeable if n in (lm.embedding_name, lm.head_name, lm.head_bias_name)]
+        self._readers: dict[str, RowReader] = {}
+        for name in self.mergeable:
+            theta0 = lm.model.tensor(name).shape
+            found = expert.tensor(name).shape if name in expert.weight_map else None
+            if found != theta0:
+                raise StatisticsError(f"Tensor '{name}' is {list(theta0)} in the base but "
+                                      f"{'missing' if found is None else list(found)} in the expert "
+                                      f"'{expert.label}', so it has no task vector.",
+                                      hint="Experts must be fine-tunes of the base: same architecture, tensor "
+                                           "names and shapes.")
+        if not self.mergeable:
+            raise StatisticsError("The expert has no mergeable tensor, so there is no mask to train.",
+                                  hint="Check the models (merge_embeddings: true also masks embeddings and the head).")
+
+    def entries(self, dtype: torch.dtype) -> list[Entry]:
+        return [(name, dtype, self.lm.model.tensor(name).shape) for name in self.mergeable]
+
+    def layers(self, indices: Sequence[int]) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        """``(θ₀, τ)`` of each decoder layer of ``indices`` (τ of its mergeable tensors); an iterator that keeps
+        no reference to what it returned (take them with ``next()``)."""
+        groups = [self.layer_groups[i] for i in indices]
+        return map(self._task_vectors, self.lm.stream([self.lm.model, self.expert], groups))
+
+    def _task_vectors(self, models: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        base, expert = models
+        return base, {n: expert.pop(n).sub_(base[n]) for n in list(expert) if n in self.mergeable}
+
+    def tail(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        names = self.lm.tail_names()
+        if not names:
+            return {}, {}
+        return self._task_vectors(next(self.lm.stream([self.lm.model, self.expert], [names])))
+
+    def rows(self, name: str, begin: int, end: int) -> tuple[Tensor, Tensor | None]:
+        """``(θ₀, τ)`` of rows ``[begin, end)`` of an embedding or head tensor (τ ``None`` when not mergeable)."""
+        base = self.lm.reader(name).read(begin, end)
+        if name not in self.mergeable:
+            return base, None
+        return base, self._reader(name).read(begin, end).sub_(base)
+
+    def gather(self, name: str, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(θ₀, τ)`` of rows ``ids`` of an embedding tensor."""
+        base = self.lm.reader(name).gather(ids, self.lm.block_rows(name))
+        if name not in self.mergeable:
+            return base, None
+        return base, self._reader(name).gather(ids, self.lm.block_rows(name)).sub_(base)
+
+    def blocks(self, name: str) -> Iterator[tuple[int, int]]:
+        rows, step = self.lm.model.tensor(name).shape[0], self.lm.block_rows(name)
+        for begin in range(0, rows, step):
+            yield begin, min(begin + step, rows)
+
+    def _reader(self, name: str) -> RowReader:
+        if name not in self._readers:
+            self._readers[name] = RowReader(self.expert, name)
+        return self._readers[name]
+
+    def each(self) -> Iterator[tuple[str, int, Tensor, Tensor]]:
+        """Every mergeable tensor (or row block of one) as ``(name, first row, θ₀, τ)``; one layer in memory."""
+        layers = self.layers(range(len(self.layer_groups)))
+        for _ in self.layer_groups:
+            base, taus = next(layers)
+            for name in list(taus):
+                yield name, 0, base.pop(name), taus.pop(name)
+            del base, taus
+        base, taus = self.tail()
+        for name, tau in taus.items():
+            yield name, 0, base[name], tau
+        for name in self.blocked:
+            for begin, end in self.blocks(name):
+                theta0, block_tau = self.rows(name, begin, end)
+                assert block_tau is not None
+                yield name, begin, theta0, block_tau
 
 
-def dataless_masks(deltas: dict[str, Tensor], sparsity: float, scope: str) -> dict[str, Tensor]:
-    """``[|τ| ≥ t]`` per tensor with the global (default) or per-tensor top-s threshold."""
-    if scope == "tensor":
-        return {name: tau.abs() >= tensor_thresholds(tau[None], sparsity)[0] for name, tau in deltas.items()}
+class _Thresholds:
+    """The dataless threshold t of each mergeable tensor: one global value, or per tensor (``topk_scope: tensor``;
+    computed from the whole τ when a tensor is read whole, by an exact histogram pass for those read in blocks)."""
+
+    def __init__(self, tensors: _Tensors, sparsity: float, scope: str) -> None:
+        self.sparsity = sparsity
+        self.scope = scope
+        self.values: dict[str, Tensor] = {}
+        if scope == "global":
+            self.values = dict.fromkeys(tensors.mergeable, _exact_top_k(tensors, tensors.mergeable, sparsity))
+        else:
+            for name in tensors.blocked:
+                self.values[name] = _exact_top_k(tensors, [name], sparsity)
+
+    def of(self, name: str, tau: Tensor) -> Tensor:
+        if name in self.values:
+            return self.values[name].to(tau.device)
+        return tensor_thresholds(tau[None], self.sparsity)[0]
+
+
+def _exact_top_k(tensors: _Tensors, names: Sequence[str], sparsity: float) -> Tensor:
+    """The ⌈s·N⌉-th largest |τ| over the entries of ``names`` (:class:`GlobalTopK`, one or two streaming passes)."""
     acc = GlobalTopK(1, sparsity)
+    wanted = set(names)
     for pass_index in range(acc.passes):
-        for tau in deltas.values():
-            acc.update(pass_index, tau[None].cpu())
+        for name, _, _, tau in tensors.each():
+            if name in wanted:
+                acc.update(pass_index, tau[None].cpu())
         acc.finish_pass(pass_index)
-    threshold = acc.thresholds()[0]
-    return {name: tau.abs() >= threshold.to(tau.device) for name, tau in deltas.items()}
+        if pass_index == 0 and acc.selection().is_exact:
+            break
+    return acc.thresholds()[0]
 
 
-def mask_gradient(model: nn.Module, deltas: dict[str, Tensor], logits: dict[str, Tensor], samples: Sequence[Sample],
-                  *, pad_id: int, batch_size: int, device: str) -> dict[str, Tensor]:
-    """``∂L/∂S`` at ``S = logits``, L = mean over samples of each sample's mean response NLL under θ(S).
+class _MaskedWeights:
+    """θ(S) = θ₀ + σ(S) ⊙ τ on the mergeable tensors (θ₀ elsewhere): the weights the gradient pass reads
+    (:class:`mergebench.stats.layered.Weights`). S is S⁰ = ±bias from τ and t, or the previous epoch's."""
 
-    By the chain rule ``∂L/∂S = (∂L/∂θ) ⊙ τ ⊙ σ(S)(1 − σ(S))``: θ(S) is built once as a leaf, the batches
-    accumulate ``∂L/∂θ`` into its ``.grad``, and the product is taken at the end (4 mergeable-size tensors:
-    τ, S, θ(S), ∂L/∂θ).
-    """
-    require_responses(samples)
-    base_params = dict(model.named_parameters())
-    thetas = {}
-    with torch.no_grad():
-        for name, tau in deltas.items():
-            thetas[name] = torch.sigmoid(logits[name]).mul_(tau).add_(base_params[name]).requires_grad_(True)
-    for batch in batches(samples, batch_size, pad_id, device):
-        with torch.enable_grad():  # grad mode is global: lighteval, for one, switches it off at import
-            out = torch.func.functional_call(model, thetas, args=(), kwargs={
-                "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False})
-            loss = per_sample_nll(out.logits, batch.labels).sum() / len(samples)
-            loss.backward(inputs=list(thetas.values()))
-    grads = {}
-    with torch.no_grad():
-        for name in list(thetas):
-            theta = thetas.pop(name)
-            grad = theta.grad if theta.grad is not None else torch.zeros_like(theta)
-            sig = torch.sigmoid(logits[name])
-            grads[name] = grad.mul_(deltas[name]).mul_(sig.mul_(1.0 - sig))
-    return grads
+    def __init__(self, tensors: _Tensors, thresholds: _Thresholds, bias: float, logits: StatisticsFile | None
+                 ) -> None:
+        self.tensors = tensors
+        self.thresholds = thresholds
+        self.bias = bias
+        self.logits = logits
+
+    def s(self, name: str, tau: Tensor, row: int = 0, ids: Tensor | None = None) -> Tensor:
+        """S of ``tau``: a whole tensor's, its rows from ``row`` (blocked tensors), or its rows ``ids``."""
+        if self.logits is None:
+            return torch.where(tau.abs() >= self.thresholds.of(name, tau), self.bias, -self.bias)
+        if ids is not None:
+            return self.logits.gather(name, ids).to(tau.device)
+        rows = tau.shape[0] if name in self.tensors.blocked else None
+        return self.logits.read(name, row, rows).to(tau.device)
+
+    def theta(self, name: str, theta0: Tensor, tau: Tensor | None, row: int = 0, ids: Tensor | None = None
+              ) -> Tensor:
+        """θ₀ + σ(S) ⊙ τ (θ₀ where the tensor is not mergeable)."""
+        if tau is None:
+            return theta0
+        return torch.sigmoid(self.s(name, tau, row, ids)).mul_(tau).add_(theta0)
+
+    def layers(self, indices: Sequence[int]) -> Iterator[dict[str, Tensor]]:
+        return map(self._thetas, self.tensors.layers(indices))
+
+    def _thetas(self, layer: tuple[dict[str, Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
+        base, taus = layer
+        return {n: self.theta(n, base.pop(n), taus.pop(n, None)) for n in list(base)}
+
+    def tail(self) -> dict[str, Tensor]:
+        base, taus = self.tensors.tail()
+        return {n: self.theta(n, t, taus.get(n)) for n, t in base.items()}
+
+    def rows(self, name: str, begin: int, end: int) -> Tensor:
+        theta0, tau = self.tensors.rows(name, begin, end)
+        return self.theta(name, theta0, tau, begin)
+
+    def gather(self, name: str, ids: Tensor) -> Tensor:
+        theta0, tau = self.tensors.gather(name, ids)
+        return self.theta(name, theta0, tau, ids=ids)
 
 
-def train_masks(model: nn.Module, deltas: dict[str, Tensor], samples: Sequence[Sample], config: MaskConfig, *,
-                pad_id: int, batch_size: int = 8, device: str = "cpu") -> dict[str, Tensor]:
-    """Trained binary masks (bool, one per mergeable tensor) for one expert; see the module docstring.
+def mask_entries(lm: LayeredModel, expert: ResolvedModel, config: MaskConfig) -> list[Entry]:
+    """The mask tensors: ``(checkpoint name, bool, shape)`` of every mergeable tensor."""
+    return _Tensors(lm, expert, config.merge_embeddings).entries(torch.bool)
 
-    Args:
-        model: the base model (float32, on ``device``); its parameters are read, never written.
-        deltas: ``{name: τ}`` from :func:`task_vectors`.
-        samples: the expert's own-domain rows, each with ≥ 1 response token.
-    """
-    require_responses(samples)
-    initial = dataless_masks(deltas, config.sparsity, config.topk_scope)
+
+def train_masks(lm: LayeredModel, expert: ResolvedModel, samples: Sequence[Sample], config: MaskConfig,
+                out: StatisticsFile, *, pad_id: int, spill: Callable[[], Spill], scratch: Path) -> None:
+    """Write the trained masks of ``expert`` (bool, one per mergeable tensor) into ``out``; see the module
+    docstring. ``lm`` is the base's skeleton; ``scratch`` holds the gradient and S files between passes."""
+    tensors = _Tensors(lm, expert, config.merge_embeddings)
+    thresholds = _Thresholds(tensors, config.sparsity, config.topk_scope)
     if config.epochs == 0 or (config.learning_rate == 0.0 and config.l1_strength == 0.0):
         logger.info("learning_rate = l1_strength = 0 or epochs = 0: trained masks are the dataless masks")
-        return initial
-    logits = {name: torch.where(m, config.sigmoid_bias, -config.sigmoid_bias).float() for name, m in initial.items()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for epoch in range(config.epochs):
-        grads = mask_gradient(model, deltas, logits, samples, pad_id=pad_id, batch_size=batch_size, device=device)
-        with torch.no_grad():
-            for name, s in logits.items():
-                sig = torch.sigmoid(s)
-                slope = sig.mul_(1.0 - sig)                     # σ'(S)
-                step = grads.pop(name).mul_(config.learning_rate)
-                s.sub_(step.add_(slope, alpha=config.l1_strength))
-        kept = sum(int((torch.sigmoid(s) >= 0.5).sum()) for s in logits.values())
-        total = sum(s.numel() for s in logits.values())
-        logger.info("mask epoch %d/%d: %.4f of %d mergeable entries kept",
-                    epoch + 1, config.epochs, kept / total, total)
-    return {name: torch.sigmoid(s) >= 0.5 for name, s in logits.items()}
+        for name, row, _, tau in tensors.each():
+            out.write(name, tau.abs() >= thresholds.of(name, tau), row)
+        return
+    require_responses(samples)
+    scale = 1.0 / len(samples)
+
+    def mean(grad: Tensor) -> Tensor:
+        return grad.mul(scale)
+
+    logits: StatisticsFile | None = None
+    try:
+        for epoch in range(config.epochs):
+            last = epoch == config.epochs - 1
+            weights = _MaskedWeights(tensors, thresholds, config.sigmoid_bias, logits)
+            grads = scratch_statistics(scratch, tensors.entries(torch.float32))
+            try:
+                accumulate(lm, weights, samples, grads, mean, pad_id=pad_id, spill_dir=spill)
+                updated = out if last else scratch_statistics(scratch, tensors.entries(torch.float32))
+                _step(tensors, weights, grads, updated, config, last=last)
+            finally:
+                grads.close()
+            if logits is not None:
+                logits.close()
+            logits = None if last else updated
+    finally:
+        if logits is not None:
+            logits.close()
+
+
+def _step(tensors: _Tensors, weights: _MaskedWeights, grads: StatisticsFile, out: StatisticsFile,
+          config: MaskConfig, *, last: bool) -> None:
+    """One update of S from ∂L/∂θ; writes S, or after the last epoch the masks [σ(S) ≥ 0.5]."""
+    kept, total = 0, 0
+    for name, row, _, tau in tensors.each():
+        s = weights.s(name, tau, row)
+        grad = grads.read(name, row, tau.shape[0] if name in tensors.blocked else None).to(s.device)
+        sig = torch.sigmoid(s)
+        slope = sig.mul_(1.0 - sig)                                   # σ'(S)
+        step = grad.mul_(tau).mul_(slope).mul_(config.learning_rate)  # lr·∂L/∂S
+        s.sub_(step.add_(slope, alpha=config.l1_strength))
+        mask = torch.sigmoid(s) >= 0.5
+        kept += int(mask.sum())
+        total += mask.numel()
+        out.write(name, mask if last else s, row)
+    logger.info("mask epoch: %.4f of %d mergeable entries kept", kept / max(total, 1), total)

@@ -1,39 +1,48 @@
-"""Run a statistics stage for every expert, one expert in memory at a time, with a content-keyed cache.
+"""Run a statistics stage for every expert, one expert (one decoder layer of it) in memory at a time, with a
+content-keyed cache.
 
+>>> experts = [ModelSource(resolve(Ref.parse("org/expert")), domain="math")]            # doctest: +SKIP
 >>> paths = run_stage("gram", experts, rows, params, cache_dir=Path("~/.cache/mergebench/stats"))  # doctest: +SKIP
 >>> reader = StatisticsReader("gram", paths)                                                 # doctest: +SKIP
 
-``experts`` are :class:`ModelSource` objects with their ``domain``; ``rows`` is ``{domain: rows}``. Each
-expert runs on the first ``num_samples`` rows of *its own* domain (:func:`~mergebench.stats.data.rows_for`).
-The returned list has one file per expert, in the order given, ready for :class:`StatisticsReader`.
+``experts`` are :class:`ModelSource` objects (resolved models: weights are streamed, never downloaded) with
+their ``domain``; ``rows`` is ``{domain: rows}``. Each expert runs on the first ``num_samples`` rows of *its
+own* domain (:func:`~mergebench.stats.data.rows_for`). The returned list has one file per expert, in the order
+given, ready for :class:`StatisticsReader`. Models are run layer by layer (:mod:`mergebench.stats.layered`);
+activations are parked in a temporary folder beside the cache files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import gc
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergebench.errors import StatisticsError
-from mergebench.stats.cache import cache_key, cache_path, model_identity, read_metadata, write_statistics
+from mergebench.stats.cache import cache_key, cache_path, model_identity, open_statistics, read_metadata
 from mergebench.stats.data import (
     ModelSource,
     Row,
+    Sample,
     StatsOptions,
     batches,
     encode_rows,
-    load_model,
     load_tokenizer,
     pad_token_id,
     rows_for,
+    small_files,
     with_responses,
 )
-from mergebench.stats.fisher import FisherConfig, compute_fisher
-from mergebench.stats.gram import GramConfig, compute_gram
-from mergebench.stats.masks import MaskConfig, task_vectors, train_masks
+from mergebench.stats.fisher import FisherConfig, compute_fisher, fisher_entries
+from mergebench.stats.gram import GramConfig, compute_gram, gram_entries
+from mergebench.stats.layered import CheckpointWeights, LayeredModel
+from mergebench.stats.masks import MaskConfig, mask_entries, train_masks
+from mergebench.stats.spill import Spill
 from mergebench.work import fingerprint_of
 
 logger = logging.getLogger(__name__)
@@ -74,8 +83,9 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
         params: the method's parameters (``num_samples``, and for masks ``sparsity``, ``sigmoid_bias`` ...).
         cache_dir: root of the statistics cache.
         base: the base model (required for ``"mask"``).
-        merge_embeddings: the recipe's flag; decides which tensors get masks (``"mask"`` only).
-        options: device, batch size, max length, tokenizer/template overrides.
+        merge_embeddings: the recipe's flag; whether the embeddings and head get masks or Fisher diagonals
+            (``"mask"``, ``"fisher"``; Grams are of the decoder layers' linear layers only).
+        options: device, batch size, max length, tokenizer/template overrides, streaming and spill budgets.
 
     Returns:
         One safetensors path per expert, in the order of ``experts``.
@@ -85,7 +95,7 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
         chat schema, a missing base for ``"mask"``, a model or tokenizer that cannot be loaded, no usable token.
     """
     options = options or StatsOptions()
-    extra = {"merge_embeddings": merge_embeddings} if stage == "mask" else {}
+    extra = {"merge_embeddings": merge_embeddings} if stage in ("mask", "fisher") else {}
     config = stage_config(stage, params, **extra)
     if stage == "mask" and base is None:
         raise StatisticsError("The 'mask' statistics stage needs the base model.",
@@ -104,10 +114,8 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
             logger.info("%s statistics of %s (%s): cached at %s", stage, expert.name, expert.domain, path)
         else:
             logger.info("%s statistics of %s on %d '%s' rows", stage, expert.name, len(expert_rows), expert.domain)
-            tensors = COMPUTE[stage](expert, expert_rows, config, options, base)
-            write_statistics(path, tensors, {**document, "model_label": expert.name})
-            del tensors
-            gc.collect()
+            job = Job(expert, base, expert_rows, options, path, {**document, "model_label": expert.name})
+            COMPUTE[stage](job, config)
         paths.append(path)
     return paths
 
@@ -128,39 +136,57 @@ def _readable(path: Path, stage: str) -> bool:
     return True
 
 
-def _gram(expert: ModelSource, rows: Sequence[Row], config: GramConfig, options: StatsOptions,
-          base: ModelSource | None) -> dict:
-    tokenizer = load_tokenizer(expert, options)
-    samples = encode_rows(tokenizer, rows, options, expert.domain)
-    model = load_model(expert, options)
-    return compute_gram(model, batches(samples, options.batch_size, pad_token_id(tokenizer), options.device))
+@dataclass(frozen=True)
+class Job:
+    """One expert's statistics to compute: the models, its rows, the options, where the file goes."""
+
+    expert: ModelSource
+    base: ModelSource | None
+    rows: Sequence[Row]
+    options: StatsOptions
+    path: Path
+    metadata: dict[str, Any]
+
+    @contextlib.contextmanager
+    def prepared(self, model: ModelSource) -> Iterator[tuple[LayeredModel, Any, Path]]:
+        """``model``'s skeleton, the expert's tokenizer and a temporary folder (beside the statistics file) for
+        spilled activations."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with small_files(self.expert.model) as expert_files, small_files(model.model) as files, \
+                tempfile.TemporaryDirectory(prefix=".work-", dir=self.path.parent) as work:
+            tokenizer = load_tokenizer(self.expert, expert_files, self.options)
+            yield LayeredModel(model.model, files, self.options), tokenizer, Path(work)
+
+    def samples(self, tokenizer: Any, *, responses: bool) -> list[Sample]:
+        samples = encode_rows(tokenizer, self.rows, self.options, self.expert.domain)
+        return with_responses(samples, self.expert.domain) if responses else samples
 
 
-def _fisher(expert: ModelSource, rows: Sequence[Row], config: FisherConfig, options: StatsOptions,
-            base: ModelSource | None) -> dict:
-    tokenizer = load_tokenizer(expert, options)
-    samples = with_responses(encode_rows(tokenizer, rows, options, expert.domain), expert.domain)
-    model = load_model(expert, options)
-    return compute_fisher(model, samples, pad_id=pad_token_id(tokenizer), device=options.device)
+def _gram(job: Job, config: GramConfig) -> None:
+    with job.prepared(job.expert) as (lm, tokenizer, work):
+        samples = job.samples(tokenizer, responses=False)
+        rows = list(batches(samples, job.options.batch_size, pad_token_id(tokenizer), job.options.device))
+        with open_statistics(job.path, gram_entries(lm), job.metadata) as out:
+            compute_gram(lm, CheckpointWeights(lm), rows, out, work)
 
 
-def _mask(expert: ModelSource, rows: Sequence[Row], config: MaskConfig, options: StatsOptions,
-          base: ModelSource | None) -> dict:
-    from mergebench.methods.common import is_embedding
+def _fisher(job: Job, config: FisherConfig) -> None:
+    with job.prepared(job.expert) as (lm, tokenizer, work):
+        samples = job.samples(tokenizer, responses=True)
+        with open_statistics(job.path, fisher_entries(lm, config.merge_embeddings), job.metadata) as out:
+            compute_fisher(lm, CheckpointWeights(lm), samples, out, pad_id=pad_token_id(tokenizer),
+                           spill=lambda: Spill(work))
 
-    if base is None:
+
+def _mask(job: Job, config: MaskConfig) -> None:
+    if job.base is None:
         raise StatisticsError("The 'mask' statistics stage needs the base model.",
-                              hint="Pass base=ModelSource(<base folder>) to run_stage.")
-    tokenizer = load_tokenizer(expert, options)
-    samples = with_responses(encode_rows(tokenizer, rows, options, expert.domain), expert.domain)
-    base_model = load_model(base, options)
-    expert_model = load_model(expert, options)
-    deltas = task_vectors(base_model, expert_model,
-                          lambda name: config.merge_embeddings or not is_embedding(name))
-    del expert_model
-    gc.collect()
-    return train_masks(base_model, deltas, samples, config, pad_id=pad_token_id(tokenizer),
-                       batch_size=options.batch_size, device=options.device)
+                              hint="Pass base=ModelSource(<base>) to run_stage.")
+    with job.prepared(job.base) as (lm, tokenizer, work):
+        samples = job.samples(tokenizer, responses=True)
+        with open_statistics(job.path, mask_entries(lm, job.expert.model, config), job.metadata) as out:
+            train_masks(lm, job.expert.model, samples, config, out, pad_id=pad_token_id(tokenizer),
+                        spill=lambda: Spill(work), scratch=work)
 
 
-COMPUTE: dict[str, Callable[..., dict]] = {"gram": _gram, "fisher": _fisher, "mask": _mask}
+COMPUTE: dict[str, Callable[[Job, Any], None]] = {"gram": _gram, "fisher": _fisher, "mask": _mask}

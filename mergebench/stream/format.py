@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -114,26 +116,52 @@ def header_length(prefix: bytes) -> int:
     return n
 
 
+def _no_constant(token: str) -> float:
+    raise ValueError(f"header holds {token}, which JSON does not allow")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (a tensor or field given twice is ambiguous)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"header gives '{key}' twice")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _u64(value: object) -> bool:
+    """An integer the format can hold (``u64``): never a bool, a float (``1.9``) or a string (``"1"``)."""
+    return type(value) is int and 0 <= value < 2**64
+
+
 def parse_header(raw: bytes) -> FileHeader:
-    """Parse and check the JSON header (``raw`` = the N header bytes). Raises ``ValueError`` on any defect."""
+    """Parse and check the JSON header (``raw`` = the N header bytes). Raises ``ValueError`` on any defect.
+
+    As strict as the reference reader: the header is UTF-8 JSON without ``NaN``/``Infinity`` or a key given
+    twice, and shapes and offsets are lists of ``u64`` integers."""
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique)
+    except RecursionError:
+        raise ValueError("header nests too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"header is not valid UTF-8 JSON ({e})") from None
     if not isinstance(doc, dict):
         raise ValueError("header is not a JSON object")
-    metadata = doc.pop("__metadata__", None) or {}
+    metadata = doc.pop("__metadata__", None)
     tensors: dict[str, TensorEntry] = {}
     for name, info in doc.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"tensor '{name}' has a malformed header entry: {info!r}") from None
-        if dtype not in DTYPES:
-            raise ValueError(f"tensor '{name}' has unsupported dtype '{dtype}'")
-        if not (isinstance(begin, int) and isinstance(end, int)) or min((begin, end, *shape)) < 0:
-            raise ValueError(f"tensor '{name}' has negative or non-integer offsets or shape: {info!r}")
-        tensors[name] = TensorEntry(name, dtype, shape, begin, end)
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise ValueError(f"tensor '{name}' has a malformed header entry: {reprlib.repr(info)}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ValueError(f"tensor '{name}' has unsupported dtype {reprlib.repr(dtype)}")
+        if not (isinstance(shape, list) and all(map(_u64, shape)) and isinstance(offsets, list)
+                and len(offsets) == 2 and all(map(_u64, offsets))):
+            raise ValueError(f"tensor '{name}' has negative or non-integer offsets or shape: {reprlib.repr(info)}")
+        tensors[name] = TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ValueError("__metadata__ must map strings to strings")
     return FileHeader(tensors=check_layout(list(tensors.values())), metadata=dict(metadata))

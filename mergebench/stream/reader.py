@@ -52,6 +52,17 @@ class StreamModel(Protocol):
     def url(self, filename: str) -> str: ...
 
 
+def open_source(model: StreamModel, filename: str) -> ByteSource:
+    """The byte source of one shard of ``model``: its local file (mmap), else its pinned URL (Range requests).
+
+    For reads that are not whole tensors in visiting order (e.g. row blocks of one embedding matrix); whole
+    tensors go through :class:`TensorStream`."""
+    data_size = model.files[filename].data_size
+    if model.ref.local_path is not None:
+        return LocalSource(model.ref.local_path / filename, model=model.label, data_size=data_size)
+    return HttpSource(model.url(filename), model=model.label, filename=filename, data_size=data_size)
+
+
 @dataclass
 class _Chunk:
     model: int
@@ -124,14 +135,7 @@ class TensorStream:
     def _source(self, m: int, filename: str) -> ByteSource:
         key = (m, filename)
         if key not in self._sources:
-            model = self._models[m]
-            data_size = model.files[filename].data_size
-            if model.ref.local_path is not None:
-                self._sources[key] = LocalSource(model.ref.local_path / filename, model=model.label,
-                                                 data_size=data_size)
-            else:
-                self._sources[key] = HttpSource(model.url(filename), model=model.label, filename=filename,
-                                                data_size=data_size)
+            self._sources[key] = open_source(self._models[m], filename)
         return self._sources[key]
 
     def _read(self, chunk: _Chunk) -> memoryview:

@@ -14,6 +14,7 @@ being written, so the final ``fsync`` waits for the last few megabytes, not for 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import queue
 import threading
@@ -25,7 +26,7 @@ from typing import BinaryIO, Protocol
 import torch
 import xxhash
 
-from mergebench.stream.format import encode_header
+from mergebench.stream.format import encode_header, header_length, parse_header
 
 
 class ShardSpec(Protocol):
@@ -180,6 +181,30 @@ def write_index(directory: Path, shards: Sequence[ShardSpec], total_size: int) -
         "weight_map": {name: shard.filename for shard in shards for name in shard.tensors},
     }
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def patch_shard(path: Path, patches: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
+    """Overwrite entries of tensors in a finished shard, in place: ``{name: (flat indices, values)}`` with the
+    values in the tensor's stored dtype. The file is mapped, written, fsynced; returns its new checksum.
+
+    Used for the few entries a merge could only compute after the shard was written (an open top-k
+    threshold); everything else in the file is untouched."""
+    with open(path, "r+b") as f:
+        prefix = f.read(8)
+        n = header_length(prefix)
+        tensors = parse_header(f.read(n)).tensors
+        with mmap.mmap(f.fileno(), 0) as mapped:
+            data = torch.frombuffer(mapped, dtype=torch.uint8)
+            for name, (index, values) in patches.items():
+                entry = tensors[name]
+                if values.dtype != entry.torch_dtype:
+                    raise TypeError(f"patch of '{name}' is {values.dtype}, the tensor is {entry.dtype}")
+                start = 8 + n + entry.begin
+                data[start:start + entry.nbytes].view(values.dtype)[index] = values
+            del data
+            mapped.flush()
+        os.fsync(f.fileno())
+    return checksum_file(path)
 
 
 def checksum_file(path: Path, chunk: int = 16 << 20) -> str:

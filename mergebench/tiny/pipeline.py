@@ -12,7 +12,8 @@ Layout of ``work_dir``::
     base/                   SmolLM2-135M-Instruct in float32 with the ChatML template
     experts/<domain>/       one full fine-tune per domain (the ``tiny`` training recipe)
     bench.yaml              the benchmark configuration handed to the runner
-    run/                    the runner's output: grid points, results/, leaderboard
+    run/                    the runner's output: grid points, results/, leaderboard, score-digests.json
+                            (one digest per results file: equal on two runs — mergebench.tiny.reproducibility)
 
 Each stage folder holds ``mergebench-tiny-stage.json``: its fingerprint and everything it was built from.
 Progress is one line per stage on stderr (:class:`~mergebench.runner.progress.StageLog`).
@@ -32,6 +33,7 @@ import yaml
 from mergebench.domains import DOMAINS, Domain
 from mergebench.runner.progress import StageLog
 from mergebench.tiny.data import STAGE_RECORD, TRAIN_ROWS, VALIDATION_ROWS, write_domain_datasets
+from mergebench.tiny.reproducibility import deterministic, torch_threads, write_score_digests
 from mergebench.work import (
     Stage,
     atomic_folder,
@@ -64,6 +66,9 @@ class TinyConfig:
     validation_rows: int = VALIDATION_ROWS
     recipe: str = "tiny"
     """A shipped training recipe (``mergebench/train/recipes/<name>.yaml``) or the path of a YAML file."""
+    threads: int | None = None
+    """torch's intra-op threads for the whole run (``None``: its default on this machine). Results depend on it
+    in their last bits, so the experts and the benchmark run record it (:mod:`mergebench.tiny.reproducibility`)."""
 
 
 def stage_id(folder: Path) -> str:
@@ -115,12 +120,13 @@ def prepare_base(out_dir: Path) -> Path:
 
 def expert_inputs(domain: str, *, recipe: dict[str, Any], base: Path, data: Path) -> dict[str, Any]:
     """What one expert is trained from: every field of the recipe, the base's and its data's fingerprints,
-    and the versions of the expert folder's manifest and of the prompt format the rows are encoded with."""
+    the versions of the expert folder's manifest and of the prompt format the rows are encoded with, and torch's
+    thread count (it changes the rounding of every matrix product)."""
     from mergebench.prompt import PROMPT_FORMAT_VERSION
     from mergebench.train.card import MANIFEST_VERSION
 
     return {"domain": domain, "recipe": recipe, "base": stage_id(base), "data": stage_id(data),
-            "manifest": MANIFEST_VERSION, "prompt_format": PROMPT_FORMAT_VERSION}
+            "manifest": MANIFEST_VERSION, "prompt_format": PROMPT_FORMAT_VERSION, "threads": torch_threads()}
 
 
 def train_experts(base: Path, data: dict[Domain, Path], out_dir: Path, *, progress: bool = True, recipe: str = "tiny",
@@ -221,12 +227,14 @@ def _plan_preparation(stages: StageLog) -> None:
 
 def runner_inputs(work: TinyWork) -> dict[str, Any]:
     """What the runner's results are built from: the benchmark configuration, the fingerprints of the base,
-    the experts and the validation data, and the MergeBench version (methods and tasks change with it)."""
+    the experts and the validation data, the MergeBench version (methods and tasks change with it) and torch's
+    thread count."""
     from mergebench import __version__
 
     return {"bench": yaml.safe_load(work.bench.read_text(encoding="utf-8")), "base": stage_id(work.base),
             "experts": {d: stage_id(work.experts / d) for d in DOMAINS},
-            "data": {d: stage_id(work.data / d) for d in DOMAINS}, "mergebench": __version__}
+            "data": {d: stage_id(work.data / d) for d in DOMAINS}, "mergebench": __version__,
+            "threads": torch_threads()}
 
 
 def run_tiny(work_dir: Path, *, progress: bool = True, config: TinyConfig = TinyConfig(),
@@ -244,13 +252,16 @@ def run_tiny(work_dir: Path, *, progress: bool = True, config: TinyConfig = Tiny
     work = TinyWork(Path(work_dir))
     stages = stages or StageLog(enabled=progress)
     plan_benchmark(BenchConfig.from_yaml(write_bench_config(work)), stages)  # the bar counts every stage from the start
-    bench = prepare(work.root, config=config, stages=stages)
-    inputs = runner_inputs(work)
-    if not is_current(work.run / STAGE_RECORD, Stage("runner", inputs).fingerprint):
-        if work.run.exists():
-            logger.warning("The base, experts, data or benchmark configuration changed since %s was written: "
-                           "starting the benchmark run again.", work.run)
-            shutil.rmtree(work.run)
-        work.run.mkdir(parents=True)
-        write_record(work.run / STAGE_RECORD, Stage("runner", inputs))
-    return run_benchmark(bench, resume=True, stages=stages)
+    with deterministic(config.threads or torch_threads()):  # two runs on one machine: identical scores
+        bench = prepare(work.root, config=config, stages=stages)
+        inputs = runner_inputs(work)
+        if not is_current(work.run / STAGE_RECORD, Stage("runner", inputs).fingerprint):
+            if work.run.exists():
+                logger.warning("The base, experts, data or benchmark configuration changed since %s was written: "
+                               "starting the benchmark run again.", work.run)
+                shutil.rmtree(work.run)
+            work.run.mkdir(parents=True)
+            write_record(work.run / STAGE_RECORD, Stage("runner", inputs))
+        summary = run_benchmark(bench, resume=True, stages=stages)
+    write_score_digests(work.run, summary.results_dir)
+    return summary

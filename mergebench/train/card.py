@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from mergebench.cards import template_path
 from mergebench.errors import ConfigError
+from mergebench.eval.hub_results import eval_rows as eval_rows_from_results
 from mergebench.merge.card import EvalRow, model_index
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.work import write_atomic
@@ -114,13 +115,6 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"'{folder}' has no {MANIFEST}; it is not an expert trained by MergeBench.",
                           hint="Pass the output folder of `mergebench train`.")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def eval_rows_from_results(results: Results) -> list[EvalRow]:
-    """One ``model-index`` row per scored task (failed tasks have no score and are left out)."""
-    dataset = results.eval_data.get("location") if results.eval_data.get("kind") == "hub" else None
-    return [EvalRow(task=name, metric=task.main_metric, value=float(task.score), dataset=dataset or "mergebench-eval")
-            for name, task in results.tasks.items() if task.status == "ok" and task.score is not None]
 
 
 def add_eval_results(folder: Path, results: Results) -> None:

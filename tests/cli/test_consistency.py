@@ -8,6 +8,7 @@ create for what a command builds and a results file for evaluations; listings pr
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -34,6 +35,8 @@ def _commands() -> Iterator[tuple[str, Any]]:
 
     def walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
         if hasattr(command, "commands"):
+            if getattr(command, "invoke_without_command", False) and command.params:
+                yield " ".join(path), command  # a group that also runs alone (`mergebench space --results ...`)
             for name, sub in command.commands.items():
                 yield from walk(sub, (*path, name))
         else:
@@ -108,6 +111,9 @@ class Api:
             return getattr(module.SpaceConfig(), self.name)
         module, _, attr = self.owner.partition(":")
         target = getattr(importlib.import_module(module), attr)
+        if isinstance(target, type) and dataclasses.is_dataclass(target):  # may have required fields
+            field = next(f for f in dataclasses.fields(target) if f.name == self.name)
+            return field.default_factory() if field.default is dataclasses.MISSING else field.default
         if isinstance(target, type):
             return getattr(target(), self.name)
         return inspect.signature(target).parameters[self.name].default
@@ -142,7 +148,8 @@ DEFAULTS: dict[str, dict[str, Api | CliOnly]] = {
              "suite": Api(EVAL, "suite"), "tasks": Api(EVAL, "tasks"), "backend": Api(EVAL, "backend"),
              "max_samples": Api(EVAL, "max_samples"), "out_file": Api(EVAL, "out"),
              "push_results": Api(EVAL, "push_to"), "eval_data": Api(EVAL, "eval_data"),
-             "refusal_judge": Api(EVAL, "refusal_judge"), "batch_size": Api(f"{MODEL}:ModelOptions", "batch_size"),
+             "push_eval_results": Api(EVAL, "push_eval_results"), "refusal_judge": Api(EVAL, "refusal_judge"),
+             "batch_size": Api(f"{MODEL}:ModelOptions", "batch_size"),
              "device": Api(f"{MODEL}:ModelOptions", "device"), "list_tasks": CliOnly("lists tasks instead"),
              "format": OUTPUT},
     "train": {"config": Api("mergebench.train.config:load_train_config", "name_or_path"),
@@ -150,13 +157,22 @@ DEFAULTS: dict[str, dict[str, Api | CliOnly]] = {
               "push_to": Api("mergebench.train.trainer:train_expert", "push_to"),
               "private": Api("mergebench.train.trainer:train_expert", "private"),
               "overwrite": Api("mergebench.train.trainer:train_expert", "overwrite"), "format": OUTPUT},
+    "leaderboard": {"source": CliOnly("read_results needs a source; --models reads model repos instead"),
+                    "revision": Api("mergebench.eval.leaderboard:read_results", "revision"),
+                    "models": CliOnly("the model repos read_model_repos rebuilds the results from"),
+                    "format": OUTPUT},
     "run": {"fresh": Api("mergebench.runner.run:run_benchmark", "resume", lambda fresh: not fresh),
             "methods": Api("mergebench.runner.run:run_benchmark", "methods")},
-    "space": {"port": Api("space/app.py:launch", "port"),
+    "space": {"results": CliOnly("what to show; required to serve, absent when a subcommand (deploy) runs"),
+              "port": Api("space/app.py:launch", "port"),
               "host": CliOnly("launch(host=None) would let GRADIO_SERVER_NAME decide; the CLI binds loopback"),
               "work_dir": Api("space/settings.py:SpaceConfig", "work_dir", inherit=True),
               "results_repo": Api("space/settings.py:SpaceConfig", "results_repo"),
               "backend": Api("space/settings.py:SpaceConfig", "backend", inherit=True)},
+    "space deploy": {"hardware": Api("mergebench.space_deploy:DeployOptions", "hardware"),
+                     "results": Api("mergebench.space_deploy:DeployOptions", "results"),
+                     "private": Api("mergebench.space_deploy:DeployOptions", "private"),
+                     "dry_run": Api("mergebench.space_deploy:deploy", "dry_run")},
     "tiny": {"work_dir": CliOnly("run_tiny takes the folder as an argument")},
     "methods ls": {"format": OUTPUT},
     "methods show": {"format": OUTPUT},
@@ -166,14 +182,21 @@ DEFAULTS: dict[str, dict[str, Api | CliOnly]] = {
                   "stall_after_bytes": Api(FAULTS, "stall_after_bytes"),
                   "stall_seconds": Api(FAULTS, "stall_seconds"), "http_error": Api(FAULTS, "http_error"),
                   "delay": Api(FAULTS, "delay"), "fault_times": Api(FAULTS, "times", lambda k: k or None),
+                  "retry_after": Api(FAULTS, "retry_after"), "throttle": Api(FAULTS, "throttle"),
+                  "short_body": Api(FAULTS, "short_body"),
                   "fault_path": Api(FAULTS, "path")},
     "data build": {"source_revision": Api("mergebench.data.build:BuildOptions", "revisions", lambda v: dict(v or {})),
                    "source": Api("mergebench.data.build:BuildOptions", "repos", lambda v: dict(v or {})),
                    "push_to": Api("mergebench.data.build:build_domain", "push_to"),
                    "private": Api("mergebench.data.build:build_domain", "private"),
                    "overwrite": Api("mergebench.data.build:BuildOptions", "overwrite"),
-                   "cache_dir": Api("mergebench.data.build:BuildOptions", "cache_dir"), "format": OUTPUT},
-    "data eval-sets": {"only": Api("mergebench.data.evalrepo:build_eval_repo", "names", lambda v: v or None),
+                   "cache_dir": Api("mergebench.data.build:BuildOptions", "cache_dir"),
+                   "eval_sets": Api("mergebench.data.build:BuildOptions", "eval_sets"), "format": OUTPUT},
+    "data eval-sets": {"tasks": Api("mergebench.data.evalrepo:build_eval_repo", "names", lambda v: v or None),
+                       "from_hub": Api("mergebench.data.evalrepo:build_eval_repo", "from_hub", lambda on: on or None),
+                       "unpinned": Api("mergebench.data.upstream.load:HubBuild", "unpinned"),
+                       "pins": Api("mergebench.data.upstream.load:HubBuild", "pins"),
+                       "cache_dir": Api("mergebench.data.upstream.load:HubBuild", "cache_dir"),
                        "push_to": Api("mergebench.data.evalrepo:build_eval_repo", "push_to"),
                        "private": Api("mergebench.data.evalrepo:build_eval_repo", "private"),
                        "overwrite": Api("mergebench.data.evalrepo:build_eval_repo", "overwrite"), "format": OUTPUT},
@@ -207,7 +230,7 @@ CASES = {
     "merge --format": (["merge", "r.yaml", "--out", "o", "--format", "yaml"], FORMATS),
     "methods ls --format": (["methods", "ls", "--format", "yaml"], FORMATS),
     "eval --list --format": (["eval", "--list", "--format", "yaml"], FORMATS),
-    "data eval-sets --format": (["data", "eval-sets", "--out", "o", "--only", "gsm8k", "--format", "yaml"], FORMATS),
+    "data eval-sets --format": (["data", "eval-sets", "--out", "o", "--tasks", "gsm8k", "--format", "yaml"], FORMATS),
     "eval --backend": (["eval", "m", "--suite", "tiny", "--backend", "vlm"], ["'transformers', 'vllm'"]),
     "eval --suite": (["eval", "m", "--suite", "domain"],
                      ["Unknown suite 'domain'. Did you mean 'domains'? Suites: domains, forgetting, validation, tiny"]),
@@ -215,7 +238,7 @@ CASES = {
                      ["Unknown task 'gsm8k_cott'. Did you mean 'mb_gsm8k_cot'?"]),
     "data build DOMAIN": (["data", "build", "maths", "--out", "o"],
                           ["'instruction', 'math', 'multilingual', 'coding', 'safety'"]),
-    "data eval-sets --only": (["data", "eval-sets", "--out", "o", "--only", "gsm9k"],
+    "data eval-sets --tasks": (["data", "eval-sets", "--out", "o", "--tasks", "gsm8k,gsm9k"],
                               ["Unknown evaluation set 'gsm9k'. Choose from ifeval, ifbench, gsm8k, math,"]),
     "train --domain": (["train", "--base", "b", "--domain", "maths", "--data", "d", "--out", "o"],
                        ["'instruction', 'math', 'multilingual', 'coding', 'safety', 'all'"]),

@@ -24,7 +24,7 @@ def test_parse_pairs():
 
 def test_eval_sets_command_writes_every_config(tmp_path: Path):
     out = tmp_path / "eval"
-    result = CliRunner().invoke(data_app, ["eval-sets", "--out", str(out), "--only", "gsm8k", "--only", "harmbench",
+    result = CliRunner().invoke(data_app, ["eval-sets", "--out", str(out), "--tasks", "gsm8k,harmbench",
                                            "--format", "json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -33,7 +33,7 @@ def test_eval_sets_command_writes_every_config(tmp_path: Path):
                        "commit_url": None}
     assert sorted(p.name for p in out.rglob("*.parquet")) == [
         "test-00000-of-00001.parquet", "test-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
-    again = CliRunner().invoke(data_app, ["eval-sets", "--out", str(out), "--only", "gsm8k"])
+    again = CliRunner().invoke(data_app, ["eval-sets", "--out", str(out), "--tasks", "gsm8k"])
     assert isinstance(again.exception, OutputExistsError)
     assert again.exception.hint == "Choose another --out, or pass --overwrite to replace it."
 

@@ -1,9 +1,16 @@
-"""The sandbox contains hostile programs: each one fails its own sample, nothing escapes, the caller goes on."""
+"""The sandbox contains hostile programs: each one fails its own sample, nothing escapes, the caller goes on.
+
+Every test runs twice (the ``layer`` fixture): under bubblewrap where this machine allows it, and as on a
+machine that refuses it (the probe says no, so the in-process guard runs alone, ``isolation: "none"``).
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -16,7 +23,9 @@ import time
 
 import pytest
 
-from mergebench.eval.sandbox import SandboxConfig, run_program, run_programs
+from mergebench.errors import ConfigError, EvaluationError
+from mergebench.eval import isolation
+from mergebench.eval.sandbox import SandboxConfig, bwrap_refusal, run_program, run_programs
 
 FAST = SandboxConfig(timeout_s=3)
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(SandboxConfig)}
@@ -26,6 +35,18 @@ READ_OUTSIDE = "print(open(%r).read())"
 SOCKET = "import socket\ns = socket.create_connection(('127.0.0.1', %d), timeout=2)\ns.sendall(b'leak')"
 FORK_BOMB = "import os\nwhile True:\n    os.fork()"
 ALLOC_10GB = "buf = bytearray(10 * 2**30)\nprint(len(buf))"
+REFUSED = "simulated: the kernel refuses unprivileged user namespaces"
+REAL_PROBE = isolation.probe
+
+
+@pytest.fixture(autouse=True, params=["bwrap", "none"])
+def layer(request, monkeypatch) -> str:
+    """``bwrap``: the real probe must accept (skipped where bwrap cannot run); ``none``: the probe refuses."""
+    if request.param == "none":
+        monkeypatch.setattr(isolation, "probe", lambda uid, python: REFUSED)
+    elif bwrap_refusal():
+        pytest.skip(f"bwrap cannot run here: {bwrap_refusal()}")
+    return request.param
 
 
 @pytest.fixture
@@ -474,7 +495,7 @@ def test_output_beyond_the_limit_stops_the_program():
 # Measures the evaluator's peak RSS around a run that prints 200 MB: with the default limit (the run
 # is stopped early) and with a limit above it (everything streams through; only a tail is kept).
 RSS_HARNESS = """
-import dataclasses, json
+import dataclasses, json, sys
 from mergebench.eval.sandbox import SandboxConfig, run_program
 
 def peak():
@@ -483,18 +504,20 @@ def peak():
 
 names = {f.name for f in dataclasses.fields(SandboxConfig)}
 program = "import sys\\nchunk = 'x' * 2**20\\nfor _ in range(200):\\n    sys.stdout.write(chunk)\\nprint('end')"
-run_program("pass")
+layer = {"isolation": sys.argv[1]} if "isolation" in names else {}
+run_program("pass", SandboxConfig(**layer))
 before, report = peak(), {}
 for label, extra in (("default", {}), ("above", {"max_output_bytes": 2**30})):
-    result = run_program(program, SandboxConfig(timeout_s=30, **{k: v for k, v in extra.items() if k in names}))
+    result = run_program(program, SandboxConfig(timeout_s=30, **layer,
+                                                **{k: v for k, v in extra.items() if k in names}))
     report[label] = [result.status, result.detail, len(result.stdout), peak() - before]
 print(json.dumps(report))
 """
 
 
-def test_printing_hundreds_of_megabytes_keeps_the_evaluator_small():
+def test_printing_hundreds_of_megabytes_keeps_the_evaluator_small(layer):
     """Item 12: output is read as it streams; the parent keeps a bounded tail, never the whole output."""
-    done = subprocess.run([sys.executable, "-c", RSS_HARNESS], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", RSS_HARNESS, layer], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     status, detail, _, growth = report["default"]
@@ -536,11 +559,15 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize(("extra", "tail"), [({}, ""), ({"isolate_processes": False}, ""),
                                              ({}, "time.sleep(30)"), ({"isolate_processes": False}, "time.sleep(30)")],
                          ids=["pid-namespace", "subreaper", "pid-namespace-timeout", "subreaper-timeout"])
-def test_a_daemon_that_left_the_session_does_not_outlive_the_run(extra, tail):
-    """Item 13 (the audit hook, which blocks os.fork, is off): nothing the program started survives it."""
+def test_a_daemon_that_left_the_session_does_not_outlive_the_run(extra, tail, layer):
+    """Item 13 (the audit hook, which blocks os.fork, is off): nothing the program started survives it. This is
+    the in-process guard's own PID namespace or subreaper (``isolation="none"``: the daemon reports its host pid
+    through the host's /proc); under bwrap, tests/eval/test_escape.py checks the same from the host side."""
     if extra and "isolate_processes" not in CONFIG_FIELDS:
         pytest.fail("SandboxConfig has no isolate_processes")
-    result = run_program(DAEMON + tail, SandboxConfig(timeout_s=1.5, audit=False, **extra))
+    if layer == "bwrap":
+        pytest.skip("the guard's own mechanisms: tested once, in the 'none' layer")
+    result = run_program(DAEMON + tail, SandboxConfig(timeout_s=1.5, audit=False, isolation="none", **extra))
     assert "DAEMON" in result.stdout, (result.status, result.detail, result.stderr[-500:])
     pid = int(result.stdout.split("DAEMON")[1].split()[0])
     try:
@@ -619,3 +646,103 @@ def test_trace_functions_are_blocked():
     result = run_program(MOVE_THE_BOTTOM_FRAME, FAST)
     assert (result.status, result.detail.split()[0]) == ("blocked", "sys.settrace")
     assert run_program("import sys\nsys.setprofile(lambda *a: None)", FAST).status == "blocked"
+
+
+# --- Issue 20: the kernel layer (bubblewrap + seccomp), its probe and the fallback -------------------------
+
+
+def test_results_record_the_isolation_they_ran_under(layer):
+    assert [(r.status, r.isolation) for r in run_programs(["pass", "assert False"], FAST)] == [
+        ("passed", layer), ("failed", layer)]
+
+
+def test_a_refusal_falls_back_to_the_guard_or_is_an_error_when_bwrap_is_required(monkeypatch):
+    """(In both layers: the refusal is simulated here.)"""
+    monkeypatch.setattr(isolation, "probe", lambda uid, python: REFUSED)
+    assert run_program("pass", FAST).isolation == "none"
+    with pytest.raises(EvaluationError, match=REFUSED) as err:
+        run_programs(["pass"], dataclasses.replace(FAST, isolation="bwrap"))
+    assert "apt-get install bubblewrap" in err.value.hint
+
+
+def test_without_bwrap_the_probe_says_why_once_and_every_run_falls_back(monkeypatch, caplog):
+    """Detected once per process (not per program), logged once, recorded on every result."""
+    monkeypatch.setattr(isolation, "probe", REAL_PROBE)
+    monkeypatch.setenv("PATH", "/nonexistent")  # shutil.which finds no bwrap
+    REAL_PROBE.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="mergebench.eval.isolation"):
+            results = run_programs(["pass"] * 3, FAST)
+        info = REAL_PROBE.cache_info()
+    finally:
+        REAL_PROBE.cache_clear()
+    assert [(r.status, r.isolation) for r in results] == [("passed", "none")] * 3
+    assert (info.misses, caplog.text.count("bwrap is not installed")) == (1, 1)
+
+
+def test_a_tmpfs_without_a_cap_is_refused():
+    with pytest.raises(ConfigError, match="disk_mb=0") as err:
+        SandboxConfig(disk_mb=0)
+    assert "disk_mb >= 1" in err.value.hint
+
+
+def test_death_by_a_signal_reads_the_same_under_both_layers(layer):
+    """bwrap reports a signal as exit code 128 + N; the result says ``killed by`` it, as without bwrap. (A fault:
+    the guard's worker is PID 1 of its namespace, which ignores the signals it sends itself.)"""
+    result = run_program("import ctypes\nctypes.string_at(0)", SandboxConfig(timeout_s=3, audit=False))
+    assert (result.status, result.detail, result.returncode) == ("failed", "killed by SIGSEGV", -signal.SIGSEGV)
+
+
+SYSCALLS = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+calls = {"ptrace": lambda: libc.ptrace(0, 0, 0, 0),  # PTRACE_TRACEME
+         "unshare": lambda: libc.unshare(0x10000000),  # CLONE_NEWUSER
+         "keyctl": lambda: libc.syscall(%(keyctl)d, 0, 0, 0, 0),
+         "io_uring_setup": lambda: libc.syscall(%(io_uring_setup)d, 1, 0),
+         "clone3": lambda: libc.syscall(%(clone3)d, 0, 0)}
+print({name: 0 if call() == 0 else ctypes.get_errno() for name, call in calls.items()})
+"""
+
+
+def test_the_seccomp_filter_refuses_what_the_guard_alone_allows(layer):
+    """The audit hook is off (it would stop ctypes first): the kernel answers. Without the filter, PTRACE_TRACEME
+    and a new user namespace succeed and clone3 exists; with it, they fail with EPERM and ENOSYS."""
+    pyseccomp = pytest.importorskip("pyseccomp")
+    arch = pyseccomp.system_arch()
+    numbers = {n: pyseccomp.resolve_syscall(arch, n) for n in ("keyctl", "io_uring_setup", "clone3")}
+    result = run_program(SYSCALLS % numbers, SandboxConfig(timeout_s=5, audit=False))
+    assert result.status == "passed", (result.detail, result.stderr[-500:])
+    errnos = ast.literal_eval(result.stdout.strip())
+    if layer == "bwrap":
+        assert errnos == {"ptrace": errno.EPERM, "unshare": errno.EPERM, "keyctl": errno.EPERM,
+                          "io_uring_setup": errno.EPERM, "clone3": errno.ENOSYS}
+    else:
+        assert (errnos["ptrace"], errnos["clone3"]) == (0, errno.EINVAL)
+
+
+VIEW = ("import os\nfs = os.statvfs('.')\n"
+        "print((sorted(os.listdir('/')), os.listdir('/tmp'), fs.f_blocks * fs.f_frsize, os.getuid(), os.getcwd()))")
+
+
+def test_the_program_sees_the_system_read_only_and_its_own_capped_tmpfs(layer):
+    """No /etc, /home, /root or project: only /usr (and its links), a private /proc and /dev, and a tmpfs of
+    ``disk_mb`` holding nothing but this run's folder; the program runs as nobody when the evaluator is root."""
+    if layer != "bwrap":
+        pytest.skip("the guard alone shares the host's file system")
+    result = run_program(VIEW + "\nopen('/usr/mb-probe', 'w')", SandboxConfig(timeout_s=5, audit=False, disk_mb=8))
+    top, tmp, size, uid, cwd = ast.literal_eval(result.stdout.strip())
+    assert {"usr", "proc", "dev", "tmp"} <= set(top) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+                                                         "proc", "dev", "tmp"}
+    assert len(tmp) == 1 and tmp[0].startswith("mergebench-sandbox-") and cwd == f"/tmp/{tmp[0]}/run"
+    assert (size, uid) == (8 * 2**20, 65534 if os.geteuid() == 0 else os.geteuid())
+    assert (result.status, result.detail) == ("failed", "OSError: [Errno 30] Read-only file system: '/usr/mb-probe'")
+
+
+def test_a_program_that_does_not_fit_its_tmpfs_is_an_error_not_a_failed_sample(layer):
+    """bwrap cannot copy it in, so the sandbox never starts: status ``error`` (the machine's fault), with why."""
+    if layer != "bwrap":
+        pytest.skip("only bwrap has a tmpfs")
+    result = run_program("x = 1\n" + "#" * 2**21 + "\n", SandboxConfig(timeout_s=5, disk_mb=1))
+    assert result.status == "error"
+    assert result.detail.startswith("the sandbox did not start") and "No space left on device" in result.detail

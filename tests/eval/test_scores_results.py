@@ -19,13 +19,14 @@ from mergebench.eval.results import (
     result_rows,
     save_results,
 )
-from mergebench.eval.scores import compute_scores
+from mergebench.eval.scores import compute_scores, within_noise
 from mergebench.eval.tasks import TASKS
 
 DOMAIN_OF = {name: (spec.domain, spec.role, spec.main_metric) for name, spec in TASKS.items()}
 
 
-def _results(scores: dict[str, float | None], *, cost: dict | None = None, model: str = "m"):
+def _results(scores: dict[str, float | None], *, cost: dict | None = None, model: str = "m",
+             stderr: dict[str, float] | None = None):
     writer = ResultsWriter(new_results(model={"id": model}, settings={"suite": "domains", "backend": "transformers"},
                                        eval_data={"kind": "packaged"}, environment={}, cost=cost), None)
     for name, score in scores.items():
@@ -33,6 +34,7 @@ def _results(scores: dict[str, float | None], *, cost: dict | None = None, model
         status = "ok" if score is not None else "failed"
         writer.add(TaskResult(name=name, status=status, domain=domain, role=role, version=1, main_metric=metric,
                               score=score, metrics={metric: score} if score is not None else {}, num_samples=10,
+                              stderr={metric: stderr[name]} if stderr and name in stderr else {},
                               seconds=1.5, error=None if score is not None else {"type": "X", "message": "boom"}))
     return writer.finish("complete")
 
@@ -81,6 +83,75 @@ def test_scores_match_a_hand_calculation(files):
     assert scores.cost["total_seconds"] == pytest.approx(312.5)
     assert scores.cost["eval_seconds"] == pytest.approx(7 * 1.5 + 1.5)
     assert json.loads(json.dumps(scores.to_dict()))["normalised"] == pytest.approx(0.55)
+
+
+def test_standard_errors_match_a_hand_calculation():
+    merged = _results({"mb_ifeval": 0.30, "mb_gsm8k_cot": 0.20, "mb_math": 0.10, "mb_mmlu": 0.40},
+                      stderr={"mb_ifeval": 0.03, "mb_gsm8k_cot": 0.04, "mb_math": 0.02, "mb_mmlu": 0.05})
+    experts = {"instruction": _results({"mb_ifeval": 0.60}, stderr={"mb_ifeval": 0.06}),
+               "math": _results({"mb_gsm8k_cot": 0.25, "mb_math": 0.20}, stderr={"mb_gsm8k_cot": 0.05, "mb_math": 0.0})}
+    base = _results({"mb_mmlu": 0.50}, stderr={"mb_mmlu": 0.05})
+    scores = compute_scores(merged, experts=experts, base=base)
+    # ifeval: r = 0.5, SE = √(0.03² + 0.5²·0.06²)/0.6 = √(0.0009 + 0.0009)/0.6
+    ifeval = (0.0009 + 0.0009) ** 0.5 / 0.6
+    assert scores.domains["instruction"].stderrs["mb_ifeval"] == pytest.approx(ifeval)
+    # gsm8k: r = 0.8, SE = √(0.04² + 0.64·0.05²)/0.25; math: r = 0.5, SE = √(0.02² + 0)/0.2 = 0.1
+    gsm8k, math_ = (0.0016 + 0.64 * 0.0025) ** 0.5 / 0.25, 0.1
+    assert scores.domains["math"].stderrs == {"mb_gsm8k_cot": pytest.approx(gsm8k), "mb_math": pytest.approx(math_)}
+    math_domain = (gsm8k ** 2 + math_ ** 2) ** 0.5 / 2
+    assert scores.domains["math"].stderr == pytest.approx(math_domain)
+    assert scores.normalised_stderr == pytest.approx((ifeval ** 2 + math_domain ** 2) ** 0.5 / 2)
+    # forgetting: r = 0.8, SE = √(0.05² + 0.64·0.05²)/0.5
+    assert scores.forgetting.stderr == pytest.approx((0.0025 + 0.64 * 0.0025) ** 0.5 / 0.5)
+    assert json.loads(json.dumps(scores.to_dict()))["normalised_stderr"] == pytest.approx(scores.normalised_stderr)
+
+
+def test_the_propagated_standard_error_matches_a_simulation():
+    """Draw the items of a merge and of its experts many times: the spread of the normalised score matches the
+    standard error propagated from one draw's task standard errors (the first-order formula is close at n = 72)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n, merged_p, expert_p = 72, {"mb_ifeval": 0.45, "mb_gsm8k_cot": 0.6}, {"mb_ifeval": 0.8, "mb_gsm8k_cot": 0.7}
+    domains = {"mb_ifeval": "instruction", "mb_gsm8k_cot": "math"}
+
+    def draw(p: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        items = {t: rng.random(n) < q for t, q in p.items()}
+        return ({t: float(x.mean()) for t, x in items.items()},
+                {t: float(x.std(ddof=1) / np.sqrt(n)) for t, x in items.items()})
+
+    values, stderrs = [], []
+    for _ in range(2000):
+        scores_m, se_m = draw(merged_p)
+        scores_e, se_e = draw(expert_p)
+        merged = _results(scores_m, stderr=se_m)
+        experts = {domains[t]: _results({t: scores_e[t]}, stderr={t: se_e[t]}) for t in domains}
+        s = compute_scores(merged, experts=experts)
+        values.append(s.normalised)
+        stderrs.append(s.normalised_stderr)
+    assert float(np.median(stderrs)) == pytest.approx(float(np.std(values)), rel=0.1)
+
+
+def test_an_unknown_standard_error_is_none_not_zero():
+    merged = _results({"mb_ifeval": 0.30, "mb_gsm8k_cot": 0.20}, stderr={"mb_ifeval": 0.03})  # gsm8k: none recorded
+    experts = {"instruction": _results({"mb_ifeval": 0.60}, stderr={"mb_ifeval": 0.06}),
+               "math": _results({"mb_gsm8k_cot": 0.25}, stderr={"mb_gsm8k_cot": 0.05})}
+    scores = compute_scores(merged, experts=experts)
+    assert scores.domains["instruction"].stderr is not None
+    assert scores.domains["math"].stderr is None and scores.normalised_stderr is None
+
+
+def test_a_run_compared_with_itself_is_exactly_one_with_no_error():
+    expert = _results({"mb_ifeval": 0.60}, stderr={"mb_ifeval": 0.06})
+    scores = compute_scores(expert, experts={"instruction": expert})
+    assert (scores.normalised, scores.normalised_stderr) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [((0.90, 0.03), (0.80, 0.03), True),  # 0.10 ≤ 1.96·0.06
+                                                  ((0.90, 0.02), (0.80, 0.02), False),  # 0.10 > 1.96·0.04
+                                                  ((0.90, None), (0.80, 0.02), None)])
+def test_within_noise_is_the_overlap_of_95_percent_intervals(a, b, expected):
+    assert within_noise(a[0], a[1], b[0], b[1]) is expected
 
 
 def test_a_reference_that_scored_zero_is_skipped(files, tmp_path):

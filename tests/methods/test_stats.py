@@ -1,12 +1,14 @@
 """Statistics stages on the tiny fixture families: Gram, Fisher, trained masks, pairing, cache, reader.
 
-Every expected value is computed here another way: Grams from hooks on one unpadded sample at a time,
-Fisher from transformers' own loss and ``.backward()`` per sample, mask gradients by the chain rule on a
-model whose weights were overwritten with θ₀ + σ(S)⊙τ.
+The stages run layer by layer from the streamed checkpoints; every expected value is computed here another way,
+on the whole model loaded by ``transformers``: Grams from hooks on one unpadded sample at a time, Fisher from
+transformers' own loss and ``.backward()`` per sample, trained masks by full autograd on a model whose weights
+were overwritten with θ₀ + σ(S)⊙τ, then the same update, epoch after epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -22,10 +24,9 @@ from mergebench.prompt import encode_chat
 from mergebench.stats import ModelSource, StatisticsReader, StatsOptions, load_statistics, run_stage
 from mergebench.stats import runner as runner_module
 from mergebench.stats.cache import read_metadata
-from mergebench.stats.data import encode_rows, load_model, load_tokenizer, pad_token_id
-from mergebench.stats.masks import MaskConfig, dataless_masks, mask_gradient, task_vectors, train_masks
 
-OPTIONS = StatsOptions(batch_size=3, max_length=48)  # short: forces truncation and padding
+OPTIONS = StatsOptions(batch_size=3, max_length=48, progress=False)  # short: forces truncation and padding
+LONG = StatsOptions(max_length=128, progress=False)
 
 
 def rows_by_domain(n: int = 5) -> dict[str, list[dict]]:
@@ -56,25 +57,28 @@ def manual_gram(folder: Path, rows: list[dict], module_name: str) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------------------
-def test_gram_matches_a_manual_computation(tiny_llama: Family, tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_gram_matches_a_manual_computation(arch: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    family: Family = request.getfixturevalue(f"tiny_{arch}")
     rows = rows_by_domain()
-    expert = ModelSource(tiny_llama.experts["math"], domain="math")
+    expert = ModelSource.at(family.experts["math"], domain="math")
     [path] = run_stage("gram", [expert], rows, {"num_samples": 5}, cache_dir=tmp_path, options=OPTIONS)
     grams = load_statistics(path)
     assert len(grams) == 4 * 7 and all(name.startswith("model.layers.") for name in grams)
     assert grams["model.layers.0.mlp.down_proj.weight"].shape == (128, 128)
     for module in ("model.layers.0.self_attn.q_proj", "model.layers.3.mlp.down_proj",
-                   "model.layers.2.self_attn.o_proj"):
-        expected = manual_gram(tiny_llama.experts["math"], rows["math"], module)
+                   "model.layers.2.self_attn.o_proj", "model.layers.1.mlp.up_proj"):
+        expected = manual_gram(family.experts["math"], rows["math"], module)
         torch.testing.assert_close(grams[f"{module}.weight"], expected, rtol=1e-4, atol=1e-6)
     # q, k and v read the same input
     assert torch.equal(grams["model.layers.1.self_attn.q_proj.weight"], grams["model.layers.1.self_attn.v_proj.weight"])
+    assert not list(tmp_path.rglob(".work-*")), "the spilled activations are removed"
 
 
 def test_each_expert_is_paired_with_its_own_domain(tiny_llama: Family, tmp_path: Path) -> None:
     rows = rows_by_domain(3)
     order = ["safety", "math", "coding"]
-    experts = [ModelSource(tiny_llama.experts[d], domain=d) for d in order]
+    experts = [ModelSource.at(tiny_llama.experts[d], domain=d) for d in order]
     paths = run_stage("gram", experts, rows, {"num_samples": 3}, cache_dir=tmp_path, options=OPTIONS)
     name = "model.layers.0.self_attn.q_proj"
     for domain, path in zip(order, paths, strict=True):
@@ -90,12 +94,12 @@ def test_each_expert_is_paired_with_its_own_domain(tiny_llama: Family, tmp_path:
 
 def test_pairing_errors_are_raised_before_any_work(tiny_llama: Family, tmp_path: Path) -> None:
     rows = rows_by_domain(2)
-    good = ModelSource(tiny_llama.experts["math"], domain="math")
+    good = ModelSource.at(tiny_llama.experts["math"], domain="math")
     with pytest.raises(StatisticsError, match="has no domain"):
-        run_stage("gram", [good, ModelSource(tiny_llama.experts["coding"])], rows, {"num_samples": 2},
+        run_stage("gram", [good, ModelSource.at(tiny_llama.experts["coding"])], rows, {"num_samples": 2},
                   cache_dir=tmp_path)
     with pytest.raises(StatisticsError, match="No validation rows for domain 'coding'") as info:
-        run_stage("gram", [good, ModelSource(tiny_llama.experts["coding"], domain="coding")],
+        run_stage("gram", [good, ModelSource.at(tiny_llama.experts["coding"], domain="coding")],
                   {"math": rows["math"]}, {"num_samples": 2}, cache_dir=tmp_path)
     assert "available for: math" in str(info.value)
     with pytest.raises(StatisticsError, match="belongs to domain 'safety'"):
@@ -105,42 +109,63 @@ def test_pairing_errors_are_raised_before_any_work(tiny_llama: Family, tmp_path:
     assert not any(tmp_path.iterdir())
 
 
-def test_fisher_matches_per_sample_autograd(tiny_llama: Family, tmp_path: Path) -> None:
-    rows = rows_by_domain(4)
-    folder = tiny_llama.experts["coding"]
-    options = StatsOptions(max_length=128)
-    [path] = run_stage("fisher", [ModelSource(folder, domain="coding")], rows, {"num_samples": 3},
-                       cache_dir=tmp_path, options=options)
-    fisher = load_statistics(path)
+def reference_fisher(folder: Path, rows: list[dict], max_length: int = 128) -> dict[str, torch.Tensor]:
+    """Mean over samples (with a response) of each parameter's squared gradient of transformers' own loss."""
     model = load(folder)
     expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
-    samples = [(ids, labels) for ids, labels in encoded(rows["coding"][:3], 128) if any(x != -100 for x in labels[1:])]
+    samples = [(ids, labels) for ids, labels in encoded(rows, max_length) if any(x != -100 for x in labels[1:])]
     for ids, labels in samples:
         model.zero_grad()
-        model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.backward()  # transformers' own loss
+        model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.backward()
         for name, p in model.named_parameters():
             expected[name] += p.grad**2
-    assert len(samples) == 3 and set(fisher) == set(expected)
+    return {name: value / len(samples) for name, value in expected.items()}
+
+
+def assert_fisher_close(fisher: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     for name, value in expected.items():
-        expected_value = value / len(samples)
-        torch.testing.assert_close(fisher[name], expected_value, rtol=1e-3, atol=1e-5 * float(expected_value.max()),
+        torch.testing.assert_close(fisher[name], value, rtol=1e-3, atol=1e-5 * float(value.max()),
                                    msg=lambda m, n=name: f"{n}: {m}")
-    assert fisher["model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
 
 
-def test_fisher_with_tied_embeddings_uses_the_checkpoint_name(tiny_gemma2: Family, tmp_path: Path) -> None:
-    [path] = run_stage("fisher", [ModelSource(tiny_gemma2.experts["math"], domain="math")], rows_by_domain(2),
-                       {"num_samples": 1}, cache_dir=tmp_path, options=StatsOptions(max_length=128))
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_fisher_matches_per_sample_autograd(arch: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Every tensor, embeddings and head included (``merge_embeddings``): Gemma-2's tied embedding = head gets
+    the square of the sum of both uses' gradients; small head blocks, head batches and spill budget make every
+    loop of the layer-wise backward run more than once."""
+    family: Family = request.getfixturevalue(f"tiny_{arch}")
+    rows = rows_by_domain(4)
+    folder = family.experts["coding"]
+    options = dataclasses.replace(LONG, head_chunk_bytes=37 * 64 * 4, head_tokens=60, spill_bytes=1)
+    [path] = run_stage("fisher", [ModelSource.at(folder, domain="coding")], rows, {"num_samples": 3},
+                       cache_dir=tmp_path, options=options, merge_embeddings=True)
     fisher = load_statistics(path)
-    assert "model.embed_tokens.weight" in fisher and "lm_head.weight" not in fisher
-    assert set(fisher) == set(read_tensors(tiny_gemma2.experts["math"]))
+    expected = reference_fisher(folder, rows["coding"][:3])
+    assert set(fisher) == set(expected) == set(read_tensors(folder))
+    assert_fisher_close(fisher, expected)
+    assert fisher["model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
+    assert fisher["model.embed_tokens.weight"].abs().sum() > 0
+
+
+def test_fisher_without_merge_embeddings_leaves_out_the_embeddings(tiny_gemma2: Family, tmp_path: Path) -> None:
+    """The merge copies embeddings and head from the base unless ``merge_embeddings``: no statistics for them
+    (Llama-3.1-8B: 4.2 GB less per expert), the same values for the rest."""
+    folder = tiny_gemma2.experts["math"]
+    rows = rows_by_domain(2)
+    [path] = run_stage("fisher", [ModelSource.at(folder, domain="math")], rows, {"num_samples": 1},
+                       cache_dir=tmp_path, options=LONG)
+    fisher = load_statistics(path)
+    expected = reference_fisher(folder, rows["math"][:1])
+    assert set(fisher) == set(read_tensors(folder)) - {"model.embed_tokens.weight"}
+    assert_fisher_close(fisher, {name: expected[name] for name in fisher})
 
 
 def test_rows_without_responses_are_skipped(tiny_llama: Family, tmp_path: Path, caplog) -> None:
     rows = rows_by_domain(3)
-    expert = ModelSource(tiny_llama.experts["math"], domain="math")
+    expert = ModelSource.at(tiny_llama.experts["math"], domain="math")
     with pytest.raises(StatisticsError, match="No row of domain 'math' has a response token"):
-        run_stage("fisher", [expert], rows, {"num_samples": 3}, cache_dir=tmp_path, options=StatsOptions(max_length=8))
+        run_stage("fisher", [expert], rows, {"num_samples": 3}, cache_dir=tmp_path,
+                  options=dataclasses.replace(OPTIONS, max_length=8))
     # math rows 0 and 1 lose their responses at 48 tokens, row 2 keeps them: Fisher over that row alone
     [path] = run_stage("fisher", [expert], rows, {"num_samples": 3}, cache_dir=tmp_path, options=OPTIONS)
     assert "2 of 3 rows of domain 'math' have no response token" in caplog.text
@@ -157,10 +182,10 @@ def brute_force_dataless(family: Family, domain: str, sparsity: float) -> dict[s
 
 
 def test_trained_masks_with_zero_learning_rate_are_the_dataless_masks(tiny_llama: Family, tmp_path: Path) -> None:
-    experts = [ModelSource(tiny_llama.experts[d], domain=d) for d in ("multilingual", "safety")]
+    experts = [ModelSource.at(tiny_llama.experts[d], domain=d) for d in ("multilingual", "safety")]
     params = {"mode": "trained", "sparsity": 0.1, "learning_rate": 0.0, "num_samples": 2}
     paths = run_stage("mask", experts, rows_by_domain(2), params, cache_dir=tmp_path,
-                      base=ModelSource(tiny_llama.base), options=OPTIONS)
+                      base=ModelSource.at(tiny_llama.base), options=OPTIONS)
     for expert, path in zip(experts, paths, strict=True):
         masks = load_statistics(path)
         expected = brute_force_dataless(tiny_llama, expert.domain, 0.1)
@@ -177,7 +202,7 @@ def test_trained_masks_with_zero_learning_rate_are_the_dataless_masks(tiny_llama
     from mergebench.methods.topk import global_thresholds
 
     base = {n: t.float() for n, t in read_tensors(tiny_llama.base).items()}
-    weights = [read_tensors(e.path) for e in experts]
+    weights = [read_tensors(e.model.ref.local_path) for e in experts]
     taus = {n: torch.stack([w[n].float() for w in weights]) - base[n] for n in reader.names}
     thresholds = global_thresholds(list(taus.values()), 0.1)
     spec = get("localize_stitch")
@@ -188,67 +213,69 @@ def test_trained_masks_with_zero_learning_rate_are_the_dataless_masks(tiny_llama
         assert torch.equal(a, b), name
 
 
-@pytest.fixture(scope="module")
-def mask_setup(tiny_llama: Family):
-    options = StatsOptions(batch_size=2, max_length=128)
-    expert = ModelSource(tiny_llama.experts["math"], domain="math")
-    tok = load_tokenizer(expert, options)
-    samples = encode_rows(tok, validation_rows("math", 3), options)
-    assert all(s.response_tokens > 0 for s in samples)
-    base_model = load_model(ModelSource(tiny_llama.base), options)
-    deltas = task_vectors(base_model, load_model(expert, options), lambda n: "embed" not in n and "lm_head" not in n)
-    return tiny_llama, tok, samples, base_model, deltas
+def reference_masks(family: Family, domain: str, rows: list[dict], params: dict, merge_embeddings: bool
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Dataless and trained masks computed on the whole model: S⁰ = ±bias from the brute-force threshold, then per
+    epoch ∂L/∂θ at θ₀ + σ(S)τ by transformers' own loss (mean over rows), and S ← S − lr·∂L/∂θ⊙τ⊙σ'(S) − l1·σ'(S)."""
+    base, expert = read_tensors(family.base), read_tensors(family.experts[domain])
+    taus = {n: expert[n].float() - base[n].float() for n in base
+            if merge_embeddings or ("embed" not in n and "lm_head" not in n)}
+    if params.get("topk_scope", "global") == "global":
+        flat = torch.cat([t.reshape(-1) for t in taus.values()]).abs().sort(descending=True).values
+        thresholds = dict.fromkeys(taus, flat[math.ceil(round(params["sparsity"] * flat.numel(), 9)) - 1])
+    else:
+        thresholds = {n: t.abs().reshape(-1).sort(descending=True).values[
+            math.ceil(round(params["sparsity"] * t.numel(), 9)) - 1] for n, t in taus.items()}
+    dataless = {n: t.abs() >= thresholds[n] for n, t in taus.items()}
+    logits = {n: torch.where(m, 3.0, -3.0) for n, m in dataless.items()}
+    samples = encoded(rows, 128)
+    for _ in range(params.get("epochs", 1)):
+        model = load(family.base)
+        theta = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, s in logits.items():
+                theta[name].add_(torch.sigmoid(s) * taus[name])
+        for ids, labels in samples:
+            (model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss / len(samples)).backward()
+        for name, s in logits.items():
+            slope = torch.sigmoid(s) * (1 - torch.sigmoid(s))
+            logits[name] = s - params["learning_rate"] * theta[name].grad * taus[name] * slope \
+                - params.get("l1_strength", 0.0) * slope
+    return dataless, {n: torch.sigmoid(s) >= 0.5 for n, s in logits.items()}
 
 
-def chain_rule_gradient(family: Family, deltas, logits, samples) -> dict[str, torch.Tensor]:
-    """∂L/∂S = (∂L/∂θ at θ₀ + σ(S)τ) ⊙ τ ⊙ σ(S)(1 − σ(S)), with ∂L/∂θ from a model holding those weights."""
-    model = load(family.base)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in deltas:
-                p.add_(torch.sigmoid(logits[name]) * deltas[name])
-    for s in samples:
-        loss = model(input_ids=torch.tensor([s.input_ids]), labels=torch.tensor([s.labels])).loss / len(samples)
-        loss.backward()
-    params = dict(model.named_parameters())
-    return {n: params[n].grad * deltas[n] * torch.sigmoid(logits[n]) * (1 - torch.sigmoid(logits[n])) for n in deltas}
-
-
-def test_mask_gradient_matches_the_chain_rule(mask_setup) -> None:
-    family, tok, samples, base_model, deltas = mask_setup
-    initial = dataless_masks(deltas, 0.1, "global")
-    logits = {n: torch.where(m, 3.0, -3.0) for n, m in initial.items()}
-    got = mask_gradient(base_model, deltas, logits, samples, pad_id=pad_token_id(tok), batch_size=2, device="cpu")
-    expected = chain_rule_gradient(family, deltas, logits, samples)
-    scale = max(float(g.abs().max()) for g in expected.values())
-    assert scale > 0
-    for name in deltas:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-3, atol=1e-4 * scale, msg=name)
-    # the base model was only read
-    base_file = read_tensors(family.base)
-    assert torch.equal(dict(base_model.named_parameters())["model.layers.0.mlp.up_proj.weight"].detach(),
-                       base_file["model.layers.0.mlp.up_proj.weight"].float())
-
-
-def test_training_moves_the_masks_by_one_gradient_step(mask_setup) -> None:
-    family, tok, samples, base_model, deltas = mask_setup
-    config = MaskConfig(sparsity=0.1, sigmoid_bias=3.0, learning_rate=1e8, epochs=1)
-    trained = train_masks(base_model, deltas, samples, config, pad_id=pad_token_id(tok), batch_size=2)
-    initial = dataless_masks(deltas, 0.1, "global")
-    logits = {n: torch.where(m, 3.0, -3.0) for n, m in initial.items()}
-    grad = chain_rule_gradient(family, deltas, logits, samples)
-    expected = {n: torch.sigmoid(logits[n] - 1e8 * grad[n]) >= 0.5 for n in deltas}
-    total = sum(m.numel() for m in trained.values())
-    flipped = sum(int((trained[n] != initial[n]).sum()) for n in trained)
-    disagree = sum(int((trained[n] != expected[n]).sum()) for n in trained)
-    assert flipped > 100                     # the step matters at this learning rate
+@pytest.mark.parametrize("arch, params, merge_embeddings", [
+    ("llama", {"epochs": 1}, False),
+    ("llama", {"epochs": 2, "l1_strength": 0.5}, True),
+    ("gemma2", {"epochs": 1, "topk_scope": "tensor"}, True),
+    ("gemma2", {"epochs": 2, "topk_scope": "tensor", "l1_strength": 0.5}, False),
+])
+def test_trained_masks_match_whole_model_training(arch: str, params: dict, merge_embeddings: bool,
+                                                  request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """One or two full-batch steps from the dataless masks, layer by layer, equal the whole-model computation
+    (global or per-tensor thresholds; with merge_embeddings the embedding, head and Gemma-2's tied embedding
+    are trained too, their rows read in blocks)."""
+    family: Family = request.getfixturevalue(f"tiny_{arch}")
+    params = {"mode": "trained", "sparsity": 0.1, "learning_rate": 1e8, "num_samples": 3, **params}
+    rows = rows_by_domain(3)
+    options = dataclasses.replace(LONG, head_chunk_bytes=40 * 64 * 4)
+    [path] = run_stage("mask", [ModelSource.at(family.experts["math"], domain="math")], rows, params,
+                       cache_dir=tmp_path, base=ModelSource.at(family.base), options=options,
+                       merge_embeddings=merge_embeddings)
+    masks = load_statistics(path)
+    dataless, expected = reference_masks(family, "math", rows["math"], params, merge_embeddings)
+    assert set(masks) == set(expected)
+    total = sum(m.numel() for m in expected.values())
+    flipped = sum(int((expected[n] != dataless[n]).sum()) for n in expected)
+    disagree = sum(int((masks[n] != expected[n]).sum()) for n in expected)
+    assert flipped > 100                     # the steps matter at this learning rate
     assert disagree <= 1e-4 * total          # only entries at the decision boundary may differ (float rounding)
 
 
 # ----------------------------------------------------------------------------------------------------------
 def test_cache_hits_and_keys(tiny_llama: Family, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = rows_by_domain(3)
-    expert = ModelSource(tiny_llama.experts["math"], domain="math")
+    expert = ModelSource.at(tiny_llama.experts["math"], domain="math")
     [first] = run_stage("gram", [expert], rows, {"num_samples": 2}, cache_dir=tmp_path, options=OPTIONS)
     meta = read_metadata(first)
     assert meta["mergebench.stage"] == "gram" and meta["mergebench.domain"] == "math"
@@ -260,11 +287,11 @@ def test_cache_hits_and_keys(tiny_llama: Family, tmp_path: Path, monkeypatch: py
     assert run_stage("gram", [expert], rows, {"num_samples": 2}, cache_dir=tmp_path, options=OPTIONS) == [first]
     # batch size and device are not part of the key
     assert run_stage("gram", [expert], rows, {"num_samples": 2}, cache_dir=tmp_path,
-                     options=StatsOptions(batch_size=1, max_length=OPTIONS.max_length)) == [first]
+                     options=dataclasses.replace(OPTIONS, batch_size=1, head_tokens=1, spill_bytes=1)) == [first]
     # rows, parameters, max_length and the model's revision are
-    for change in [dict(params={"num_samples": 3}), dict(options=StatsOptions(max_length=40)),
+    for change in [dict(params={"num_samples": 3}), dict(options=dataclasses.replace(OPTIONS, max_length=40)),
                    dict(rows={**rows, "math": rows["math"][1:]}),
-                   dict(experts=[ModelSource(expert.path, domain="math", revision="abc123")])]:
+                   dict(experts=[ModelSource(dataclasses.replace(expert.model, sha="abc123"), domain="math")])]:
         with pytest.raises(AssertionError, match="recomputed"):
             run_stage("gram", change.get("experts", [expert]), change.get("rows", rows),
                       change.get("params", {"num_samples": 2}), cache_dir=tmp_path,
@@ -273,7 +300,7 @@ def test_cache_hits_and_keys(tiny_llama: Family, tmp_path: Path, monkeypatch: py
 
 def test_reader_checks_its_files(tiny_llama: Family, tmp_path: Path) -> None:
     rows = rows_by_domain(2)
-    experts = [ModelSource(tiny_llama.experts[d], domain=d) for d in ("math", "coding")]
+    experts = [ModelSource.at(tiny_llama.experts[d], domain=d) for d in ("math", "coding")]
     paths = run_stage("gram", experts, rows, {"num_samples": 1}, cache_dir=tmp_path, options=OPTIONS)
     reader = StatisticsReader("gram", paths)
     stacked = reader.get("model.layers.0.mlp.down_proj.weight")
@@ -292,7 +319,7 @@ def test_regmean_merges_with_the_reader(tiny_llama: Family, tmp_path: Path) -> N
     from mergebench.methods import MergeContext, get
 
     domains = ("math", "coding")
-    experts = [ModelSource(tiny_llama.experts[d], domain=d) for d in domains]
+    experts = [ModelSource.at(tiny_llama.experts[d], domain=d) for d in domains]
     reader = StatisticsReader("gram", run_stage("gram", experts, rows_by_domain(2), {"num_samples": 2},
                                                 cache_dir=tmp_path, options=OPTIONS))
     name = "model.layers.3.mlp.gate_proj.weight"
@@ -312,9 +339,9 @@ def test_gradient_stages_work_with_grad_mode_switched_off_globally(stage: str, p
     previous = torch.is_grad_enabled()
     torch.set_grad_enabled(False)
     try:
-        [path] = run_stage(stage, [ModelSource(tiny_llama.experts["math"], domain="math")], rows_by_domain(2),
-                           params, cache_dir=tmp_path, base=ModelSource(tiny_llama.base),
-                           options=StatsOptions(max_length=128))
+        [path] = run_stage(stage, [ModelSource.at(tiny_llama.experts["math"], domain="math")], rows_by_domain(2),
+                           params, cache_dir=tmp_path, base=ModelSource.at(tiny_llama.base),
+                           options=LONG)
     finally:
         torch.set_grad_enabled(previous)
     stats = load_statistics(path)

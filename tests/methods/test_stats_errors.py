@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,11 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mergebench.errors import StatisticsError
-from mergebench.fixtures import Family
+from mergebench.fixtures import Family, validation_rows
 from mergebench.stats import ModelSource, StatisticsReader, run_stage, stage_config
 from mergebench.stats.data import Sample, require_responses, rows_for
-from mergebench.stats.gram import compute_gram
-from mergebench.stats.masks import task_vectors
+from mergebench.stats.gram import GramAccumulator, gram_entries
 from tests.engine import _build
 
 DOMAINS = ("math", "coding", "safety")
@@ -107,9 +107,10 @@ def test_a_model_that_cannot_be_loaded_is_named_with_a_hint(method: str, tiny_ll
                                                             tmp_path: Path) -> None:
     family = _unloadable_family(tmp_path / "models", tokenizer_from=tiny_llama.base)
     proc = _merge(_recipe(family, validation_dir, method), tmp_path)
-    first = "base" if method == "localize_stitch" else "e0"  # masks load the base first
-    _assert_user_error(proc, "Cannot load model", f"{family.base.parent / first}", "RuntimeError",
-                       hint="AutoModelForCausalLM.from_pretrained must load the folder")
+    first = "base" if method == "localize_stitch" else "e0"  # masks build the base's skeleton
+    _assert_user_error(proc, f"Cannot load model '{family.base.parent / first}' for its statistics",
+                       "tensor 'model.embed_tokens.weight' is [32, 8] in its checkpoint but [64, 8] by its config",
+                       hint="check that config.json describes the weights")
 
 
 def test_a_model_without_a_tokenizer_is_named_with_a_hint(tiny_llama: Family, validation_dir: Path,
@@ -173,7 +174,7 @@ def test_num_samples_below_one_is_a_statistics_error(tiny_llama: Family, tmp_pat
     with pytest.raises(StatisticsError, match=r"num_samples ≥ 1 rows per expert, got 0") as info:
         stage_config("gram", {"num_samples": 0})
     assert "num_samples" in info.value.hint
-    expert = ModelSource(tiny_llama.experts["math"], domain="math")
+    expert = ModelSource.at(tiny_llama.experts["math"], domain="math")
     with pytest.raises(StatisticsError, match="num_samples ≥ 1"):
         run_stage("fisher", [expert], {"math": [{"domain": "math", "messages": []}]}, {"num_samples": -2},
                   cache_dir=tmp_path)
@@ -185,25 +186,38 @@ def test_samples_without_responses_and_models_without_blocks_are_statistics_erro
     with pytest.raises(StatisticsError, match=r"1 of 2 sample\(s\) have no response token \(e.g. \['b'\]\)") as info:
         require_responses([Sample("a", [1, 2], [-100, 2]), Sample("b", [1, 2], [-100, -100])])
     assert "with_responses()" in info.value.hint
-    with pytest.raises(StatisticsError, match=r"no nn\.Linear inside 'layers\.<i>\.' blocks") as info:
-        compute_gram(torch.nn.Sequential(torch.nn.Linear(2, 2)), [])
+    no_linear = SimpleNamespace(layers=[torch.nn.LayerNorm(2)], prefix="model.layers", module=torch.nn.Module())
+    with pytest.raises(StatisticsError, match=r"no nn\.Linear inside its decoder blocks") as info:
+        gram_entries(no_linear)  # type: ignore[arg-type]
     assert "another method" in info.value.hint
 
 
 def test_gram_layers_that_no_token_reaches_are_a_statistics_error() -> None:
-    model = torch.nn.Module()
-    model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    acc = GramAccumulator({"layers.0.weight": torch.nn.Linear(2, 2)})
+    acc.run(lambda: None)
     with pytest.raises(StatisticsError, match=r"No token reached 1 of 1 linear layers \(e.g. 'layers.0.weight'\)"):
-        compute_gram(model, [])
+        acc.means()
 
 
-def test_task_vectors_of_mismatched_models_are_a_statistics_error() -> None:
-    base, expert = torch.nn.Linear(3, 2), torch.nn.Linear(4, 2)
-    with pytest.raises(StatisticsError, match=r"Parameter 'weight' is \(2, 4\) in the expert but \(2, 3\) in the base"):
-        task_vectors(base, expert, lambda name: True)
-    with pytest.raises(StatisticsError, match="no mergeable floating-point parameter") as info:
-        task_vectors(base, torch.nn.Linear(3, 2), lambda name: False)
-    assert info.value.hint
+def test_experts_that_do_not_fit_the_base_are_a_statistics_error(tiny_llama: Family, tmp_path: Path) -> None:
+    """Trained masks need τ = θᵢ − θ₀ of every mergeable tensor: a missing or reshaped tensor is named."""
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_llama.experts["math"], odd)
+    shard = next(p for p in sorted(odd.glob("*.safetensors"))
+                 if "model.layers.0.mlp.up_proj.weight" in safe_open(p, framework="pt").keys())  # noqa: SIM118
+    with safe_open(shard, framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+        metadata = f.metadata()
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"][:64].contiguous()
+    save_file(tensors, str(shard), metadata=metadata)
+    params = {"mode": "trained", "num_samples": 1}
+    rows = {"math": validation_rows("math", 1)}
+    with pytest.raises(StatisticsError, match=r"Tensor 'model.layers.0.mlp.up_proj.weight' is \[128, 64\] in the "
+                                              r"base but \[64, 64\] in the expert") as info:
+        run_stage("mask", [ModelSource.at(odd, domain="math")], rows, params, cache_dir=tmp_path / "cache",
+                  base=ModelSource.at(tiny_llama.base))
+    assert "same architecture" in info.value.hint
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
 
 
 def test_the_reader_reports_unreadable_files(tmp_path: Path) -> None:

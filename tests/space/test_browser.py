@@ -1,6 +1,8 @@
 """The Space in headless Debian chromium (Python Playwright), served on 127.0.0.1 over the fixture results
 and the loopback Hub: the leaderboard, a filter, a plot, bad submissions, and a real submission (login
-stubbed at the OAuth boundary only: Gradio's local mock asks the loopback Hub's ``/api/whoami-v2``).
+stubbed at the OAuth boundary only: Gradio's local mock asks the loopback Hub's ``/api/whoami-v2``); over
+a real MergeBench-Tiny run: ± standard errors, the within-noise marks, a one-line header row, the
+comparison of two rows, the explained forgetting plot.
 
 Screenshots go to ``tests/space/artifacts/`` (gitignored). Without chromium these tests skip, loudly;
 under ``CI=true`` they fail instead (``.ci/run`` installs chromium).
@@ -19,6 +21,9 @@ import pytest
 
 from mergebench.eval.leaderboard import read_results
 from tests.space.conftest import BIN_ONLY, EVAL_TASKS, GEMMA
+
+HEADER_MAX_PX = 45
+"""One line of header text (37 px in Gradio 6.31's grid); before the headers were fitted it was 289 px."""
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -205,3 +210,88 @@ def test_a_real_tiny_run_shows_every_method_a_filter_and_plots(browser, tiny_app
     page.wait_for_selector("#plot-1 .js-plotly-plot", timeout=30_000)
     page.screenshot(path=ARTIFACTS / "tiny-plots.png", full_page=True)
     context.close()
+
+
+@pytest.fixture
+def tiny_page(browser, tiny_app_url):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.goto(tiny_app_url)
+    page.wait_for_selector("gradio-app .gradio-container", timeout=60_000)
+    yield page
+    context.close()
+
+
+def test_scores_carry_standard_errors_best_marks_and_a_one_line_header(tiny_page):
+    from playwright.sync_api import expect
+
+    page = tiny_page
+    expect(page.locator("#lb")).to_contain_text("1.037 ± 0.093", timeout=30_000)  # regmean's normalised score
+    header = page.locator("#lb [role=row]").first
+    height = header.bounding_box()["height"]
+    assert height <= HEADER_MAX_PX, f"the header row is {height} px tall"
+    page.locator("#f-ref input").uncheck()
+    expect(page.locator("#lb [role=row]")).to_have_count(10, timeout=30_000)
+    normalised = _column(page, "Normalised")
+    assert all(" ± " in cell for cell in normalised), normalised
+    marks = dict(zip(_column(page, "Model"), _column(page, "Best"), strict=True))
+    assert marks["regmean (alpha=0.5, num_samples=4)"] == "★" and marks["localize_stitch (trained)"] == ""
+    assert list(marks.values()).count("≈") == 7
+    assert page.locator("#legend").inner_text().count("within noise") == 1
+    page.screenshot(path=ARTIFACTS / "tiny-standard-errors.png", full_page=True)
+
+
+def _choose(page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.locator(f'{dropdown} [role=option][aria-label="{option}"]').click()
+
+
+def test_two_rows_compared_side_by_side(tiny_page):
+    from playwright.sync_api import expect
+
+    page = tiny_page
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#cmp")).to_contain_text("Normalised", timeout=30_000)  # the first two rows, preselected
+    _choose(page, "#cmp-a", "ties (scaling=1.0, top_k=0.2) · smollm2-135m-instruct-tiny · merged")
+    _choose(page, "#cmp-b", "regmean (alpha=0.5, num_samples=4) · smollm2-135m-instruct-tiny · merged")
+    expect(page.locator("#cmp-links")).to_contain_text("A: ties (scaling=1.0, top_k=0.2)", timeout=30_000)
+    expect(page.locator("#cmp")).to_contain_text("0.812 ± 0.101", timeout=30_000)  # regmean's math task
+    rows = page.locator("#cmp [role=row]")
+    expect(rows).to_have_count(1 + 7 + 6)  # header, headline scores, six tasks
+    cells = [page.locator(f'#cmp [data-testid="cell-{r}-0"]').inner_text().strip() for r in range(13)]
+    math_row = cells.index("mb_tinybench_math (math)")
+    assert [page.locator(f'#cmp [data-testid="cell-{math_row}-{c}"]').inner_text().strip() for c in range(1, 5)] == [
+        "0.562 ± 0.128", "0.812 ± 0.101", "-0.25", "≈"]
+    assert page.locator("#cmp [role=row]").first.bounding_box()["height"] <= HEADER_MAX_PX
+    page.screenshot(path=ARTIFACTS / "tiny-compare.png", full_page=True)
+
+
+def test_the_forgetting_plot_is_explained_when_nothing_is_forgotten(tiny_page):
+    from playwright.sync_api import expect
+
+    page = tiny_page
+    expect(page.locator("#lb")).to_contain_text("1.037 ± 0.093", timeout=30_000)
+    page.locator("#f-method label", has_text="ties").click()  # ties alone: forgetting is exactly 1.0
+    page.locator("#f-ref input").uncheck()
+    expect(page.locator("#lb [role=row]")).to_have_count(2, timeout=30_000)
+    page.get_by_role("tab", name="Plots").click()
+    expect(page.locator("#plot-2")).to_contain_text("nothing to plot", timeout=30_000)
+    page.wait_for_selector("#plot-0 .js-plotly-plot .errorbar", state="attached", timeout=30_000)  # ± bars
+    page.screenshot(path=ARTIFACTS / "tiny-plots-flat-forgetting.png", full_page=True)
+
+
+def test_every_scored_row_links_to_its_model_and_card(page):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#lb")).to_contain_text("regmean (alpha=0.5)", timeout=30_000)
+    page.locator("#f-ref input").uncheck()
+    expect(page.locator("#lb")).not_to_contain_text("expert:", timeout=30_000)  # reference rows gone
+    headers = [h.strip() for h in page.locator("#lb [role=row]").first.locator("[role=columnheader]").all_inner_texts()]
+    card_column = headers.index("Card")
+    rows = _rows(page)
+    assert rows >= 18  # the 18 fixture merges (and a submission's row, if that test ran first)
+    for r in range(rows):
+        model = page.locator(f'#lb [data-testid="cell-{r}-0"] a').get_attribute("href")
+        card = page.locator(f'#lb [data-testid="cell-{r}-{card_column}"] a').get_attribute("href")
+        assert model.startswith("https://huggingface.co/") and model.count("/") == 4, model
+        assert card == f"{model}/blob/main/README.md"

@@ -1,0 +1,406 @@
+"""Units of work as JSON specs that run anywhere: ``mergebench unit run SPEC.json``.
+
+A unit is everything one piece of a benchmark run needs, written down: a **grid point** (merge one parameter
+set, score it on the validation tasks) or an **evaluation** (a reference model, or a method's chosen point
+merged again, on the evaluation tasks). Its inputs are Hub references (pinned to commits) or paths; its
+outputs go to a **results location**: a local folder (the run folder itself, for the local and Ray
+executors) or a path in a Hub dataset repo (for Hugging Face Jobs, whose disk is gone when they end).
+
+Running a unit is idempotent: it first asks its results location for its record, and does nothing when
+that record carries the unit's fingerprint (:func:`mergebench.work.is_current`); otherwise it works in a
+scratch folder and publishes its outputs atomically (a folder: temp file + rename, the record last; a Hub
+repo: one commit with every output). So a unit can be retried, re-attached or run twice at once without a
+partial or mixed result. The record and fingerprint are the ones the driver checks
+(:mod:`mergebench.runner.run`), so a run folder filled by units is resumed like one filled in-process.
+
+A Space submission (merge a recipe, evaluate it, publish the scores) has the shape of an evaluation unit
+with ``merge`` set: the Space can dispatch one with the same command.
+
+>>> unit = load_unit(Path("unit.json"))                                # doctest: +SKIP
+>>> run_unit(unit)                                                     # doctest: +SKIP
+'done'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mergebench.errors import ConfigError
+from mergebench.runner.config import UnitKind
+from mergebench.runner.point import GridPoint
+from mergebench.work import Stage, atomic_file, is_current, sidecar_record, write_record
+
+logger = logging.getLogger(__name__)
+
+UNIT_KINDS: tuple[UnitKind, ...] = ("grid_point", "evaluation")
+SPEC_VERSION = 1
+HF_DATASETS = "hf://datasets/"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResultsLocation(_Strict):
+    """Where a unit's outputs go: a local ``folder``, or ``prefix/`` in the Hub dataset ``repo``."""
+
+    folder: str | None = None
+    repo: str | None = None
+    prefix: str = ""
+    private: bool = False
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ResultsLocation:
+        if (self.folder is None) == (self.repo is None):
+            raise ValueError("give exactly one of 'folder' or 'repo'")
+        return self
+
+    def describe(self, rel: str) -> str:
+        """Where ``rel`` lives, for messages: a path, or ``hf://datasets/REPO/PREFIX/REL``."""
+        if self.folder is not None:
+            return str(Path(self.folder) / rel)
+        return f"hf://datasets/{self.repo}/{self._in_repo(rel)}"
+
+    def _in_repo(self, rel: str) -> str:
+        return f"{self.prefix.strip('/')}/{rel}" if self.prefix.strip("/") else rel
+
+    def fetch(self, rel: str, into: Path) -> Path | None:
+        """``rel`` as a local file (the file itself for a folder, a download into ``into`` for a repo), or
+        ``None`` if it does not exist."""
+        if self.folder is not None:
+            path = Path(self.folder) / rel
+            return path if path.is_file() else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            downloaded = hf_hub_download(self.repo or "", self._in_repo(rel), repo_type="dataset",
+                                         local_dir=into)
+        except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+            return None
+        return Path(downloaded)
+
+    @contextmanager
+    def workspace(self) -> Iterator[Path]:
+        """A folder to write outputs into at their relative paths: the folder itself, or a scratch folder for a
+        repo (published by :meth:`publish`)."""
+        if self.folder is not None:
+            yield Path(self.folder)
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="mergebench-unit-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def publish(self, workspace: Path, rels: list[str], *, message: str) -> None:
+        """Make the outputs ``rels`` (already written in ``workspace``) visible: nothing to do for a folder (they
+        were written in place, atomically, the record last); one commit of all of them for a repo."""
+        if self.folder is None:
+            self.put({rel: (workspace / rel).read_bytes() for rel in rels}, message=message)
+
+    def put(self, files: Mapping[str, bytes], *, message: str) -> None:
+        """Write ``files`` (relative path → bytes): each atomically, in order, into a folder; one commit to a repo."""
+        if self.folder is not None:
+            for rel, data in files.items():
+                with atomic_file(Path(self.folder) / rel) as tmp:
+                    tmp.write_bytes(data)
+            return
+        from mergebench.hub.push import push_files
+
+        push_files(self.repo or "", {self._in_repo(rel): data for rel, data in files.items()}, private=self.private,
+                   commit_message=message)
+
+
+class EvalOptions(_Strict):
+    """How a unit runs its model for evaluation (``mergebench.eval.lighteval_wrapper.ModelOptions``)."""
+
+    batch_size: int = 32
+    dtype: str = "float32"
+    backend: Literal["transformers", "vllm"] = "transformers"
+
+
+class MergeStep(_Strict):
+    """Build the model to evaluate from a recipe first (a method's chosen grid point, or a submission)."""
+
+    recipe: dict[str, Any]
+    model_dir: str | None = None
+    """Folder the merged model is (or goes) in, reused when it holds a model; ``None``: a scratch folder."""
+    threads: int = 4
+    shard_size: int = 5_000_000_000
+
+
+class _Unit(_Strict):
+    spec_version: int = SPEC_VERSION
+    label: str
+    """What the stage log and the Jobs' labels call it (``math expert evaluation``)."""
+    results: ResultsLocation
+    path: str
+    """The output file relative to ``results`` (``grid/<base>/<method>/<id>.json``, ``results/<base>/<x>.json``)."""
+    weight: float = 1.0
+    """Expected cost relative to one merge (the stage log's bar and ETA)."""
+
+    @property
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def id(self) -> str:
+        """16 hex digits of the fingerprint: the unit's name in file names and Jobs' labels."""
+        return self.fingerprint[:16]
+
+    @property
+    def record(self) -> str:
+        """The file whose fingerprint says the unit is done (relative to ``results``)."""
+        return self.path
+
+    def outputs(self) -> list[str]:
+        """Every file the unit publishes, the record last."""
+        return [self.path]
+
+    def is_done(self) -> bool:
+        """Whether the results location holds this unit's record, made from exactly this unit."""
+        with tempfile.TemporaryDirectory(prefix="mergebench-unit-check-") as tmp:
+            record = self.results.fetch(self.record, Path(tmp))
+            return record is not None and is_current(record, self.fingerprint)
+
+    def run(self, workspace: Path, *, progress: bool) -> None:
+        raise NotImplementedError
+
+
+class StageSpec(_Strict):
+    """A :class:`mergebench.work.Stage` as JSON."""
+
+    kind: str
+    inputs: dict[str, Any]
+    version: int = 1
+
+    def stage(self) -> Stage:
+        return Stage(self.kind, self.inputs, version=self.version)
+
+
+class EvaluationUnit(_Unit):
+    """Evaluate one model on some tasks into ``path``, with the stage record beside it."""
+
+    kind: Literal["evaluation"] = "evaluation"
+    stage: StageSpec
+    """What the results are built from (the driver's :meth:`mergebench.runner.run._Run.evaluation_stage`)."""
+    model: str | None = None
+    """A Hub id (``org/name[@rev]``) or a folder; ``None`` when ``merge`` builds the model."""
+    merge: MergeStep | None = None
+    tasks: list[str]
+    max_samples: int | None = None
+    eval_data: str | None = None
+    options: EvalOptions = EvalOptions()
+    model_info: dict[str, Any] = Field(default_factory=dict)
+    cost: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_model(self) -> EvaluationUnit:
+        if (self.model is None) == (self.merge is None):
+            raise ValueError("give exactly one of 'model' or 'merge'")
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        return self.stage.stage().fingerprint
+
+    @property
+    def record(self) -> str:
+        return str(sidecar_record(Path(self.path)))
+
+    def outputs(self) -> list[str]:
+        return [self.path, self.record]
+
+    def run(self, workspace: Path, *, progress: bool) -> None:
+        from mergebench.eval import evaluate
+        from mergebench.eval.lighteval_wrapper import ModelOptions
+
+        with self._model() as model:
+            evaluate(model, tasks=self.tasks, max_samples=self.max_samples, out=workspace / self.path,
+                     eval_data=self.eval_data, backend=self.options.backend, model_info=self.model_info,
+                     options=ModelOptions(batch_size=self.options.batch_size, dtype=self.options.dtype),
+                     cost=self.cost, progress=progress)
+        write_record(workspace / self.record, self.stage.stage())
+
+    @contextmanager
+    def _model(self) -> Iterator[str]:
+        """The model to evaluate: ``model``, or ``merge``'s folder (merged first unless it holds a model)."""
+        if self.merge is None:
+            yield str(self.model)
+            return
+        from mergebench.merge.engine import merge
+        from mergebench.merge.options import MergeOptions
+
+        options = MergeOptions(threads=self.merge.threads, shard_size=self.merge.shard_size, resume=True,
+                               progress=False)
+        scratch = None if self.merge.model_dir else Path(tempfile.mkdtemp(prefix="mergebench-merge-"))
+        model_dir = Path(self.merge.model_dir) if self.merge.model_dir else Path(str(scratch)) / "model"
+        try:
+            if not (model_dir / "config.json").is_file():  # the merge is deterministic: do it again
+                shutil.rmtree(model_dir, ignore_errors=True)
+                merge(self.merge.recipe, model_dir, options=options)
+            yield str(model_dir)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
+class PointSpec(_Strict):
+    """A :class:`mergebench.runner.point.GridPoint` as JSON."""
+
+    base: str
+    method_key: str
+    recipe: dict[str, Any]
+    validation_tasks: tuple[str, ...]
+    eval_settings: dict[str, Any] = Field(default_factory=dict)
+    fingerprints: dict[str, str] = Field(default_factory=dict)
+
+
+class GridPointUnit(_Unit):
+    """Merge one grid point and score it on the validation tasks (:func:`mergebench.runner.point.run_point`)."""
+
+    kind: Literal["grid_point"] = "grid_point"
+    point: PointSpec
+    experts_validation: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each expert's results document (what the validation score is normalised by)."""
+    model_dir: str | None = None
+    """Where the merged model goes (the run folder, so the winner is not merged twice); ``None``: scratch."""
+    threads: int = 4
+    shard_size: int = 5_000_000_000
+    eval_data: str | None = None
+    options: EvalOptions = EvalOptions()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.grid_point().fingerprint
+
+    def grid_point(self) -> GridPoint:
+        return GridPoint(**self.point.model_dump())
+
+    def run(self, workspace: Path, *, progress: bool) -> None:
+        from mergebench.eval.lighteval_wrapper import ModelOptions
+        from mergebench.eval.results import results_from_dict
+        from mergebench.merge.options import MergeOptions
+        from mergebench.runner.point import run_point
+
+        experts = {d: results_from_dict(doc, f"{d} expert results") for d, doc in self.experts_validation.items()}
+        scratch = None if self.model_dir else Path(tempfile.mkdtemp(prefix="mergebench-point-"))
+        model_dir = Path(self.model_dir) if self.model_dir else Path(str(scratch)) / "model"
+        try:
+            run_point(self.grid_point(), model_dir=model_dir, record_path=workspace / self.path,
+                      experts_validation=experts,  # type: ignore[arg-type]  # domains as read from JSON
+                      merge_options=MergeOptions(threads=self.threads, shard_size=self.shard_size, resume=True,
+                                                 progress=False),
+                      eval_options=ModelOptions(batch_size=self.options.batch_size, dtype=self.options.dtype),
+                      eval_data=self.eval_data, progress=progress)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
+UnitSpec = GridPointUnit | EvaluationUnit
+"""Any unit (the type of a parsed spec)."""
+_ADAPTER: pydantic.TypeAdapter[UnitSpec] = pydantic.TypeAdapter(Annotated[UnitSpec, Field(discriminator="kind")])
+
+
+def unit_from_json(text: str, source: str = "unit spec") -> UnitSpec:
+    """Parse a unit spec; every problem is reported at once.
+
+    Raises:
+        ConfigError: not JSON, an unknown ``kind``, a missing or unknown field.
+    """
+    try:
+        return _ADAPTER.validate_json(text)
+    except pydantic.ValidationError as e:
+        problems = "\n".join(f"  - {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
+                             for err in e.errors())
+        raise ConfigError(f"Invalid {source}:\n{problems}",
+                          hint=f"A unit spec is the JSON a run writes (kind: {' or '.join(UNIT_KINDS)}); "
+                               "see `mergebench unit run --help`.") from e
+
+
+def load_unit(spec: str | Path) -> UnitSpec:
+    """A unit from a JSON file, or from the JSON text itself (what a Job's command line carries).
+
+    Raises:
+        ConfigError: the file does not exist, or the spec is invalid.
+    """
+    text = str(spec)
+    if text.lstrip().startswith("{"):
+        return unit_from_json(text, "unit spec given inline")
+    if text.startswith(HF_DATASETS):
+        return unit_from_json(_read_hub_file(text), f"unit spec '{text}'")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"Unit spec '{path}' does not exist.",
+                          hint="Give the path of a unit's JSON spec (a run writes them under units/), or the JSON "
+                               "text itself.")
+    return unit_from_json(path.read_text(encoding="utf-8"), f"unit spec '{path}'")
+
+
+def _read_hub_file(url: str) -> str:
+    """The text of ``hf://datasets/ORG/NAME/PATH`` (the latest revision)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    parts = url[len(HF_DATASETS):].split("/", 2)
+    if len(parts) != 3:
+        raise ConfigError(f"'{url}' is not a file of a Hub dataset.", hint="Use hf://datasets/ORG/NAME/PATH.")
+    try:
+        return Path(hf_hub_download(f"{parts[0]}/{parts[1]}", parts[2], repo_type="dataset")).read_text("utf-8")
+    except (EntryNotFoundError, RepositoryNotFoundError) as e:
+        raise ConfigError(f"Unit spec '{url}' not found on the Hub ({type(e).__name__}).",
+                          hint="Check the repo and path, and that HF_TOKEN can read the repo.") from e
+
+
+def spec_json(unit: UnitSpec) -> str:
+    """The unit as compact JSON (what ``mergebench unit run`` reads)."""
+    return unit.model_dump_json(exclude_defaults=False)
+
+
+def run_unit(unit: UnitSpec, *, progress: bool = False) -> Literal["done", "skipped"]:
+    """Run ``unit`` unless its record is there already; outputs are published atomically (see the module
+    docstring). Returns ``"skipped"`` or ``"done"``."""
+    if unit.is_done():
+        logger.info("%s: already done (%s)", unit.label, unit.results.describe(unit.record))
+        return "skipped"
+    with unit.results.workspace() as workspace:
+        unit.run(workspace, progress=progress)
+        unit.results.publish(workspace, unit.outputs(), message=f"MergeBench unit {unit.id}: {unit.label}")
+    logger.info("%s: done (%s)", unit.label, unit.results.describe(unit.record))
+    return "done"
+
+
+def write_spec(unit: UnitSpec, folder: Path) -> Path:
+    """Save ``unit``'s spec as ``folder/<id>.json`` (atomically); returns the path."""
+    path = Path(folder) / f"{unit.id}.json"
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(json.loads(spec_json(unit)), indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def collect(unit: UnitSpec, folder: Path) -> None:
+    """Copy the outputs ``unit`` published to a Hub repo into ``folder`` (the run folder), the record last, each
+    atomically: the driver then finds the unit done, as if it had run in place."""
+    if unit.results.folder is not None and Path(unit.results.folder).resolve() == Path(folder).resolve():
+        return
+    with tempfile.TemporaryDirectory(prefix="mergebench-unit-collect-") as tmp:
+        for rel in unit.outputs():
+            source = unit.results.fetch(rel, Path(tmp))
+            if source is None:
+                raise ConfigError(f"{unit.label}: {unit.results.describe(rel)} is missing although the unit is done.",
+                                  hint="Someone removed files of the results repo: delete its record too and run "
+                                       "again, so that the unit runs again.")
+            with atomic_file(Path(folder) / rel) as target:
+                shutil.copyfile(source, target)
