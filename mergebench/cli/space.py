@@ -15,8 +15,7 @@ from mergebench.errors import ConfigError
 
 SPACE_DIR = Path(__file__).resolve().parents[2] / "space"
 
-space_app = typer.Typer(help="Serve the MergeBench Space locally, or deploy it to a Hub Space.",
-                        invoke_without_command=True)
+space_app = typer.Typer(invoke_without_command=True)  # help: space_command's docstring (with its examples)
 
 
 @space_app.callback()
@@ -35,9 +34,11 @@ def space_command(
     backend: Annotated[Backend | None, typer.Option(
         "--backend", help="transformers (CPU) or vllm (GPU) (default: MERGEBENCH_BACKEND or transformers).")] = None,
 ) -> None:
-    """Serve the leaderboard, plots and submission queue; other settings come from MERGEBENCH_* variables.
+    """Serve the MergeBench Space locally (leaderboard, plots, submission queue; other settings come from
+    MERGEBENCH_* variables), or deploy it to a Hub Space with `mergebench space deploy`.
 
     EXAMPLES: mergebench space --results runs/tiny/results --port 7860
+              mergebench space deploy my-org/mergebench --results my-org/mergebench-results
     """
     if ctx.invoked_subcommand is not None:
         return
