@@ -205,7 +205,9 @@ def activation_bytes(shape: Shape, tokens: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median time, max memory)")
+    parser.add_argument("--repeat", type=int, default=3, help="statistics-stage runs per row (median time, max memory)")
+    parser.add_argument("--merge-repeat", type=int, default=1,
+                        help="merge runs per row (RegMean's solve takes ~15 min per 8B layer on a shared machine)")
     parser.add_argument("--rows", type=int, default=4, help="validation rows per expert")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "mergebench-bench-8b")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check the script, not the numbers")
@@ -230,11 +232,13 @@ def main() -> None:
                           "data": {d: str(p) for d, p in data.items()}}
                 cache = work / "cache"
                 stats_runs, merge_runs = [], []
-                for _ in range(args.repeat):
+                for k in range(max(args.repeat, args.merge_repeat)):
                     shutil.rmtree(cache, ignore_errors=True)
                     stats_runs.append(run_child("stats", recipe, work, cache, hub, env))
-                    merge_runs.append(run_child("merge", recipe, work, cache, hub, env))
-                    print(f"{method} L{depth}: stats {stats_runs[-1]}, merge {merge_runs[-1]}", file=sys.stderr)
+                    print(f"{method} L{depth}: stats {stats_runs[-1]}", file=sys.stderr)
+                    if k < args.merge_repeat:
+                        merge_runs.append(run_child("merge", recipe, work, cache, hub, env))
+                        print(f"{method} L{depth}: merge {merge_runs[-1]}", file=sys.stderr)
                 shutil.rmtree(cache, ignore_errors=True)
                 results[(method, depth, "stats")] = median_run(stats_runs)
                 results[(method, depth, "merge")] = median_run(merge_runs)
@@ -258,14 +262,15 @@ def report(shape: Shape, results: dict[tuple[str, int, str], Run], tokens: list[
         f"served by the loopback Hub; {args.rows} validation rows per expert ({min(tokens)}–{max(tokens)} tokens, "
         f"fixture tokenizer). Machine: {os.cpu_count()} vCPU, {platform.platform()}, torch {torch.__version__}; "
         f"**shared with other jobs**: load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, so times "
-        f"are inflated and noisy. Median of {args.repeat} run(s) per row (peak RSS: the highest). Whole benchmark: "
+        f"are inflated and noisy. Median of {args.repeat} run(s) per statistics row, {args.merge_repeat} per merge "
+        f"row (peak RSS: the highest). Whole benchmark: "
         f"{total / 60:.1f} min.",
         "",
         "| method | phase | layers | time (s) | peak RSS (GB) | bound (GB) | within | weights fetched (GB) "
         "| statistics on disk (GB) | Hub cache (bytes) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (method, d, phase), r in sorted(results.items()):
+    for (method, d, phase), r in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][2] != "stats", kv[0][1])):
         per_layer, fixed = stats_bytes(method, shape)
         experts = 1 if phase == "stats" else len(DOMAINS)
         bound = layer + experts * per_layer + acts + (1 << 30)

@@ -48,8 +48,9 @@ from mergebench.stats.spill import Spill
 
 logger = logging.getLogger(__name__)
 
-PerRow = Callable[[Tensor], Tensor]
-"""What one row's gradient of one tensor adds to the statistics (``g²/R``, ``g/R``)."""
+PerRow = Callable[[Tensor, Tensor], None]
+"""``per_row(total, g)`` adds what one row's gradient ``g`` of a tensor contributes to its statistics ``total``
+(in place, no temporary of the tensor's size: ``total += g²/R``, ``total += g/R``)."""
 
 
 @dataclass(frozen=True)
@@ -126,15 +127,18 @@ class _Pass:
                     for n, g in zip(tail, grads[1:1 + len(tail)], strict=True):
                         tail_grads[row.index][n].add_(g)
                     for total, g in zip(sums, grads[1 + len(tail):], strict=True):
-                        total.add_(self.per_row(g))
+                        self.per_row(total, g)
                 if block:
                     self.out.add(self.lm.head_name, sums[0], begin)
                     if bias is not None and self.lm.head_bias_name:
                         self.out.add(self.lm.head_bias_name, sums[1], begin)
+                del weight, bias, block, sums  # before the next block is read
             for row in batch_rows:
                 down.put(row.index, hidden_grads.pop(row.index))
                 for n, g in tail_grads.pop(row.index).items():
-                    self.out.add(n, self.per_row(g))
+                    total = torch.zeros_like(g)
+                    self.per_row(total, g)
+                    self.out.add(n, total)
         for p in tail.values():
             p.requires_grad_(False)
         return lse_of
@@ -146,6 +150,7 @@ class _Pass:
                 for row in rows:
                     logits = self._logits(row, leaves[row.index], weight, bias)
                     lse[row.index] = torch.logaddexp(lse[row.index], logits.logsumexp(-1))
+                del weight, bias  # before the next block is read
         return lse
 
     def _logits(self, row: _Row, last_hidden: Tensor, weight: nn.Parameter, bias: nn.Parameter | None) -> Tensor:
@@ -198,7 +203,7 @@ class _Pass:
 
             def consume(p: Tensor, total: Tensor = sums[name]) -> None:
                 assert p.grad is not None
-                total.add_(self.per_row(p.grad))
+                self.per_row(total, p.grad)
                 p.grad = None
 
             handles.append(p.register_post_accumulate_grad_hook(consume))
@@ -220,7 +225,9 @@ class _Pass:
                 lookups.put(("grads", row.index), grad[used])
             else:
                 assert sums is not None
-                sums[used] += self.per_row(grad[used])
+                part = sums[used]
+                self.per_row(part, grad[used])
+                sums[used] = part
         table.requires_grad_(False)
         if sums is not None:
             self.out.add_rows(self.lm.embedding_name, ids, sums)
@@ -240,8 +247,9 @@ class _Pass:
                     ids, lookup = lookups.get(("rows", row.index)), lookups.get(("grads", row.index))
                     inside = (ids >= begin) & (ids < end)
                     head_grad[ids[inside] - begin] += lookup[inside].to(self.device)
-                    total.add_(self.per_row(head_grad))
+                    self.per_row(total, head_grad)
                 self.out.add(self.lm.head_name, total, begin)
+                del weight, bias, total  # before the next block is read
 
     # ---- helpers ------------------------------------------------------------------------------------------------
     def _head_batches(self, rows: Sequence[_Row]) -> Iterator[list[_Row]]:
@@ -293,7 +301,7 @@ def accumulate(lm: LayeredModel, weights: Weights, samples: Sequence[Sample], ou
         lm: the model skeleton; ``weights`` the values of its tensors (the checkpoint's, or ``θ(S)``).
         samples: rows, each with ≥ 1 response token.
         out: the statistics file; its tensor names say which gradients are wanted.
-        per_row: one row's gradient of one tensor → what it adds to the statistics.
+        per_row: adds one row's gradient of one tensor to its statistics (:data:`PerRow`).
         pad_id: the padding token id (for the collated rows of one).
         spill_dir: makes a new empty :class:`Spill`.
     """

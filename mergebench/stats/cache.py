@@ -35,7 +35,8 @@ from torch import Tensor
 from mergebench.errors import StatisticsError
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.stats.data import ModelSource
-from mergebench.stream.format import DTYPE_NAMES, element_size, encode_header
+from mergebench.stats.spill import read_into, write_at
+from mergebench.stream.format import DTYPE_NAMES, FileHeader, element_size, encode_header, header_length, parse_header
 from mergebench.work import atomic_file, fingerprint_of, folder_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -104,26 +105,14 @@ class StatisticsFile:
         _, dtype, shape = self._layout[name]
         rows = None if tuple(values.shape) == shape and row == 0 else values.shape[0]
         offset, dtype, expected = self._span(name, row, rows)
-        data = values.detach().to("cpu", dtype).contiguous()
-        if tuple(data.shape) != expected:
-            raise ValueError(f"statistics '{name}': {tuple(data.shape)} written where {expected} belongs")
-        raw = data.view(-1).view(torch.uint8).numpy().data if data.numel() else memoryview(b"")
-        done = 0
-        while done < len(raw):
-            done += os.pwrite(self._fd, raw[done:], offset + done)
+        if tuple(values.shape) != expected:
+            raise ValueError(f"statistics '{name}': {tuple(values.shape)} written where {expected} belongs")
+        write_at(self._fd, offset, values.to(dtype))
 
     def read(self, name: str, row: int = 0, rows: int | None = None) -> Tensor:
         """The stored tensor (or ``rows`` of its rows from ``row``)."""
         offset, dtype, shape = self._span(name, row, rows)
-        out = torch.empty(shape, dtype=dtype)
-        raw = out.view(-1).view(torch.uint8).numpy().data if out.numel() else memoryview(bytearray())
-        done = 0
-        while done < len(raw):
-            got = os.preadv(self._fd, [raw[done:]], offset + done)
-            if not got:
-                raise OSError(f"statistics file ends inside '{name}'")
-            done += got
-        return out
+        return read_into(self._fd, offset, torch.empty(shape, dtype=dtype))
 
     def add(self, name: str, values: Tensor, row: int = 0) -> None:
         """Add ``values`` to the stored tensor (or to its rows from ``row``): statistics summed over groups."""
@@ -232,6 +221,7 @@ class StatisticsReader:
                 raise StatisticsError(f"Statistics file '{path}' holds stage {found!r}, not '{stage}'.",
                                       hint=f"Pass the '{stage}' statistics of each expert, in the merge's order.")
             self._files.append(f)
+        self._layouts = [_layout(path) for path in self.paths]
         names = [set(f.keys()) for f in self._files]
         if any(n != names[0] for n in names[1:]):
             odd = sorted(set.union(*names) - set.intersection(*names))[:5]
@@ -250,15 +240,24 @@ class StatisticsReader:
         """``[n, *stat_shape]`` statistics of tensor ``name`` (stacked over experts), or ``None``."""
         if name not in self.names:
             return None
-        first = self._files[0].get_tensor(name)
-        stacked = torch.empty((len(self._files), *first.shape), dtype=first.dtype)
-        stacked[0] = first
-        del first
-        for i, f in enumerate(self._files[1:], start=1):  # one expert's copy at a time beside the stack
-            stacked[i] = f.get_tensor(name)
+        entry = self._layouts[0][1].tensors[name]
+        stacked = torch.empty((len(self.paths), *entry.shape), dtype=entry.torch_dtype)
+        for path, (start, header), row in zip(self.paths, self._layouts, stacked, strict=True):
+            fd = os.open(path, os.O_RDONLY)  # straight into the stack: no per-expert copy beside it
+            try:
+                read_into(fd, start + header.tensors[name].begin, row)
+            finally:
+                os.close(fd)
         return stacked
 
     def data_for(self, name: str) -> dict[str, Tensor]:
         """``{stage: stacked}`` for :attr:`MergeContext.data`, or ``{}`` when the tensor has no statistics."""
         stacked = self.get(name)
         return {} if stacked is None else {self.stage: stacked}
+
+
+def _layout(path: Path) -> tuple[int, FileHeader]:
+    """``(first data byte, parsed header)`` of a safetensors file (already opened once by ``safe_open``)."""
+    with open(path, "rb") as f:
+        n = header_length(f.read(8))
+        return 8 + n, parse_header(f.read(n))

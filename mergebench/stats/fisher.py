@@ -56,7 +56,7 @@ def compute_fisher(lm: LayeredModel, weights: Weights, samples: Sequence[Sample]
     """Write the mean over ``samples`` of each sample's squared gradient into every tensor of ``out``."""
     scale = 1.0 / len(samples)
 
-    def squared(grad: Tensor) -> Tensor:
-        return grad.square().mul_(scale)
+    def squared(total: Tensor, grad: Tensor) -> None:
+        total.addcmul_(grad, grad, value=scale)
 
     accumulate(lm, weights, samples, out, squared, pad_id=pad_id, spill_dir=spill)

@@ -359,16 +359,17 @@ class LayeredModel:
     def head_blocks(self, rows: Callable[[str, int, int], Tensor]
                     ) -> Iterator[tuple[int, int, nn.Parameter, nn.Parameter | None]]:
         """``(begin, end, weight rows, bias rows)`` of the output head, block by block, as fresh leaves without
-        gradient; ``rows(name, begin, end)`` gives the values (the checkpoint's, or trained masks' ``θ(S)``)."""
+        gradient; ``rows(name, begin, end)`` gives the values (the checkpoint's, or trained masks' ``θ(S)``).
+        Nothing here keeps a block once the next is asked for (callers drop theirs before that, too)."""
         vocabulary = self.model.tensor(self.head_name).shape[0]
         step = self.block_rows(self.head_name)
         for begin in range(0, vocabulary, step):
             end = min(begin + step, vocabulary)
-            weight = nn.Parameter(rows(self.head_name, begin, end).to(self.device), requires_grad=False)
-            bias = None
-            if self.head_bias_name:
-                bias = nn.Parameter(rows(self.head_bias_name, begin, end).to(self.device), requires_grad=False)
-            yield begin, end, weight, bias
+            yield begin, end, self._leaf(rows(self.head_name, begin, end)), (
+                self._leaf(rows(self.head_bias_name, begin, end)) if self.head_bias_name else None)
+
+    def _leaf(self, values: Tensor) -> nn.Parameter:
+        return nn.Parameter(values.to(self.device), requires_grad=False)
 
     def head_logits(self, batch: Batch, last_hidden: Tensor, weight: nn.Parameter, bias: nn.Parameter | None = None
                     ) -> Tensor:

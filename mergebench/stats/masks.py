@@ -254,8 +254,8 @@ def train_masks(lm: LayeredModel, expert: ResolvedModel, samples: Sequence[Sampl
     require_responses(samples)
     scale = 1.0 / len(samples)
 
-    def mean(grad: Tensor) -> Tensor:
-        return grad.mul(scale)
+    def mean(total: Tensor, grad: Tensor) -> None:
+        total.add_(grad, alpha=scale)
 
     logits: StatisticsFile | None = None
     try:

@@ -19,6 +19,28 @@ import torch
 from torch import Tensor
 
 
+def write_at(fd: int, offset: int, tensor: Tensor) -> int:
+    """Write ``tensor``'s bytes (CPU, contiguous) at ``offset`` of file ``fd``; returns the byte count."""
+    data = tensor.detach().to("cpu").contiguous()
+    raw = data.view(-1).view(torch.uint8).numpy().data if data.numel() else memoryview(b"")
+    done = 0
+    while done < len(raw):
+        done += os.pwrite(fd, raw[done:], offset + done)
+    return len(raw)
+
+
+def read_into(fd: int, offset: int, out: Tensor) -> Tensor:
+    """Fill ``out`` (CPU, contiguous) with the bytes at ``offset`` of file ``fd``; returns ``out``."""
+    raw = out.view(-1).view(torch.uint8).numpy().data if out.numel() else memoryview(bytearray())
+    done = 0
+    while done < len(raw):
+        got = os.preadv(fd, [raw[done:]], offset + done)
+        if not got:
+            raise OSError(f"file ends at byte {offset + done}, inside a tensor of {len(raw)} bytes at {offset}")
+        done += got
+    return out
+
+
 class Spill:
     """Tensors by key, on disk: ``put`` appends, ``get`` reads back a fresh CPU tensor; the file is deleted on
     :meth:`close` (or at the end of a ``with`` block).
@@ -39,28 +61,14 @@ class Spill:
         self.bytes_written = 0
 
     def put(self, key: Hashable, tensor: Tensor) -> None:
-        data = tensor.detach().to("cpu").contiguous()
-        raw = data.view(-1).view(torch.uint8).numpy().data if data.numel() else memoryview(b"")
-        written = os.pwrite(self._fd, raw, self._end) if len(raw) else 0
-        while written < len(raw):
-            written += os.pwrite(self._fd, raw[written:], self._end + written)
-        self._index[key] = (self._end, data.dtype, tuple(data.shape))
-        self._end += len(raw)
-        self.bytes_written += len(raw)
+        written = write_at(self._fd, self._end, tensor)
+        self._index[key] = (self._end, tensor.dtype, tuple(tensor.shape))
+        self._end += written
+        self.bytes_written += written
 
     def get(self, key: Hashable) -> Tensor:
         offset, dtype, shape = self._index[key]
-        out = torch.empty(shape, dtype=dtype)
-        if not out.numel():
-            return out
-        view = out.view(-1).view(torch.uint8).numpy().data
-        done = 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
-            if not got:
-                raise OSError(f"spill file ends before tensor {key!r} ({offset + done} bytes)")
-            done += got
-        return out
+        return read_into(self._fd, offset, torch.empty(shape, dtype=dtype))
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._index
