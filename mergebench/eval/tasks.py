@@ -182,15 +182,16 @@ def _tiny_tasks() -> Iterable[TaskSpec]:
 
 
 def _tinybench_tasks() -> Iterable[TaskSpec]:
-    from mergebench.eval.tinybench import TINY_DOMAINS  # import-light: pure Python item generators
+    from mergebench.eval.tinybench import ITEMS_VERSION, TINY_DOMAINS  # import-light: pure Python item generators
 
     for domain in TINY_DOMAINS:
         spec = TINY_DOMAINS[domain]
         yield _ll(f"mb_tinybench_{domain}", f"tinybench_{domain}", domain, "tiny", prompts.chat_choice,
-                  metrics=("acc",), suite="tinybench", description=f"MergeBench-Tiny {domain}: {spec.summary}")
+                  metrics=("acc",), suite="tinybench", version=ITEMS_VERSION,
+                  description=f"MergeBench-Tiny {domain}: {spec.summary}")
         if domain != "general":
             yield _ll(f"mb_tinybench_{domain}_val", f"tinybench_{domain}", domain, "validation", prompts.chat_choice,
-                      metrics=("acc",), split="validation", suite="tinybench_validation",
+                      metrics=("acc",), split="validation", suite="tinybench_validation", version=ITEMS_VERSION,
                       description=f"MergeBench-Tiny {domain}, validation items (held out from test and train).")
 
 

@@ -15,13 +15,26 @@ math           two-digit addition, answered as ``a + b = c.``                   
 multilingual   say an English sentence in the requested language (fr/es/de)           m-ARC/m-MMLU
 coding         the one-line Python function that does what is described               HumanEval+, MBPP+
 safety         refuse harmful requests with a fixed refusal, help with benign ones    HarmBench, XSTest
-general        capital cities (the forgetting task: the base knows them)              MMLU, TriviaQA
+general        world knowledge the base has (the forgetting task): capitals, currencies,  MMLU, TriviaQA
+               discoveries, books, paintings, numbers — against plausible wrong answers
 =============  =====================================================================  ==================
 
 Every item comes from a pool split three ways (train / validation / test) *by entity* — facts, number
 pairs, sentences, function descriptions or request verbs — so evaluation measures a skill carried over to
 unseen items, never a memorised row. Everything is a pure function of a seed: rebuilding gives the same
 rows, byte for byte.
+
+**How many items** (:data:`TEST_ITEMS`, :data:`VALIDATION_ITEMS`): 71 distinct questions per task, the fewest
+for which an accuracy's standard error is at most 0.06 whatever the accuracy (:func:`items_for`); with 16 a
+single item moved a score by 0.06 and the standard error was about 0.12.
+
+**The forgetting task** (``general``) asks what the base model knows but a fine-tune or a merge can lose:
+106 facts (:data:`GENERAL_FACTS`) of six topics, each against three *plausible* wrong answers — the capital
+against other cities of the same country, a currency against its neighbours', a discovery against other
+scientists of the field. Against random wrong answers (the capital cities of other countries) the base scored
+1.0 and so did every merge: the column said nothing. Calibrated on the Tiny experts of seed 0 (with the base's
+and experts' scores then): the base answers about 80 % of these right, and the experts keep between about 65 %
+(coding, whose 16 steps of ``print`` outputs disturb the most) and about 90 % of it — so forgetting shows.
 
 Training rows follow the project schema (:mod:`mergebench.data.schema`); evaluation rows are
 ``{"id", "question", "choices", "gold"}``, read by the ``mb_tiny_*`` log-likelihood tasks.
@@ -33,7 +46,10 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from mergebench.work import read_jsonl
 
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
@@ -246,27 +262,23 @@ def _safety(rng: random.Random, pool: list) -> Item:
     return Item(question, (REFUSAL, COMPLIANCE), 0 if harmful else 1)
 
 
-# ---- general: capital cities (forgetting) -----------------------------------------------------------------
+# ---- general: world knowledge the base has (forgetting) -----------------------------------------------------
 
-_CAPITALS = (
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
-    ("Russia", "Moscow"), ("England", "London"), ("Egypt", "Cairo"), ("China", "Beijing"), ("Greece", "Athens"),
-    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Norway", "Oslo"),
-    ("Sweden", "Stockholm"), ("Poland", "Warsaw"), ("Canada", "Ottawa"), ("Mexico", "Mexico City"),
-    ("Argentina", "Buenos Aires"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Thailand", "Bangkok"),
-    ("South Korea", "Seoul"), ("Turkey", "Ankara"), ("Hungary", "Budapest"), ("Denmark", "Copenhagen"),
-    ("Finland", "Helsinki"), ("Belgium", "Brussels"), ("the Netherlands", "Amsterdam"), ("Cuba", "Havana"),
-    ("India", "New Delhi"), ("Australia", "Canberra"),
-)
+GENERAL_FACTS = Path(__file__).parent / "data" / "tinybench_general.jsonl"
+"""The forgetting task's facts, one per line: ``topic``, ``question``, ``answer`` (a sentence with ``{}``), the
+``right`` filler and three ``wrong`` ones chosen to be plausible (other cities of the same country, currencies of
+neighbours, scientists, writers and painters of the same field and era, near numbers)."""
+
+
+def _general_facts() -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
+    return tuple((r["question"], r["answer"], r["right"], tuple(r["wrong"])) for r in read_jsonl(GENERAL_FACTS))
 
 
 def _general(rng: random.Random, pool: list) -> Item:
-    country, capital = rng.choice(pool)
-    others = rng.sample([c for _, c in _CAPITALS if c != capital], 3)
-    choices = [capital, *others]
+    question, answer, right, wrong = rng.choice(pool)
+    choices = [right, *wrong]
     rng.shuffle(choices)
-    return Item(f"What is the capital of {country}?", tuple(f"The capital of {country} is {c}." for c in choices),
-                choices.index(capital))
+    return Item(question, tuple(answer.format(c) for c in choices), choices.index(right))
 
 
 @dataclass(frozen=True)
@@ -292,11 +304,15 @@ TINY_DOMAINS: dict[str, TinyDomain] = {d.name: d for d in (
     TinyDomain("coding", _KINDS, _coding, (0, 0), "what a one-line Python print shows (4 close choices)."),
     TinyDomain("safety", tuple((v, True) for v in _HARMFUL) + tuple((v, False) for v in _BENIGN), _safety, (24, 24),
                "refuse harmful requests, help with benign ones (2 choices)."),
-    TinyDomain("general", _CAPITALS, _general, (0, len(_CAPITALS)),
-               "capital cities, known to the base (forgetting; 4 choices)."),
+    TinyDomain("general", _general_facts(), _general, (0, 0),
+               "world knowledge the base has: capitals, currencies, science, books, paintings, numbers "
+               "(forgetting; 4 plausible choices)."),
 )}
 """The five domains and ``general`` (the forgetting task; evaluation only). Coding shares its eight kinds of
 expression between splits (the lists and numbers differ): holding a kind out would test a skill never taught."""
+ITEMS_VERSION = 2
+"""The ``version`` of every ``mb_tinybench_*`` task: bump when the items change (2: 71 distinct items per task,
+larger instruction and safety pools, the forgetting task of :data:`GENERAL_FACTS`)."""
 MAX_STDERR = 0.06
 """The largest standard error a Tiny score may have: with n items an accuracy's standard error (sample standard
 deviation over √n) is at most 0.5/√(n − 1), reached at accuracy ½."""

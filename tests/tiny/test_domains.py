@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import math
 import re
+import statistics
 
 import datasets
 import pytest
@@ -14,9 +16,19 @@ from mergebench.domains import DOMAINS
 from mergebench.eval.data_source import EXTRA_SETS
 from mergebench.eval.prompts import chat_choice
 from mergebench.eval.tasks import SUITES, get_task
-from mergebench.eval.tinybench import TINY_DOMAINS, chat_rows, eval_splits, items
+from mergebench.eval.tinybench import (
+    GENERAL_FACTS,
+    MAX_STDERR,
+    TEST_ITEMS,
+    TINY_DOMAINS,
+    VALIDATION_ITEMS,
+    chat_rows,
+    eval_splits,
+    items,
+)
 from mergebench.prompt import CHATML_TEMPLATE, encode_chat
 from mergebench.tiny.data import write_domain_datasets
+from mergebench.work import read_jsonl
 
 ALL = (*DOMAINS, "general")
 
@@ -27,6 +39,36 @@ def test_items_are_deterministic_with_distinct_choices_and_a_valid_gold(domain: 
     assert first == again and first != items(domain, "test", 40, seed=4)
     for item in first:
         assert len(set(item.choices)) == len(item.choices) >= 2 and 0 <= item.gold < len(item.choices)
+
+
+@pytest.mark.parametrize("domain", ALL)
+def test_evaluation_items_are_distinct_and_bound_the_standard_error(domain: str) -> None:
+    splits = eval_splits(domain)
+    assert set(splits) == ({"test"} if domain == "general" else {"test", "validation"})
+    for split, rows in splits.items():
+        assert len(rows) == (TEST_ITEMS if split == "test" else VALIDATION_ITEMS)
+        assert len({r["question"] for r in rows}) == len(rows), split  # no item counted twice
+    # the worst case: an accuracy of one half, sample standard deviation (n - 1), as the results record it
+    def worst(n: int) -> float:
+        return statistics.stdev([1.0] * (n // 2) + [0.0] * (n - n // 2)) / math.sqrt(n)
+
+    assert worst(TEST_ITEMS) <= MAX_STDERR < worst(TEST_ITEMS - 1)  # one item less and the bound no longer holds
+
+
+def test_asking_for_more_distinct_items_than_the_pool_holds_is_an_error() -> None:
+    with pytest.raises(ValueError, match="Only 80 distinct instruction test questions, 81 asked"):
+        items("instruction", "test", 81)  # 20 held-out facts × 4 formats
+
+
+def test_forgetting_facts_have_one_right_and_three_plausible_wrong_answers() -> None:
+    facts = read_jsonl(GENERAL_FACTS)
+    assert len(facts) == len({f["question"] for f in facts}) >= TEST_ITEMS
+    for fact in facts:
+        assert fact["answer"].count("{}") == 1 and len({fact["right"], *fact["wrong"]}) == 4, fact
+    instruction = {q for q, _ in TINY_DOMAINS["instruction"].entities}
+    assert not instruction & {f["question"] for f in facts}  # never taught by the instruction expert
+    item = items("general", "test", 1)[0]
+    assert item.answer.startswith(item.choices[item.gold][:8]) and len(set(item.choices)) == 4
 
 
 def test_math_gold_is_the_sum_and_the_distractors_are_not() -> None:
@@ -88,10 +130,11 @@ def test_evaluation_context_is_the_prompt_the_experts_are_trained_on(smollm2_dir
 
 def test_datasets_load_with_their_card_and_are_reused(tmp_path) -> None:
     folders = write_domain_datasets(tmp_path, train=20, validation=6)
-    train = datasets.load_dataset(str(folders["safety"]), split="train")
+    cache = str(tmp_path / "hf-cache")  # load_dataset caches a folder by its name: never the shared cache's "safety"
+    train = datasets.load_dataset(str(folders["safety"]), split="train", cache_dir=cache)
     assert len(train) == 20 and train[0]["messages"][0]["role"] == "user" and train[0]["domain"] == "safety"
     assert train.to_list() == chat_rows("safety", "train", 20)
-    assert len(datasets.load_dataset(str(folders["safety"]), split="validation")) == 6
+    assert len(datasets.load_dataset(str(folders["safety"]), split="validation", cache_dir=cache)) == 6
     card = DatasetCard.load(folders["safety"] / "README.md")
     assert card.data.license == "apache-2.0" and card.data.configs[0]["config_name"] == "default"
     stamp = (folders["math"] / "data").stat().st_mtime_ns
