@@ -103,6 +103,50 @@ def test_format_table_shows_labels_and_numbers(df):
     assert "0.950" in line and "70.0" in line and "1.90" in line  # normalised 0.95·mean(factors)=0.95, 40+30 s
 
 
+def _with_stderr(results: list, stderr: float) -> list:
+    """The fixture results with a standard error of ``stderr`` recorded on every task's main metric."""
+    return [replace(r, tasks={n: replace(t, stderr={t.main_metric: stderr}) for n, t in r.tasks.items()})
+            for r in results]
+
+
+def test_standard_errors_and_the_leader_match_a_hand_calculation():
+    se = 0.02
+    df = table(_with_stderr(fixture_results(BASES[0]), se))
+    regmean = _merged(df, BASES[0], "regmean (alpha=0.5)")  # quality 0.95: the best merge
+    # each task: r = 0.95·factor, SE(r) = √(se² + r²·se²)/EXPERT; safety has two tasks (HarmBench, XSTest)
+    ratio_se = {d: se * (1 + (0.95 * DOMAIN_FACTOR[d]) ** 2) ** 0.5 / EXPERT for d in DOMAINS}
+    domain_se = {d: ratio_se[d] / (2 ** 0.5 if d == "safety" else 1) for d in DOMAINS}
+    for domain in DOMAINS:
+        assert regmean[f"{domain}_stderr"] == pytest.approx(domain_se[domain], rel=1e-4)
+    assert regmean.normalised_stderr == pytest.approx(sum(v * v for v in domain_se.values()) ** 0.5 / 5, rel=1e-4)
+    # forgetting: BASE·0.95 ÷ BASE on the one general task
+    assert regmean.forgetting_stderr == pytest.approx(se * (1 + 0.95 ** 2) ** 0.5 / BASE, rel=1e-4)
+    marks = dict(zip(df[df.kind == "merged"].label, df[df.kind == "merged"].vs_leader, strict=True))
+    # 95 % intervals: ±1.96·SE ≈ ±0.037 around each score; ties (0.90) overlaps regmean (0.95), dare (0.85) does not
+    assert marks["regmean (alpha=0.5)"] == "leader"
+    assert marks["ties (top_k=0.2, scaling=1.0)"] == "within noise"
+    assert marks["dare (drop_rate=0.8, scaling=1.0)"] == marks["model_soup (scaling=1.0)"] == "behind"
+    assert df[df.kind != "merged"].vs_leader.isna().all()
+
+
+def test_format_table_shows_standard_errors_and_marks_the_merges_within_noise():
+    text = format_table(table(_with_stderr(fixture_results(BASES[0]), 0.02)))
+    lines = text.splitlines()
+    regmean = next(li for li in lines if "regmean (alpha=0.5)" in li)
+    ties = next(li for li in lines if "ties (top_k=0.2," in li)  # labels may wrap: their first line
+    dare = next(li for li in lines if "dare (drop_rate=0.8," in li)
+    assert "0.950±0.019" in regmean and "lead" in regmean
+    assert "≈" in ties and "≈" not in dare and "±" in dare
+    assert "tiny-llama" in text.splitlines()[0]  # one base: named in the title, no base column
+    assert "± one standard error" in text and "95 % interval" in text
+
+
+def test_results_without_standard_errors_show_no_interval(df):
+    assert df.normalised_stderr.isna().all() and df.vs_leader.isin(["leader"]).sum() == len(BASES)
+    merge = next(li for li in format_table(df[df.base_model == BASES[0]]).splitlines() if "regmean (alpha=0.5)" in li)
+    assert "0.950" in merge and "±" not in merge  # unknown is shown as no interval, never as ±0
+
+
 def test_read_results_from_a_run_folder_and_a_file(tmp_path):
     paths = write_fixture_results(tmp_path / "run", bases=BASES[:1])
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"not": "results"}))

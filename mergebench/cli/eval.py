@@ -58,15 +58,19 @@ def tasks_ls(format: FormatOpt = "table") -> None:
 
 
 def _print_results(results, format: str) -> None:
-    rows = [{"task": n, "status": t.status, "score": t.score, "metric": t.main_metric, "samples": t.num_samples,
-             "seconds": t.seconds, "error": (t.error or {}).get("message")} for n, t in results.tasks.items()]
+    from mergebench.eval.scores import task_stderr
+
+    rows = [{"task": n, "status": t.status, "score": t.score, "stderr": task_stderr(results, n),
+             "metric": t.main_metric, "samples": t.num_samples, "seconds": t.seconds,
+             "error": (t.error or {}).get("message")} for n, t in results.tasks.items()]
     if format == "json":
         out.print_json(json.dumps({"run": results.run, "tasks": rows}))
         return
-    table = Table("task", "status", "score", "metric", "samples", "seconds",
+    table = Table("task", "status", "score ± SE", "metric", "samples", "seconds",
                   title=f"mergebench eval: {results.model['id']}")
     for r in rows:
         score = "–" if r["score"] is None else f"{r['score']:.4f}"
+        score += f" ± {r['stderr']:.4f}" if r["score"] is not None and r["stderr"] is not None else ""
         table.add_row(r["task"], r["status"], score, r["metric"], str(r["samples"]), f"{r['seconds']:.1f}")
     out.print(table)
 

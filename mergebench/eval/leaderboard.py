@@ -241,7 +241,7 @@ CAPTION = ("± one standard error (propagated from each task's). vs lead: ≈ = 
 
 
 def format_table(df: pd.DataFrame, *, width: int = 160) -> str:
-    """The leaderboard as text for a terminal: label, kind, scores ± standard errors, cost (rich, no colours).
+    """The leaderboard as text for a terminal: label, scores ± standard errors, cost (rich, no colours).
 
     The ``vs lead`` column marks, per base, the best merge (``lead``) and the merges within noise of it (``≈``);
     the base column is left out (and named in the title) when every row has the same base.
@@ -254,12 +254,11 @@ def format_table(df: pd.DataFrame, *, width: int = 160) -> str:
     one_base = len(bases) <= 1
     title = f"MergeBench leaderboard — {str(bases[0]).rsplit('/', 1)[-1]}" if len(bases) == 1 else \
         "MergeBench leaderboard"
-    headers = ["model", "kind", "normalised", "vs lead", *(d[:5] for d in DOMAINS), "forget", "MT gap", "cost s",
-               "peak GB"]
+    headers = ["model", "normalised", "vs lead", *(d[:5] for d in DOMAINS), "forget", "MT gap", "cost s", "peak GB"]
     t = Table(*(headers if one_base else ["base", *headers]), title=title, caption=CAPTION)
     for _, r in df.iterrows():
         flag = escape(" [no isolation]") if r["isolation"] == "none" else ""  # code scored without the kernel sandbox
-        cells = [str(r["label"]) + flag, str(r["kind"]), _with_stderr(r["normalised"], r["normalised_stderr"], ".3f"),
+        cells = [str(r["label"]) + flag, _with_stderr(r["normalised"], r["normalised_stderr"], ".3f"),
                  _MARKS.get(r["vs_leader"], "") if isinstance(r["vs_leader"], str) else "",
                  *(_with_stderr(r[d], r[f"{d}_stderr"], ".2f") for d in DOMAINS),
                  _with_stderr(r["forgetting"], r["forgetting_stderr"], ".2f"),
