@@ -14,11 +14,28 @@ Everything else (the stages, their caching, logging, progress output) is the cod
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 METHODS = ({"method": "model_soup"}, {"method": "regmean", "parameters": {"alpha": 0.5, "num_samples": 4}})
 MAX_SAMPLES = 4
+
+
+def run_cutdown(base: Path, recipes: Path, work: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``mergebench [flags] tiny --work-dir WORK`` cut down, in a child process with its own MergeBench cache
+    (``WORK/../cache``: statistics are never shared between two work folders); fails the test on a non-zero exit."""
+    env = {**os.environ, "MERGEBENCH_CACHE": str(work.parent / "cache"), "PYTHONUNBUFFERED": "1"}
+    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY",
+                 "HF_HUB_DISABLE_PROGRESS_BARS", "PYTHONWARNINGS"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "tests.tiny._cutdown", str(base), str(recipes), "--", *flags, "tiny",
+               "--work-dir", str(work)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def main(argv: list[str]) -> None:

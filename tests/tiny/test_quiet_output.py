@@ -5,19 +5,14 @@ libraries unless ``-v`` (issue #15). Runs a cut-down Tiny (:mod:`tests.tiny._cut
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-
-import pytest
-import yaml
 
 from mergebench.domains import DOMAINS
 from mergebench.fixtures import Family
-from mergebench.train import config as train_config
+from tests.tiny._cutdown import run_cutdown
 
 STAGES = 1 + 1 + 5 + 6 + 2 * 2
 """data, base, five experts; the base's and five experts' evaluations; a merge and an evaluation per method."""
@@ -28,32 +23,7 @@ NOISE = ("it/s", "s/it", "examples/s", "%|", "Generating ", "Loading weights", "
 
 
 def _tiny(family: Family, recipes: Path, work: Path, *flags: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MERGEBENCH_CACHE": str(work.parent / "cache"), "PYTHONUNBUFFERED": "1"}
-    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY",
-                 "HF_HUB_DISABLE_PROGRESS_BARS", "PYTHONWARNINGS"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "tests.tiny._cutdown", str(family.base), str(recipes), "--", *flags, "tiny",
-               "--work-dir", str(work)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def recipes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped recipes, with ``tiny`` cut to 2 steps on 32 rows per domain."""
-    folder = tmp_path_factory.mktemp("recipes")
-    recipe = yaml.safe_load((train_config.RECIPES / "tiny.yaml").read_text())
-    (folder / "tiny.yaml").write_text(yaml.safe_dump({**recipe, "max_steps": 2, "max_rows_per_domain": 32}))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def first_run(tiny_llama: Family, recipes: Path, tmp_path_factory: pytest.TempPathFactory
-              ) -> tuple[Path, subprocess.CompletedProcess]:
-    work = tmp_path_factory.mktemp("tiny") / "work"
-    return work, _tiny(tiny_llama, recipes, work)
+    return run_cutdown(family.base, recipes, work, *flags)
 
 
 def test_tiny_prints_one_line_per_stage_with_a_bar_and_an_eta(first_run) -> None:

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -19,6 +20,7 @@ import mergebench.runner
 import mergebench.train
 from mergebench.domains import DOMAINS
 from mergebench.fixtures import Family
+from mergebench.runner.run import RunSummary
 from mergebench.tiny import data as tiny_data
 from mergebench.tiny.pipeline import TinyConfig, TinyWork, prepare, run_tiny
 from mergebench.train import config as train_config
@@ -52,7 +54,8 @@ class Recorder:
     def run_benchmark(self, bench, **kwargs):
         run = Path(bench).parent / "run"
         self.runs.append({"resume": kwargs.get("resume"), "kept": sorted(p.name for p in run.glob("*.json"))})
-        return "summary"
+        (run / "results").mkdir(parents=True, exist_ok=True)
+        return RunSummary(run, run / "results", pd.DataFrame(), 0.0)
 
 
 @pytest.fixture
