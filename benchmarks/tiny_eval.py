@@ -10,7 +10,7 @@ conditions, alternating, each in a fresh process:
   log-likelihoods (emulated by giving every task its own group and disabling prefix sharing);
 - ``shared``: one pipeline for the model's tasks, prefix-shared log-likelihoods (what MergeBench runs now).
 
-    python benchmarks/tiny_eval.py MODEL_DIR [--runs 3] [--suite tinybench] [--max-samples N]
+    python benchmarks/tiny_eval.py MODEL_DIR [--runs 3] [--suite tinybench] [--max-samples N] [--modes shared]
 
 prints the median evaluation seconds (model load included, imports excluded) of each mode, the number of
 items scored and ``uptime``: record the numbers in benchmarks/RESULTS.md with the load, the machine is shared.
@@ -51,15 +51,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--suite", default="tinybench")
     parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated: lighteval,shared.")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(measure(args.model, args.mode, args.suite, args.max_samples)))
         return
-    seconds: dict[str, list[float]] = {m: [] for m in MODES}
+    modes = [m for m in args.modes.split(",") if m in MODES]
+    seconds: dict[str, list[float]] = {m: [] for m in modes}
     items: dict[str, int] = {}
     for run_index in range(args.runs):
-        for mode in MODES:
+        for mode in modes:
             command = [sys.executable, str(Path(__file__).resolve()), args.model, "--mode", mode, "--suite", args.suite]
             if args.max_samples:
                 command += ["--max-samples", str(args.max_samples)]
@@ -69,7 +71,7 @@ def main() -> None:
             items[mode] = record["items"]
             print(f"run {run_index + 1} {mode}: {record['seconds']}s, {record['items']} items, "
                   f"scores {record['scores']}", flush=True)
-    for mode in MODES:
+    for mode in modes:
         print(f"{mode}: median {statistics.median(seconds[mode]):.1f}s over {args.runs} runs {seconds[mode]}, "
               f"{items[mode]} items")
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

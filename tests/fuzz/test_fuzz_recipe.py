@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from mergebench.errors import MergeBenchError
 from mergebench.merge.recipe import MergeRecipe, parse_yaml
-from tests.fuzz._checks import CLI_SAMPLE, FuzzHub, check_cli_error, files_under, outcome, run_cli
+from tests.fuzz._checks import CLI_SAMPLE, check_cli_error, files_under, outcome, run_cli
 from tests.fuzz.strategies import YAML_TOKENS, documents, encoded, mutated, render, text_edits
 
 KEYS = st.sampled_from(["method", "base_model", "models", "model", "domain", "weight", "parameters", "weights",
@@ -59,6 +59,7 @@ _case = itertools.count()
 
 
 @pytest.mark.fuzz
+@pytest.mark.usefixtures("fuzz_hub")
 @given(RECIPE_TEXTS, CLI_SAMPLE)
 @example(b"? [a]\n: b\n", 1)  # an unhashable key: TypeError in the duplicate-key check
 @example(b"seed: " + b"1" * 5000 + b"\n", 1)  # an integer past Python's 4,300-digit limit: ValueError from yaml
@@ -68,7 +69,7 @@ _case = itertools.count()
 @example(b"- 1\n", 1)  # not a mapping: the error had no hint
 @example(yaml.safe_dump({**VALID, "parameters": {"top_k": None}}).encode(), 0)  # methods: a type error had no hint
 @example(yaml.safe_dump({**VALID, "base_model": "org/not-on-the-hub"}).encode(), 0)  # a Hub 404 had no hint
-def test_recipes(workspace: Path, fuzz_hub: FuzzHub, text: bytes, sample: int) -> None:
+def test_recipes(workspace: Path, text: bytes, sample: int) -> None:
     """Every case through the parser; one in ten (``sample == 0``) also through ``mergebench merge`` in a
     folder holding the tiny family as ./base, ./e0, ./e1 (Hub ids go to the loopback Hub)."""
     work = workspace / f"case{next(_case)}"
@@ -89,5 +90,6 @@ def test_recipes(workspace: Path, fuzz_hub: FuzzHub, text: bytes, sample: int) -
 
 
 def test_a_missing_recipe_file_is_rejected_with_a_hint(tmp_path: Path) -> None:
+    """It was a ConfigError without a hint (and so were unreadable files)."""
     error = outcome(lambda: MergeRecipe.from_yaml(tmp_path / "nope.yaml"))
     assert isinstance(error, MergeBenchError) and "does not exist" in str(error)

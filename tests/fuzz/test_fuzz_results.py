@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from mergebench.errors import MergeBenchError
 from mergebench.eval.leaderboard import table
 from mergebench.eval.results import Results, load_results, result_rows
-from tests.fuzz._checks import CLI_SAMPLE, check_cli_error, files_under, outcome, run_cli
+from tests.fuzz._checks import CLI_SAMPLE, check_cli_error, check_rejection, files_under, outcome, run_cli
 from tests.fuzz.strategies import JSON_TOKENS, documents, encoded, mutated, render, text_edits
 from tests.space.fixture_results import fixture_results
 
@@ -40,15 +41,13 @@ def _check_accepted(results: Results) -> None:
     try:
         table([*REFERENCES[:-1], results])
     except MergeBenchError as e:  # a results file can be well-formed and still unusable there: then say why
-        from tests.fuzz._checks import check_rejection
-
         check_rejection(e)
 
 
 @pytest.mark.fuzz
 @given(RESULTS_TEXTS, CLI_SAMPLE)
 @example(b'{"schema_version": 1, "model": {}, "settings": {}, "run": {}, "tasks": []}', 0)  # AttributeError
-@example(b'{"schema_version": 1, "model": {}, "settings": {}, "run": {}, "tasks": ' + b"[" * 100_000, 0)
+@example(b'{"schema_version": 1, "model": {}, "settings": {}, "run": {}, "tasks": ' + b"[" * 100_000, 0)  # Recursion
 @example(b'{"schema_version": 1, "tasks": {"x": ' + b"1" * 5000 + b"}}", 1)  # ValueError: int digits
 @example(b'{"schema_version": "\xff"}', 0)  # UnicodeDecodeError
 @example(json.dumps({**MERGED, "model": "org/x"}).encode(), 1)  # a block that is not an object
@@ -68,6 +67,7 @@ def test_results_files(tmp_path_factory: pytest.TempPathFactory, text: bytes, sa
     shutil.rmtree(work)
 
 
-def test_a_results_folder_is_not_a_results_file(tmp_path) -> None:
+def test_a_results_folder_is_not_a_results_file(tmp_path: Path) -> None:
+    """A folder given as a results file was an IsADirectoryError (an OSError, not a MergeBench error)."""
     error = outcome(lambda: load_results(tmp_path))
     assert isinstance(error, MergeBenchError) and "folder" in str(error)

@@ -5,6 +5,7 @@ tiny Llama family the reference results name; never an exception the page cannot
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def hub_models(tiny_llama, fuzz_hub: FuzzHub) -> None:
     write_family_to_hub_root(tiny_llama, fuzz_hub.root)
 
 
-def _shown(check) -> None:
+def _shown(check: Callable[[], object]) -> None:
     """``check()`` returns a request, or fails with an error the page shows as a message and a hint."""
     with deadline():
         try:
@@ -59,16 +60,18 @@ def _shown(check) -> None:
 
 
 @pytest.mark.fuzz
+@pytest.mark.usefixtures("hub_models")
 @given(LIKELY_BASE, LIKELY_EXPERTS, LIKELY_METHODS, PARAMETERS)
 @example(BASE, EXPERTS[:2], "ties", '{"top_k": ' + "1" * 5000 + "}")  # ValueError of json.loads: int digits
 @example(BASE, EXPERTS[:2], "ties", "[" * 100_000)  # RecursionError of json.loads
-def test_merge_submissions(hub_models, base: str, experts: list[str], method: str, parameters: str | None) -> None:
+def test_merge_submissions(base: str, experts: list[str], method: str, parameters: str | None) -> None:
     _shown(lambda: validate_merge(CATALOGUE, base=base, experts=experts, method=method, parameters=parameters,
                                   validation_data={}))
 
 
 @pytest.mark.fuzz
+@pytest.mark.usefixtures("hub_models")
 @given(REPO_IDS, LIKELY_BASE, st.none() | LIKELY_METHODS, PARAMETERS)
-def test_model_submissions(hub_models, model: str, base: str, method: str | None, parameters: str | None) -> None:
+def test_model_submissions(model: str, base: str, method: str | None, parameters: str | None) -> None:
     _shown(lambda: validate_model(CATALOGUE, model=model, base=base, method=method, parameters=parameters))
 

@@ -44,6 +44,11 @@ def comparable(board: pd.DataFrame) -> pd.DataFrame:
     return board.drop(columns=dropped).sort_values(KEY).reset_index(drop=True)
 
 
+def assert_same_board(board: pd.DataFrame, reference: pd.DataFrame) -> None:
+    """Same rows, values and chosen points (``parameters``), whatever ran them; a failure names the cells."""
+    pd.testing.assert_frame_equal(comparable(board), comparable(reference))
+
+
 @pytest.fixture(scope="module")
 def local_board(tiny_llama, validation_dir, tmp_path_factory) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("local") / "bench"
@@ -58,7 +63,7 @@ def test_every_unit_runs_as_one_job_and_the_leaderboard_is_the_local_one(
         tiny_llama, validation_dir, tmp_path, hub, local_board) -> None:
     bench = _bench(tiny_llama, validation_dir, tmp_path / "bench", executor=hf_jobs())
     summary = run_benchmark(BenchConfig.from_dict(bench), progress=False)
-    assert comparable(summary.table).equals(comparable(local_board))
+    assert_same_board(summary.table, local_board)
 
     jobs = _jobs()
     assert len(jobs) == UNITS and {j.status.stage for j in jobs} == {"COMPLETED"}
@@ -82,7 +87,8 @@ def test_every_unit_runs_as_one_job_and_the_leaderboard_is_the_local_one(
     assert sum(f.startswith("runs/tiny-llama-bench/units/") for f in files) == UNITS
 
     again = run_benchmark(BenchConfig.from_dict(bench), progress=False)  # everything is in the run folder
-    assert len(_jobs()) == UNITS and comparable(again.table).equals(comparable(local_board))
+    assert len(_jobs()) == UNITS
+    assert_same_board(again.table, local_board)
 
 
 def _grid_records(out: Path) -> dict[Path, int]:
@@ -120,7 +126,7 @@ def test_a_killed_driver_reattaches_to_running_jobs_and_relaunches_nothing(
     after = _grid_records(out)
     assert all(after[p] == stamp for p, stamp in before.items())  # collected points were not collected again
     board = pd.read_csv(out / "leaderboard.csv")
-    assert comparable(board).equals(comparable(pd.read_csv(local_board_csv(local_board, tmp_path))))
+    assert_same_board(board, pd.read_csv(local_board_csv(local_board, tmp_path)))
 
 
 def local_board_csv(board: pd.DataFrame, folder: Path) -> Path:
@@ -137,7 +143,7 @@ def ray_executor(**extra: object) -> dict:
 def test_ray_gives_the_local_leaderboard_on_a_local_cluster(tiny_llama, validation_dir, tmp_path, local_board) -> None:
     bench = _bench(tiny_llama, validation_dir, tmp_path / "bench", executor=ray_executor())
     summary = run_benchmark(BenchConfig.from_dict(bench), progress=False)
-    assert comparable(summary.table).equals(comparable(local_board))
+    assert_same_board(summary.table, local_board)
     assert len(list((summary.output / "units").glob("*.json"))) == UNITS
     kept = [p.name for p in (summary.output / "models" / "tiny-llama" / "task_arithmetic").iterdir() if p.is_dir()]
     ta = load_results(summary.results_dir / "tiny-llama" / "task_arithmetic.json")
@@ -183,7 +189,7 @@ def test_a_killed_ray_driver_resumes_without_redoing_finished_units(
     after = _grid_records(out)
     assert len(after) == 4 and all(after[p] == stamp for p, stamp in before.items())
     board = pd.read_csv(out / "leaderboard.csv")
-    assert comparable(board).equals(comparable(pd.read_csv(local_board_csv(local_board, tmp_path))))
+    assert_same_board(board, pd.read_csv(local_board_csv(local_board, tmp_path)))
 
 
 FLAKY = """import os, sys
@@ -213,7 +219,7 @@ def test_a_failed_job_is_retried_and_its_log_kept(tiny_llama, validation_dir, tm
     log = summary.output / "jobs" / unit / f"{failed[0].id}.log"
     assert log.read_text() == "flaky: failing on purpose\n"
     rows = local_board[local_board["label"].isin(summary.table["label"])]
-    assert comparable(summary.table).equals(comparable(rows))
+    assert_same_board(summary.table, rows)
 
 
 def test_ctrl_c_cancels_the_drivers_jobs(tiny_llama, validation_dir, tmp_path, hub) -> None:
