@@ -83,6 +83,7 @@ def merge(config: MergeRecipe | Path | str | dict[str, Any], out_dir: Path | str
     out_dir = Path(out_dir)
     if push_to:
         _check_push_target(push_to)
+    _check_output_name(out_dir)
     finished = sidecar_record(out_dir)  # written after the rename: this folder is a finished merge of ...
     resume_finished = options.resume and out_dir.is_dir() and finished.is_file()
     if not resume_finished:
@@ -165,8 +166,16 @@ def _check_push_target(repo_id: str) -> None:
                           hint="Use ORG/NAME, e.g. my-org/llama-3.2-3b-ties.") from e
 
 
+def _check_output_name(out_dir: Path) -> None:
+    """The destination needs a name of its own: its work folder and its record are written beside it."""
+    if not out_dir.resolve().name or out_dir.resolve() == Path.cwd():
+        raise OutputExistsError(f"Output '{out_dir}' is the current folder (or the root); the merge needs a folder "
+                                "of its own, written beside it and renamed into place.",
+                                hint="Pass a new folder name, e.g. --out merged/.")
+
+
 def _check_output_dir(out_dir: Path) -> None:
-    """The destination must be a new or empty folder with a name (its sibling ``.NAME.partial`` is the work
+    """The destination must be a new or empty folder (its sibling ``.NAME.partial`` is the work
     folder), checked before any input is read."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"Output '{out_dir}' is a file, not a folder.",
@@ -174,10 +183,6 @@ def _check_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputExistsError(f"Output folder '{out_dir}' already exists and is not empty.",
                                 hint="Choose another --out, or delete the folder first.")
-    if not out_dir.resolve().name or out_dir.resolve() == Path.cwd():
-        raise OutputExistsError(f"Output '{out_dir}' is the current folder (or the root); the merge needs a folder "
-                                "of its own, written beside it and renamed into place.",
-                                hint="Pass a new folder name, e.g. --out merged/.")
 
 
 def _resume_state(partial: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 10.0
 """How long a child asked to stop (SIGTERM) may take before it is killed."""
+POLL_SECONDS = 0.2
+"""How often the parent, waiting for the child's outcome, gets back to acting on signals (Ctrl-C)."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,7 @@ def merge_in_child(recipe: dict[str, Any], out_dir: Path, *, options: MergeOptio
     sender.close()  # the child holds the only writing end: EOF means it ended without sending
     listener.start()
     try:
-        try:
-            outcome = receiver.recv()
-        except EOFError:
-            outcome = None
+        outcome = _receive(receiver)
         child.join()
     finally:
         _stop(child)
@@ -100,6 +99,18 @@ def merge_in_child(recipe: dict[str, Any], out_dir: Path, *, options: MergeOptio
         logs.close()
         receiver.close()
     return _result_of(outcome, child, out_dir)
+
+
+def _receive(receiver: Connection) -> object:
+    """The child's outcome, or ``None`` when it ended without sending one. Waits in short polls: a signal that
+    the kernel hands to another thread of this process (Ctrl-C) is acted on by the main thread only when it runs
+    Python code again, and a blocking ``recv`` would hold it until the child finished."""
+    while not receiver.poll(POLL_SECONDS):  # the child's end closing (it ended) also makes the pipe readable
+        pass
+    try:
+        return receiver.recv()
+    except EOFError:
+        return None
 
 
 def _result_of(outcome: object, child: BaseProcess, out_dir: Path) -> MergeResult:
