@@ -20,7 +20,10 @@ pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^\(gl
 UV_SOURCES = $(addprefix --find-links ,$(call pip_setting,find-links)) \
 	$(addprefix --extra-index-url ,$(call pip_setting,extra-index-url)) \
 	$(addprefix --constraints ,$(call pip_setting,constraint)) --index-strategy unsafe-best-match
-UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(UV_SOURCES)
+# --compile-bytecode: this machine sets PYTHONDONTWRITEBYTECODE, so without .pyc files written at install every
+# process (the demo's child merges, the tests' CLI runs) compiled torch, transformers and lighteval again: 16 s of
+# imports instead of 6 s. The package's own sources are compiled once too (a stale .pyc is simply not used).
+UV_INSTALL = $(UV) pip install --quiet --compile-bytecode --python $(BIN)/python $(UV_SOURCES)
 
 $(UV):
 	$(PYTHON) -m pip install -q --disable-pip-version-check --upgrade --target $(UV_HOME) uv==$(UV_VERSION)
@@ -33,6 +36,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml | $(UV)
 	$(UV_INSTALL) -r requirements.txt
 	$(UV_INSTALL) --no-deps -r requirements-nodeps.txt
 	$(UV_INSTALL) --no-deps -e .
+	$(BIN)/python -m compileall -q -j 0 mergebench space > /dev/null
 	touch $(STAMP)
 
 venv: $(STAMP)
