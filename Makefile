@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergebench-installed
 
-.PHONY: venv demo test test-slow lint format clean
+.PHONY: venv demo test test-slow lint format clean check-gpu-requirements
 
 # The venv is built with uv (parallel downloads and installs; pip took 5 minutes of a fresh `make demo`). uv itself
 # comes from PyPI, installed by pip into a bootstrap folder outside the repo, reused by every clone.
@@ -62,3 +62,9 @@ format: venv
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .import_linter_cache
+
+# The GPU requirements (vLLM and its CUDA torch) are never installed here, but they must resolve: with lighteval's
+# pin, for the Linux x86-64 GPU machines they are for (metadata only, nothing downloaded; run by .ci/run).
+check-gpu-requirements: | $(UV)
+	grep -E '^lighteval==' requirements.txt | $(UV) pip compile --quiet --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 $(UV_SOURCES) requirements-gpu.txt - -o /dev/null
