@@ -45,8 +45,9 @@ dozen items per task, many merges are.
 
 Sign in, then either propose a merge (base, experts from the benchmark, method, parameters) or an already
 merged model of a benchmark base (safetensors weights, standard architecture: no remote code is ever run).
-Jobs run one at a time on this Space's GPU and survive restarts; each pushes the merged model with its card
-and the results to the results dataset, then appears on the leaderboard.
+Jobs run one at a time in this Space, or, when the Space dispatches them (`MERGEBENCH_DISPATCH=hf-jobs`), several
+at once as Hugging Face Jobs on GPU; either way they survive restarts, and each pushes the merged model with its
+card and the results to the results dataset, then appears on the leaderboard.
 
 MergeBench here is an independent, Hugging Face Hub-native implementation, not the authors' code.
 

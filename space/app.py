@@ -12,7 +12,9 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python app.py` and `mergebench space` alike
 
@@ -41,7 +43,10 @@ from processing import (
 )
 from settings import SpaceConfig
 from submission import explain, scoring, validate_merge, validate_model
-from worker import Worker
+from worker import Worker, make_worker
+
+if TYPE_CHECKING:
+    from dispatch import JobsDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +60,14 @@ class Services:
     config: SpaceConfig
     store: JobStore
     board: Board
-    worker: Worker
+    worker: Worker | JobsDispatcher  # dispatch = local | hf-jobs
 
 
 def make_services(config: SpaceConfig) -> Services:
     mirror = HubMirror(config.requests_repo) if config.requests_repo else None
     store = JobStore(config.work_dir, mirror)
     board = Board(config, store)
-    return Services(config, store, board, Worker(store, config, on_finish=board.add_job))
+    return Services(config, store, board, make_worker(store, config, on_finish=board.add_job))
 
 
 def _login_available() -> bool:
@@ -108,14 +113,43 @@ def _message(ok: bool, text: str, hint: str | None = None) -> str:
     return f"**Error:** {text}" + (f"\n\n*Hint:* {hint}" if hint else "")
 
 
+JOBS_COLUMNS = ["job", "user", "what", "status", "stage", "elapsed", "Hugging Face Job", "cost", "message"]
+
+
+def _elapsed(job: Job) -> str:
+    """A Job's time as last inspected; an in-process job's time since it started (to its end)."""
+    seconds = job.elapsed_seconds
+    if seconds is None and job.started_at and job.status != "pending":
+        end = datetime.fromisoformat(job.finished_at) if job.finished_at else datetime.now(UTC)
+        seconds = (end - datetime.fromisoformat(job.started_at)).total_seconds()
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
 def _jobs_frame(jobs: list[Job]) -> list[list]:
     rows = []
     for j in reversed(jobs[-20:]):
         what = j.request.get("model") or f"{j.request.get('method')} on {j.request.get('base_model')}"
         position = queue_position(jobs, j.id)
         status = f"{j.status} (#{position} in queue)" if position else j.status
-        rows.append([j.id, j.user, what, status, j.stage or "", j.message or ""])
+        hf_job = f"{j.hf_job} ({j.flavor})" if j.hf_job else ""
+        cost = f"${j.cost_usd:.4f}" if j.cost_usd is not None else ""
+        message = j.message or ""
+        if j.status == "failed" and j.hint:
+            message += f" Hint: {j.hint}"
+        rows.append([j.id, j.user, what, status, j.stage or "", _elapsed(j), hf_job, cost, message])
     return rows
+
+
+def _queue_text(cfg: SpaceConfig) -> str:
+    if cfg.dispatch == "hf-jobs":
+        return (f"Each job runs as a Hugging Face Job on `{cfg.jobs_flavor}` ({cfg.evaluation_backend}), up to "
+                f"{cfg.jobs_max_concurrent} at once, " +
+                ("billed to your account (sign-in with the `jobs` scope)." if cfg.jobs_token == "user"
+                 else "billed to the Space's organisation.") + " Jobs survive restarts of this Space.")
+    return "Jobs run one at a time on this Space and survive restarts."
 
 
 def build_app(services: Services) -> gr.Blocks:
@@ -145,9 +179,12 @@ def build_app(services: Services) -> gr.Blocks:
         return (compare_links(board.df, a, b),
                 gr.Dataframe(value=shown, datatype=datatypes(shown), column_widths=column_widths(shown)))
 
-    def submit(mode, base, method, experts, parameters, model, profile: gr.OAuthProfile | None):
+    def submit(mode, base, method, experts, parameters, model, profile: gr.OAuthProfile | None,
+               oauth_token: gr.OAuthToken | None):
         if profile is None:
             return _message(False, "Sign in with Hugging Face to submit.", "Use the Sign in button at the top.")
+        if oauth_token is not None and hasattr(services.worker, "remember_token"):  # jobs_token = user: they pay
+            services.worker.remember_token(profile.username, oauth_token.token)
         try:
             if mode == MODES[0]:
                 request = validate_merge(board.catalogue, base=base, experts=list(experts or []), method=method,
@@ -170,8 +207,10 @@ def build_app(services: Services) -> gr.Blocks:
         return _message(True, f"Queued as job `{job.id}` (position {queue_position(store.all(), job.id)}).")
 
     def poll(version, bases, base_types, methods_, data, references, search, columns, raw, sort_by,
-             profile: gr.OAuthProfile | None):
+             profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
         filters = (bases, base_types, methods_, data, references, search, columns, raw, sort_by)
+        if profile is not None and oauth_token is not None and hasattr(services.worker, "remember_token"):
+            services.worker.remember_token(profile.username, oauth_token.token)  # re-attaches after a restart
         jobs = store.all()
         mine = [j for j in jobs if profile is not None and j.user == profile.username]
         log = ""
@@ -233,8 +272,8 @@ def build_app(services: Services) -> gr.Blocks:
                 gr.Markdown("Merged models matching the leaderboard's filters.")
                 figures = [gr.Plot(label=name, elem_id=f"plot-{i}") for i, name in enumerate(plots.PLOTS)]
             with gr.Tab("Submit", id="submit"):
-                gr.Markdown("Propose a merge of the benchmark's experts, or an already merged model. Jobs run one "
-                            "at a time on this Space and survive restarts." +
+                gr.Markdown("Propose a merge of the benchmark's experts, or an already merged model. " +
+                            _queue_text(cfg) +
                             ("" if with_login else "\n\n**Sign-in is not available here**: submissions need "
                                                    "Hugging Face OAuth (a Space) or a local `HF_TOKEN`."))
                 mode = gr.Radio(list(MODES), value=MODES[0], label="What", elem_id="s-mode")
@@ -243,7 +282,10 @@ def build_app(services: Services) -> gr.Blocks:
                                      elem_id="s-base")
                 s_model = gr.Textbox(label="Merged model (Hub id)", placeholder="org/my-merge", visible=False,
                                      elem_id="s-model")
-                s_experts = gr.CheckboxGroup(label="Experts", elem_id="s-experts")
+                # every base's experts, so that a request which never ran on_base (an API call) passes Gradio's
+                # choices check; on_base narrows them to the chosen base, validate_merge checks the pairing
+                s_experts = gr.CheckboxGroup([(f"{d}: {r}", r) for e in board.catalogue.experts.values()
+                                              for d, r in e.items()], label="Experts", elem_id="s-experts")
                 s_method = gr.Dropdown(_method_choices(), value="ties", label="Method", elem_id="s-method")
                 s_help = gr.Markdown(_method_help("ties"))
                 s_params = gr.Code(_defaults("ties"), language="json", label="Parameters (JSON)", interactive=True,
@@ -251,8 +293,7 @@ def build_app(services: Services) -> gr.Blocks:
                 s_button = gr.Button("Submit", variant="primary", elem_id="submit")
                 s_message = gr.Markdown(elem_id="s-message")
                 gr.Markdown("### Queue")
-                jobs = gr.Dataframe(headers=["job", "user", "what", "status", "stage", "message"], interactive=False,
-                                    elem_id="jobs", wrap=True)
+                jobs = gr.Dataframe(headers=JOBS_COLUMNS, interactive=False, elem_id="jobs", wrap=True)
                 log = gr.Code(label="Log of your latest job", interactive=False, elem_id="log", max_lines=30)
             with gr.Tab("About", id="about"):
                 gr.Markdown(ABOUT)
@@ -260,7 +301,7 @@ def build_app(services: Services) -> gr.Blocks:
         inputs = [bases, base_types, methods_, data, references, search, columns, raw, sort_by]
         outputs = [table, *figures]
         gr.on([demo.load, *(c.change for c in inputs if c is not search), search.submit],
-              current_table, inputs, outputs, api_visibility="private",
+              current_table, inputs, outputs, api_name="leaderboard", api_visibility="undocumented",
               trigger_mode="always_last")  # a change made while the table updates is applied after it, not lost
         timer.tick(poll, [version, *inputs], [jobs, log, version, *outputs], api_visibility="private")
         compare_tab.select(on_compare_tab, [cmp_a, cmp_b], [cmp_a, cmp_b], api_visibility="private")
@@ -270,8 +311,10 @@ def build_app(services: Services) -> gr.Blocks:
         s_base.change(on_base, s_base, s_experts, api_visibility="private")
         s_method.change(on_method, s_method, [s_params, s_help], api_visibility="private")
         mode.change(on_mode, mode, [s_experts, s_model], api_visibility="private")
+        # callable by API clients too (gradio_client; `private` only hides it from them, not from raw HTTP): the
+        # handler's own checks (signed-in profile, validation, per-user limits) are what guard the queue
         s_button.click(submit, [mode, s_base, s_method, s_experts, s_params, s_model], s_message,
-                       api_visibility="private", concurrency_limit=4)
+                       api_name="submit", api_visibility="undocumented", concurrency_limit=4)
     return demo
 
 

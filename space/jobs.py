@@ -7,6 +7,10 @@ atomically to ``jobs/{id}.json`` (the live state) and uploaded whole to ``reques
 requests dataset (what survives the container). At start-up :meth:`JobStore.recover` merges both,
 puts interrupted RUNNING jobs back in the queue (or fails them after ``max_attempts``), so the queue is
 never lost. Only the worker changes a job once it is queued; a lock orders the handler threads.
+
+With ``dispatch = hf-jobs`` a job runs as a Hugging Face Job (:mod:`dispatch`): its record also holds the Job's
+id, flavor, running time and cost, and a restart keeps it RUNNING when its Job is found by label (the
+dispatcher re-attaches to it) instead of queueing it again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +60,13 @@ class Job:
     results_file: str | None = None
     pid: int | None = None
     commit_urls: dict[str, str] = field(default_factory=dict)
+    hf_job: str | None = None
+    """The Hugging Face Job running it (``dispatch = hf-jobs``), as ``namespace/id``."""
+    flavor: str | None = None
+    elapsed_seconds: float | None = None
+    """The Job's time since it was created (scheduling included), as last inspected."""
+    cost_usd: float | None = None
+    """The flavor's price × the Job's running time, as last inspected."""
 
     @classmethod
     def new(cls, user: str, kind: Kind, request: dict) -> Job:
@@ -161,10 +172,10 @@ class JobStore:
         with self._lock:
             return self._write(replace(self.get(job_id), updated_at=now(), **changes))
 
-    def claim_next(self) -> Job | None:
-        """The oldest pending job, now RUNNING (attempts + 1), or ``None``."""
+    def claim_next(self, ready: Callable[[Job], bool] | None = None) -> Job | None:
+        """The oldest pending job (that is ``ready``, if given), now RUNNING (attempts + 1), or ``None``."""
         with self._lock:
-            pending = [j for j in self.all() if j.status == "pending"]
+            pending = [j for j in self.all() if j.status == "pending" and (ready is None or ready(j))]
             if not pending:
                 return None
             job = pending[0]
@@ -172,9 +183,11 @@ class JobStore:
                                stage="starting", message=None, hint=None)
 
     # ---------------------------------------------------------------- start-up
-    def recover(self, *, max_attempts: int) -> list[Job]:
+    def recover(self, *, max_attempts: int, elsewhere: Callable[[Job], bool] | None = None) -> list[Job]:
         """Rebuild the queue after a restart: pull the mirror (a new container has an empty disk), keep
         the newer copy of each job, then requeue interrupted RUNNING jobs or fail those out of attempts.
+        Jobs for which ``elsewhere`` is true (they run as a Hugging Face Job) stay RUNNING: the dispatcher
+        re-attaches to them.
 
         Returns the jobs that were running when the Space stopped, as they are now.
         """
@@ -191,7 +204,8 @@ class JobStore:
                         write_atomic(self._path(job.id), json.dumps(asdict(job), indent=2) + "\n")
                         local[job.id] = job
             interrupted = [j for j in local.values() if j.status == "running"]
-            return [self._requeue(j, max_attempts) for j in interrupted]
+            return [j if elsewhere is not None and elsewhere(j) else self._requeue(j, max_attempts)
+                    for j in interrupted]
 
     def _requeue(self, job: Job, max_attempts: int) -> Job:
         if job.attempts >= max_attempts:

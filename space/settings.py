@@ -48,6 +48,35 @@ class SpaceConfig:
     """A job interrupted by restarts this many times is failed instead of resumed."""
     hub_url: str = "https://huggingface.co"
     """Where model links point."""
+    dispatch: str = "local"
+    """``local``: the in-process worker, one job at a time on the Space's own hardware (CPU, MergeBench-Tiny).
+    ``hf-jobs``: each submission a Hugging Face Job on ``jobs_flavor`` (:mod:`dispatch`), so the Space can run
+    on CPU hardware and up to ``jobs_max_concurrent`` submissions run at once."""
+    jobs_flavor: str = "a10g-large"
+    """The Jobs' hardware flavor (``list_jobs_hardware``: a10g-large, l40sx1, a100-large, ...)."""
+    jobs_backend: str | None = None
+    """The Jobs' evaluation backend; ``None``: ``vllm`` on GPU flavors, ``transformers`` on ``cpu-*`` flavors."""
+    jobs_max_concurrent: int = 4
+    """Submissions running as Jobs at once (the others wait in the queue)."""
+    jobs_token: str = "space"
+    """Who launches (and pays for) the Jobs: ``space``: the Space's ``HF_TOKEN`` secret (an organisation token;
+    Jobs in ``jobs_namespace``), ``user``: the signed-in user's OAuth token (``jobs`` scope; Jobs in their
+    namespace, billed to them)."""
+    jobs_namespace: str | None = None
+    """Namespace the Jobs run in with ``jobs_token = space`` (``None``: the token's owner)."""
+    jobs_image: str | None = None
+    """Image the Jobs run in, with ``mergebench`` installed (``None``: this Space's own, ``hf.co/spaces/$SPACE_ID``)."""
+    jobs_timeout: str = "3h"
+    """A Job running longer is stopped (and its submission failed)."""
+    jobs_poll_seconds: float = 5.0
+    """How often running Jobs are inspected and their logs fetched."""
+
+    @property
+    def evaluation_backend(self) -> str:
+        """The backend a Job evaluates with (:attr:`jobs_backend`, else by the flavor's hardware)."""
+        if self.jobs_backend:
+            return self.jobs_backend
+        return "transformers" if self.jobs_flavor.startswith("cpu-") else "vllm"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, file: Path | None = SETTINGS_FILE,
@@ -90,6 +119,9 @@ def _parse(name: str, raw: str) -> Any:
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     if name == "validation_data":
         return json.loads(raw)
-    if name in ("eval_max_samples", "max_active_per_user", "max_daily_per_user", "max_attempts"):
+    if name in ("eval_max_samples", "max_active_per_user", "max_daily_per_user", "max_attempts",
+                "jobs_max_concurrent"):
         return int(raw)
+    if name == "jobs_poll_seconds":
+        return float(raw)
     return raw or None

@@ -1,5 +1,7 @@
 """The one worker thread: takes the oldest pending job, runs ``pipeline.py`` on it in a child process,
-records the outcome. One job at a time, so one GPU job at a time; request handlers never run jobs.
+records the outcome. One job at a time, so one GPU job at a time; request handlers never run jobs. This is
+``dispatch = local`` (the default, for CPU and MergeBench-Tiny); ``dispatch = hf-jobs`` runs each job as a
+Hugging Face Job instead (:mod:`dispatch`, chosen by :func:`make_worker`).
 
 The child asks for ``PR_SET_PDEATHSIG`` itself (:func:`pipeline.die_with_parent`: a ``preexec_fn`` can
 deadlock in a process with Gradio's threads); at start-up :func:`kill_stale` also stops any child a
@@ -18,10 +20,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs import Job, JobStore, now
 from pipeline import PARENT_ENV
 from settings import SpaceConfig
+
+if TYPE_CHECKING:
+    from dispatch import JobsDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +133,26 @@ class Worker:
             "status": "failed", "message": f"The job process exited with code {self._process.returncode} "
                                            "before writing an outcome; see the log."}
         return self.store.update(job.id, finished_at=now(), stage=None, pid=None, **outcome)
+
+
+def make_worker(store: JobStore, config: SpaceConfig, *, on_finish: Callable[[Job], None] | None = None,
+                poll_seconds: float | None = None) -> Worker | JobsDispatcher:
+    """The worker ``config.dispatch`` asks for: in-process (``local``) or Hugging Face Jobs (``hf-jobs``).
+
+    Raises:
+        ConfigError: an unknown ``dispatch``, or a setting the Jobs dispatcher needs is missing.
+    """
+    if config.dispatch == "local":
+        return Worker(store, config, on_finish=on_finish, poll_seconds=1.0 if poll_seconds is None else poll_seconds)
+    if config.dispatch == "hf-jobs":
+        from dispatch import JobsDispatcher
+
+        return JobsDispatcher(store, config, on_finish=on_finish, poll_seconds=poll_seconds)
+    from mergebench.errors import ConfigError
+
+    raise ConfigError(f"Unknown dispatch '{config.dispatch}'.",
+                      hint="Set MERGEBENCH_DISPATCH to 'local' (jobs run on the Space) or 'hf-jobs' (each job a "
+                           "Hugging Face Job).")
 
 
 def _read(path: Path) -> str | None:

@@ -13,8 +13,10 @@ repo: one commit with every output). So a unit can be retried, re-attached or ru
 partial or mixed result. The record and fingerprint are the ones the driver checks
 (:mod:`mergebench.runner.run`), so a run folder filled by units is resumed like one filled in-process.
 
-A Space submission (merge a recipe, evaluate it, publish the scores) has the shape of an evaluation unit
-with ``merge`` set: the Space can dispatch one with the same command.
+A **Space submission** (:class:`SubmissionUnit`: merge a recipe or take an already merged Hub model, push the
+merged model with its card, evaluate it with the spec's backend, append the scores to a results dataset) is
+what the Space runs as a Hugging Face Job with the same command; its results file is what the Space's
+leaderboard shows.
 
 >>> unit = load_unit(Path("unit.json"))                                # doctest: +SKIP
 >>> run_unit(unit)                                                     # doctest: +SKIP
@@ -42,7 +44,7 @@ from mergebench.work import Stage, atomic_file, is_current, sidecar_record, writ
 
 logger = logging.getLogger(__name__)
 
-UNIT_KINDS: tuple[UnitKind, ...] = ("grid_point", "evaluation")
+UNIT_KINDS: tuple[UnitKind | Literal["submission"], ...] = ("grid_point", "evaluation", "submission")
 SPEC_VERSION = 1
 HF_DATASETS = "hf://datasets/"
 
@@ -309,12 +311,104 @@ class GridPointUnit(_Unit):
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
+class SubmissionUnit(_Unit):
+    """A Space submission: merge ``recipe`` (or take the merged Hub ``model``), push the merged model with its card
+    to ``push_to``, evaluate it into ``path`` (with the record beside it), and append the scores to
+    ``results_repo``. Each step is announced in the log as ``== step ==`` (the Space shows the latest as the
+    job's stage). The Space's job id (``submission``) is part of the fingerprint: each submission is its own
+    unit, and a Job launched twice for it publishes the same results."""
+
+    kind: Literal["submission"] = "submission"
+    submission: str
+    """The Space's job id."""
+    recipe: dict[str, Any] | None = None
+    model: str | None = None
+    """An already merged Hub model (``org/name``); ``None`` when ``recipe`` builds it."""
+    push_to: str | None = None
+    """Model repo the merged model (with its card) is pushed to; ``None``: not pushed (its id is then its folder)."""
+    tasks: list[str] = Field(default_factory=list)
+    suite: str | None = None
+    """Used when ``tasks`` is empty."""
+    max_samples: int | None = None
+    eval_data: str | None = None
+    options: EvalOptions = EvalOptions()
+    """``options.backend``: ``vllm`` on GPU hardware, ``transformers`` on CPU."""
+    model_info: dict[str, Any] = Field(default_factory=dict)
+    results_repo: str | None = None
+    """Results dataset the scores are appended to (:func:`mergebench.eval.results.push_results`)."""
+    threads: int = 4
+
+    @model_validator(mode="after")
+    def _one_model(self) -> SubmissionUnit:
+        if (self.model is None) == (self.recipe is None):
+            raise ValueError("give exactly one of 'model' or 'recipe'")
+        if not self.tasks and not self.suite:
+            raise ValueError("give 'tasks' or 'suite'")
+        return self
+
+    def stage(self) -> Stage:
+        return Stage("submission", self.model_dump(mode="json", exclude={"label", "results", "path", "weight"}))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.stage().fingerprint
+
+    @property
+    def record(self) -> str:
+        return str(sidecar_record(Path(self.path)))
+
+    def outputs(self) -> list[str]:
+        return [self.path, self.record]
+
+    def run(self, workspace: Path, *, progress: bool) -> None:
+        from mergebench.eval import evaluate
+        from mergebench.eval.lighteval_wrapper import ModelOptions
+
+        info = dict(self.model_info)
+        with tempfile.TemporaryDirectory(prefix="mergebench-submission-") as scratch:
+            model, cost = self._model(Path(scratch) / "model", info, progress=progress)
+            logger.info("== evaluating ==")
+            results = evaluate(model, suite=None if self.tasks else self.suite, tasks=self.tasks or None,
+                               backend=self.options.backend, max_samples=self.max_samples, out=workspace / self.path,
+                               eval_data=self.eval_data, model_info=info, cost=cost,
+                               options=ModelOptions(batch_size=self.options.batch_size, dtype=self.options.dtype),
+                               progress=progress)
+        if self.results_repo:
+            from mergebench.eval.results import push_results
+
+            logger.info("== pushing the results ==")
+            push_results(self.results_repo, results)
+        write_record(workspace / self.record, self.stage())
+
+    def _model(self, folder: Path, info: dict[str, Any], *, progress: bool) -> tuple[str, dict[str, Any] | None]:
+        """The model to evaluate and the merge's cost; a merged model is pushed first (``info`` then names it)."""
+        if self.recipe is None:
+            return str(self.model), None
+        from mergebench.merge.engine import merge
+        from mergebench.merge.options import MergeOptions
+
+        logger.info("== merging ==")
+        result = merge(self.recipe, folder, options=MergeOptions(threads=self.threads, resume=True, progress=progress))
+        info.setdefault("id", str(folder))
+        if self.push_to:
+            from mergebench.hub.push import push_folder
+
+            logger.info("== pushing the merged model ==")
+            url = push_folder(folder, self.push_to, commit_message=f"MergeBench Space submission {self.submission}")
+            info.update(id=self.push_to, revision=url.rstrip("/").rsplit("/", 1)[-1])
+        # parameters chosen by the submitter: no validation search
+        return str(folder), {"merge_seconds": round(result.seconds, 3),
+                             "merge_peak_memory_bytes": result.peak_rss_bytes, "validation_seconds": 0.0}
+
+
 UnitSpec = GridPointUnit | EvaluationUnit
+"""A unit of a benchmark run (what the runner's executors take)."""
+AnyUnit = GridPointUnit | EvaluationUnit | SubmissionUnit
 """Any unit (the type of a parsed spec)."""
-_ADAPTER: pydantic.TypeAdapter[UnitSpec] = pydantic.TypeAdapter(Annotated[UnitSpec, Field(discriminator="kind")])
+_ADAPTER: pydantic.TypeAdapter[AnyUnit] = pydantic.TypeAdapter(Annotated[AnyUnit, Field(discriminator="kind")])
 
 
-def unit_from_json(text: str, source: str = "unit spec") -> UnitSpec:
+def unit_from_json(text: str, source: str = "unit spec") -> AnyUnit:
     """Parse a unit spec; every problem is reported at once.
 
     Raises:
@@ -326,11 +420,11 @@ def unit_from_json(text: str, source: str = "unit spec") -> UnitSpec:
         problems = "\n".join(f"  - {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
                              for err in e.errors())
         raise ConfigError(f"Invalid {source}:\n{problems}",
-                          hint=f"A unit spec is the JSON a run writes (kind: {' or '.join(UNIT_KINDS)}); "
+                          hint=f"A unit spec is the JSON a run or the Space writes (kind: {', '.join(UNIT_KINDS)}); "
                                "see `mergebench unit run --help`.") from e
 
 
-def load_unit(spec: str | Path) -> UnitSpec:
+def load_unit(spec: str | Path) -> AnyUnit:
     """A unit from a JSON file, or from the JSON text itself (what a Job's command line carries).
 
     Raises:
@@ -364,12 +458,12 @@ def _read_hub_file(url: str) -> str:
                           hint="Check the repo and path, and that HF_TOKEN can read the repo.") from e
 
 
-def spec_json(unit: UnitSpec) -> str:
+def spec_json(unit: AnyUnit) -> str:
     """The unit as compact JSON (what ``mergebench unit run`` reads)."""
     return unit.model_dump_json(exclude_defaults=False)
 
 
-def run_unit(unit: UnitSpec, *, progress: bool = False) -> Literal["done", "skipped"]:
+def run_unit(unit: AnyUnit, *, progress: bool = False) -> Literal["done", "skipped"]:
     """Run ``unit`` unless its record is there already; outputs are published atomically (see the module
     docstring). Returns ``"skipped"`` or ``"done"``."""
     if unit.is_done():
@@ -382,7 +476,7 @@ def run_unit(unit: UnitSpec, *, progress: bool = False) -> Literal["done", "skip
     return "done"
 
 
-def write_spec(unit: UnitSpec, folder: Path) -> Path:
+def write_spec(unit: AnyUnit, folder: Path) -> Path:
     """Save ``unit``'s spec as ``folder/<id>.json`` (atomically); returns the path."""
     path = Path(folder) / f"{unit.id}.json"
     with atomic_file(path) as tmp:
