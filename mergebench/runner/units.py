@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -161,14 +161,17 @@ class _Unit(_Strict):
         """16 hex digits of the fingerprint: the unit's name in file names and Jobs' labels."""
         return self.fingerprint[:16]
 
+    RECORD_BESIDE: ClassVar[bool] = False
+    """Whether the output (a results file, which cannot hold the unit's fingerprint) has its record beside it."""
+
     @property
     def record(self) -> str:
         """The file whose fingerprint says the unit is done (relative to ``results``)."""
-        return self.path
+        return str(sidecar_record(Path(self.path))) if self.RECORD_BESIDE else self.path
 
     def outputs(self) -> list[str]:
         """Every file the unit publishes, the record last."""
-        return [self.path]
+        return [self.path, self.record] if self.RECORD_BESIDE else [self.path]
 
     def is_done(self) -> bool:
         """Whether the results location holds this unit's record, made from exactly this unit."""
@@ -217,12 +220,7 @@ class EvaluationUnit(_Unit):
     def fingerprint(self) -> str:
         return self.stage.stage().fingerprint
 
-    @property
-    def record(self) -> str:
-        return str(sidecar_record(Path(self.path)))
-
-    def outputs(self) -> list[str]:
-        return [self.path, self.record]
+    RECORD_BESIDE: ClassVar[bool] = True
 
     def run(self, workspace: Path, *, progress: bool) -> None:
         from mergebench.eval import evaluate
@@ -353,12 +351,7 @@ class SubmissionUnit(_Unit):
     def fingerprint(self) -> str:
         return self.stage().fingerprint
 
-    @property
-    def record(self) -> str:
-        return str(sidecar_record(Path(self.path)))
-
-    def outputs(self) -> list[str]:
-        return [self.path, self.record]
+    RECORD_BESIDE: ClassVar[bool] = True
 
     def run(self, workspace: Path, *, progress: bool) -> None:
         from mergebench.eval import evaluate

@@ -22,6 +22,7 @@ from worker import Worker, make_worker
 from mergebench.errors import ConfigError
 from mergebench.eval.leaderboard import read_results
 from mergebench.runner.units import SubmissionUnit, load_unit, spec_json
+from tests.space._wait import wait_until
 
 BASE = "mergebench-fixtures/tiny-llama"
 TASKS = ("mb_tiny_mmlu_stem",)  # one task, two items: scored against the fixture math expert's mmlu_stem score
@@ -47,16 +48,6 @@ def _merge_job(catalogue: Catalogue, user: str, method: str, parameters: str) ->
     request = validate_merge(catalogue, base=BASE, experts=experts, method=method, parameters=parameters,
                              validation_data={})
     return Job.new(user, "merge", {**request, "eval": scoring(catalogue, BASE, tasks=TASKS, max_samples=2)})
-
-
-def _wait(predicate, timeout: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _space_jobs() -> list:
@@ -105,7 +96,7 @@ def test_three_submissions_run_as_concurrent_jobs_survive_a_restart_and_reach_th
     assert isinstance(first, JobsDispatcher)
     first.start()
     try:  # all three Jobs running at once, none finished: the Space restarts now
-        running = _wait(lambda: (js := _space_jobs()) and len(js) == 3 and all(
+        running = wait_until(lambda: (js := _space_jobs()) and len(js) == 3 and all(
             j.status.stage == "RUNNING" for j in js) and js, 120, "three RUNNING Jobs", step=0.1)
     finally:
         first.stop()
@@ -118,7 +109,8 @@ def test_three_submissions_run_as_concurrent_jobs_survive_a_restart_and_reach_th
     second = make_worker(store, config, on_finish=board.add_job)
     second.start()
     try:
-        _wait(lambda: all(store.get(j.id).status in ("done", "failed") for j in jobs), 240, "the three submissions")
+        wait_until(lambda: all(store.get(j.id).status in ("done", "failed") for j in jobs), 240,
+                   "the three submissions")
     finally:
         second.stop()
 
@@ -174,15 +166,15 @@ def test_no_more_jobs_run_at_once_than_the_limit(space_hub, tmp_path, monkeypatc
     dispatcher = make_worker(store, config)
     dispatcher.start()
     try:
-        launched = _wait(lambda: store.get(first.id).hf_job, 30, "the first launch").split("/")[1]
+        launched = wait_until(lambda: store.get(first.id).hf_job, 30, "the first launch").split("/")[1]
         time.sleep(1.0)  # three polls
         assert [j.labels[SUBMISSION_LABEL] for j in _space_jobs()] == [first.id]
         assert store.get(second.id).status == "pending"
         HfApi().cancel_job(job_id=launched)
-        _wait(lambda: store.get(second.id).hf_job, 30, "the second launch once the first ended")
+        wait_until(lambda: store.get(second.id).hf_job, 30, "the second launch once the first ended")
         assert store.get(first.id).status == "failed"
         HfApi().cancel_job(job_id=store.get(second.id).hf_job.split("/")[1])
-        _wait(lambda: store.get(second.id).status == "failed", 30, "the second cancelled job")
+        wait_until(lambda: store.get(second.id).status == "failed", 30, "the second cancelled job")
     finally:
         dispatcher.stop()
     assert sorted(j.labels[SUBMISSION_LABEL] for j in _space_jobs()) == sorted([first.id, second.id])
@@ -199,12 +191,12 @@ def test_with_user_billing_a_job_waits_for_its_owners_token_and_a_failed_job_sho
         time.sleep(1.0)  # three polls: nothing is launched without bob's token
         assert store.get(job.id).status == "pending" and not store.get(job.id).hf_job
         dispatcher.remember_token("bob", "hf_bobOAuthTokenWithJobsScope")
-        launched = _wait(lambda: store.get(job.id).hf_job, 30, "the launch")
+        launched = wait_until(lambda: store.get(job.id).hf_job, 30, "the launch")
         assert launched.startswith("bob/")  # in bob's namespace: billed to him
-        _wait(lambda: HfApi().inspect_job(job_id=launched.split("/")[1], namespace="bob").status.stage == "RUNNING",
-              30, "the Job to run")
+        wait_until(lambda: HfApi().inspect_job(job_id=launched.split("/")[1], namespace="bob").status.stage
+                   == "RUNNING", 30, "the Job to run")
         HfApi().cancel_job(job_id=launched.split("/")[1], namespace="bob")
-        failed = _wait(lambda: (j := store.get(job.id)).status == "failed" and j, 60, "the cancelled job")
+        failed = wait_until(lambda: (j := store.get(job.id)).status == "failed" and j, 60, "the cancelled job")
     finally:
         dispatcher.stop()
     assert f"Hugging Face Job {launched.split('/')[1]} ended CANCELED: Canceled." in failed.message
@@ -225,7 +217,7 @@ def test_a_failed_job_shows_the_error_and_hint_from_its_log(space_hub, tmp_path)
     dispatcher = make_worker(store, config)
     dispatcher.start()
     try:
-        failed = _wait(lambda: (j := store.get(job.id)).status in ("done", "failed") and j, 120, "the job")
+        failed = wait_until(lambda: (j := store.get(job.id)).status in ("done", "failed") and j, 120, "the job")
     finally:
         dispatcher.stop()
     log = store.log_path(job.id).read_text().splitlines()

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from worker import Worker
 from mergebench.eval.leaderboard import read_results
 from mergebench.hub.endpoint import endpoint_env
 from tests._hub_fixtures import DUMMY_TOKEN
+from tests.space._wait import wait_until
 from tests.space.conftest import EVAL_TASKS
 
 BASE = "mergebench-fixtures/tiny-llama"
@@ -42,16 +42,6 @@ def _merge_job(space_hub, user: str, method: str, parameters: str) -> Job:
     return Job.new(user, "merge", {**request, "eval": {"tasks": list(EVAL_TASKS), "max_samples": 2}})
 
 
-def _wait(predicate, timeout: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_two_submissions_queue_and_each_is_merged_scored_and_pushed(space_hub, tmp_path):
     config = _config(space_hub, tmp_path / "state")
     store = JobStore(config.work_dir, HubMirror(config.requests_repo))
@@ -68,7 +58,7 @@ def test_two_submissions_queue_and_each_is_merged_scored_and_pushed(space_hub, t
             jobs = store.all()
             most_running = max(most_running, sum(j.status == "running" for j in jobs))
             return all(j.status in ("done", "failed") for j in jobs)
-        _wait(finished, 300, "both jobs", step=0.1)
+        wait_until(finished, 300, "both jobs", step=0.1)
     finally:
         worker.stop()
     a, b = store.get(a.id), store.get(b.id)
@@ -126,17 +116,17 @@ def test_killing_the_space_mid_job_resumes_the_job_at_the_next_start(space_hub, 
     log = tmp_path / "space.log"
     first = _serve(space_hub, work_dir, tmp_path / "hf-home", log)
     try:
-        running = _wait(lambda: (j := store.get(job.id)).stage == "evaluating" and j.pid and j, 180,
+        running = wait_until(lambda: (j := store.get(job.id)).stage == "evaluating" and j.pid and j, 180,
                         f"the job to reach evaluation (space log: {log})", step=0.05)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert (tmp_path / "state" / "work" / job.id / "merge.json").exists()
-    _wait(lambda: not _alive(running.pid), 10, "the orphaned pipeline process to die with the Space")
+    wait_until(lambda: not _alive(running.pid), 10, "the orphaned pipeline process to die with the Space")
     assert store.get(job.id).status == "running"  # what a crash leaves behind
     second = _serve(space_hub, work_dir, tmp_path / "hf-home", log)
     try:
-        done = _wait(lambda: (j := store.get(job.id)).status in ("done", "failed") and j, 180, "the resumed job")
+        done = wait_until(lambda: (j := store.get(job.id)).status in ("done", "failed") and j, 180, "the resumed job")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
