@@ -107,8 +107,8 @@ def render(doc: dict, repeat: int) -> str:
     inputs = (N_EXPERTS + 1) * SHAPE.parameters * 2
     lines = [f"Synthetic Llama family: base + {N_EXPERTS} experts of {SHAPE.parameters / 1e6:.0f}M parameters, bf16 "
              f"({inputs / 1e9:.2f} GB of inputs), TIES top_k 0.2, mean, embeddings merged. Machine: {doc['machine']}; "
-             f"**shared** with other sessions (load average {doc['load'][0][0]:.1f} before, {doc['load'][1][0]:.1f} "
-             f"after), so absolute times are inflated; medians of {repeat} runs, before/after alternating. "
+             f"load average {doc['load'][0][0]:.1f} before, {doc['load'][1][0]:.1f} after (the benchmark's own two "
+             f"threads count); medians of {repeat} runs, before/after alternating. "
              f"Downloading all inputs once from the loopback Hub with `snapshot_download`: {download:.1f} s "
              f"(median). Whole benchmark {doc['minutes']:.0f} min.", "",
              "| source | top-k | before (s) | after (s) | speed-up | after / one download | GB read before → after "
