@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 
-from mergebench.domains import DOMAINS, Domain
+from mergebench.domains import DOMAINS, GENERAL, Domain
 from mergebench.eval.results import Results, load_results
 
 Z95 = 1.959963984540054
@@ -186,7 +186,7 @@ def normalised_stderr(domains: Mapping[str, Ratios]) -> float | None:
 
 def forgetting(model: Results, base: Results | None) -> Ratios:
     """General tasks: model ÷ base."""
-    tasks = _tasks_of(model, "general")
+    tasks = _tasks_of(model, GENERAL)
     if base is None:
         return Ratios({}, dict.fromkeys(tasks, "no base results"))
     return ratios(model, base, tasks)

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from mergebench.domains import DOMAINS, Domain
+from mergebench.domains import DOMAINS, GENERAL, Domain
 from mergebench.eval.results import Results, load_results
 from mergebench.hub.refs import pin
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
@@ -147,14 +147,17 @@ class Evaluation:
 
 
 def _reference_evaluations(run: _Run, base: BaseEntry) -> dict[str, Evaluation]:
-    """The base's, each expert's (by domain) and the multi-task model's evaluations."""
+    """The base's, each expert's (by domain) and the multi-task model's evaluations.
+
+    An expert is scored on its own domain's tasks and on the general (forgetting) tasks: the latter say what its
+    fine-tune forgot of the base, the reference a merge's forgetting is read against."""
     config, folder = run.config, run.results_dir / base.label
     base_id = config.base_id(base)
     evaluations = {"base": Evaluation(config.model_ref(base.model), folder / "base.json", run.evaluation_tasks,
                                       {"role": "base", "base_model": base_id, "label": "base"},
                                       run.label(base, "base evaluation"))}
     for domain in DOMAINS:
-        tasks = run.tasks_of(run.evaluation_tasks, {domain}) + run.tasks_of(run.validation_tasks, {domain})
+        tasks = run.tasks_of(run.evaluation_tasks, {domain, GENERAL}) + run.tasks_of(run.validation_tasks, {domain})
         evaluations[domain] = Evaluation(config.model_ref(base.experts[domain]), folder / f"expert_{domain}.json",
                                          tasks, {"role": "expert", "domain": domain, "base_model": base_id},
                                          run.label(base, f"{domain} expert evaluation"))
