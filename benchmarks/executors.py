@@ -84,7 +84,7 @@ def dispatch_overhead(family: Family, validation: Path, work: Path, count: int) 
             "kind": "hf-jobs", "results_repo": "alice/bench", "max_concurrent": 1,
             "hf_jobs": {"image": "mergebench:local", "poll_seconds": 0.2,
                         "flavors": {"grid_point": "cpu-basic", "evaluation": "cpu-basic"}}}))
-        jobs = HfJobsExecutor(config, run_dir=work / "jobs-run")
+        jobs = HfJobsExecutor(config.executor, run_dir=work / "jobs-run", name=config.name)
         location = ResultsLocation(repo="alice/bench", prefix="dispatch")
         units: list[UnitSpec] = [_unit(base, work, i).model_copy(update={"results": location}) for i in range(count)]
         times["loopback Hugging Face Job"] = _timed(units, lambda u: jobs.run([u], quiet))

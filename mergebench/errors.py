@@ -130,8 +130,8 @@ class EvaluationError(MergeBenchError, RuntimeError):
 
 
 class UnitError(MergeBenchError, RuntimeError):
-    """Units of a benchmark run (grid points, evaluations) failed on their executor (Ray, Hugging Face Jobs)
-    after every retry. ``units`` names each failed unit's label."""
+    """Units (grid points, evaluations, experts' trainings) failed on their executor (Ray, Hugging Face Jobs)
+    after every retry, or an expert's ``accelerate launch`` failed. ``units`` names each failed unit's label."""
 
     def __init__(self, message: str, *, units: list[str], hint: str | None = None) -> None:
         super().__init__(message, hint=hint)

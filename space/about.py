@@ -32,7 +32,8 @@ RegMean, Fisher merging) combine the experts into one model, which is scored on 
 
 A ratio needs both scores and a non-zero reference score; tasks that cannot be compared are left out,
 never counted as 0. Raw task scores are shown with *Raw task scores*; results with a different
-`max_samples` or task version are not comparable.
+`max_samples`, refusal judge (the *Judge* column: the rule-based CPU default or the paper's WildGuard classifier)
+or task version are not comparable.
 
 **± and ≈.** Each task score is a mean over items and comes with its standard error. The ± shown with every
 number is one standard error, propagated from the tasks' (first order, treating the model's and the

@@ -3,10 +3,10 @@ and the evaluation run in a Job on a GPU flavor, so the Space itself can run on 
 submissions run at once (``jobs_max_concurrent``).
 
 Each submission becomes a :class:`mergebench.runner.units.SubmissionUnit` (the spec inline on the Job's command
-line: ``mergebench --verbose unit run '{…}'``) with the evaluation backend in it (``vllm`` on GPU flavors). It
-pushes the merged model with its card, appends its scores to the results dataset and publishes its results file
-to ``jobs/{job id}/results.json`` of the requests dataset. The Job carries the labels ``mergebench-space`` (this
-Space) and ``mergebench-submission`` (the job id), ``HF_TOKEN`` as a secret and a timeout.
+line: ``mergebench --verbose unit run '{…}'``) with the evaluation backend (``vllm`` on GPU flavors) and the
+refusal judge in it. It pushes the merged model with its card, appends its scores to the results dataset and
+publishes its results file to ``jobs/{job id}/results.json`` of the requests dataset. The Job carries the labels
+``mergebench-space`` (this Space) and ``mergebench-submission`` (the job id), ``HF_TOKEN`` as a secret and a timeout.
 
 One thread launches pending jobs while fewer than ``jobs_max_concurrent`` run, and every ``jobs_poll_seconds``
 inspects the running ones: the Job's stage (with the unit's latest ``== step ==`` line) becomes the job's stage,
@@ -70,7 +70,8 @@ def results_location(config: SpaceConfig, job: Job) -> ResultsLocation:
 
 
 def submission_unit(job: Job, config: SpaceConfig) -> SubmissionUnit:
-    """The unit a Job runs for ``job``: its request, the Space's scoring settings and the Jobs' backend."""
+    """The unit a Job runs for ``job``: its request, the Space's scoring settings (tasks, refusal judge) and the
+    Jobs' backend."""
     request, settings = job.request, job.request["eval"]
     merge = job.kind == "merge"
     namespace = config.model_namespace
@@ -83,7 +84,8 @@ def submission_unit(job: Job, config: SpaceConfig) -> SubmissionUnit:
         recipe=request["recipe"] if merge else None, model=None if merge else request["model"],
         push_to=merged_repo_id(namespace, asdict(job)) if merge and namespace else None,
         tasks=list(settings.get("tasks") or []), suite=settings.get("suite"), max_samples=settings.get("max_samples"),
-        options=EvalOptions(backend=config.evaluation_backend),  # type: ignore[arg-type]  # checked by pydantic
+        options=EvalOptions(backend=config.evaluation_backend,  # type: ignore[arg-type]  # checked by pydantic
+                            refusal_judge=config.refusal_judge),
         model_info=info, results_repo=config.results_repo)
 
 

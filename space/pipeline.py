@@ -112,6 +112,7 @@ def run(job_dir: Path) -> dict[str, Any]:
                   "experts": sorted((request.get("experts") or {}).values()) or None, "label": label(request)}
     results = evaluate(target, suite=settings.get("suite") if not settings.get("tasks") else None,
                        tasks=settings.get("tasks") or None, backend=config["backend"],
+                       refusal_judge=config["refusal_judge"],
                        max_samples=settings.get("max_samples"), out=job_dir / "results.json", model_info=model_info,
                        cost=cost, push_to=None)
     urls = {"model": pushed["commit_url"]} if pushed else {}

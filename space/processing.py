@@ -28,7 +28,7 @@ HEADERS = {
     "forgetting": "Forgetting", "multitask_gap": "MT gap", "merge_seconds": "Merge s",
     "validation_seconds": "Valid. s", "total_seconds": "Cost s", "eval_seconds": "Eval s",
     "peak_memory_bytes": "Mem GB", "card_url": "Card", "parameters": "Parameters", "experts": "Experts",
-    "max_samples": "Max samples", "finished_at": "Evaluated",
+    "max_samples": "Max samples", "judge": "Judge", "finished_at": "Evaluated",
 }
 BEST = "Best"
 DEFAULT_COLUMNS = ["Model", BEST, "Kind", "Base", "Method", "Data", "Normalised", *(d.capitalize() for d in DOMAINS),
@@ -42,7 +42,8 @@ LEGEND = ("Scores are ratios: 1.0 = the domain's expert (*Normalised*, per domai
           "± one standard error propagated from the per-task standard errors. **Best**: ★ the best merge of its "
           "base on the sorted score, ≈ within noise of it (their 95 % intervals, ± 1.96 SE, overlap). "
           "*MT gap*: normalised score − the multi-task model's. *Cost s*: merge + validation seconds (*Valid. s*: "
-          "the grid search). *Mem GB*: the merge's peak memory.")
+          "the grid search). *Mem GB*: the merge's peak memory. *Judge*: what judged the safety responses: "
+          "`rule-based-v1` is the CPU default (refusal phrases), `classifier:allenai/wildguard` the paper's.")
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ def _register_subcommands() -> None:
     from mergebench.cli.run import run_command
     from mergebench.cli.space import space_app
     from mergebench.cli.tiny import tiny_command
-    from mergebench.cli.train import train_command
+    from mergebench.cli.train import train_command, train_experts_command
     from mergebench.cli.unit import unit_app
 
     app.add_typer(hub_app, name="hub")
@@ -247,6 +247,7 @@ def _register_subcommands() -> None:
     app.command()(demo)
     app.command("eval")(eval_command)
     app.command("train")(train_command)
+    app.command("train-experts")(train_experts_command)
     app.command("run")(run_command)
     app.command("leaderboard")(leaderboard_command)
     app.add_typer(space_app, name="space")

@@ -84,6 +84,14 @@ ShardSizeOpt = Annotated[str, typer.Option(
     help="Largest output shard, decimal as on the Hub (5GB = 5·10⁹ bytes; GiB/MiB are binary), e.g. 2GB, 500MB.")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="datasets cache folder.")]
 
+# where the units of a run go (`mergebench run`, `mergebench train-experts`): each overrides the file's executor section
+ExecutorOpt = Annotated[Literal["local", "ray", "hf-jobs"] | None, typer.Option(
+    "--executor", help="Where the units run (default: the file's executor.kind, else local, in this process).")]
+AddressOpt = Annotated[str | None, typer.Option(
+    "--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local one.")]
+MaxConcurrentOpt = Annotated[int | None, typer.Option(
+    "--max-concurrent", min=1, help="Units in flight at once on Ray or Jobs (default: executor.max_concurrent).")]
+
 _BUILT = "(written beside it, renamed into place when complete); it must not exist or be empty"
 MergeOutOpt = Annotated[Path, typer.Option(
     "--out", help=f"Folder to create for the merged model {_BUILT}, unless --resume continues into it.")]

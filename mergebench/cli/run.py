@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+from mergebench.cli.options import AddressOpt, ExecutorOpt, MaxConcurrentOpt
 
 if TYPE_CHECKING:
     from mergebench.runner import RunSummary
@@ -19,14 +21,9 @@ def run_command(
     config: Annotated[Path, typer.Argument(help="Benchmark configuration (BENCH.yaml).")],
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the output folder first instead of resuming.")] = False,
     methods: Annotated[str | None, typer.Option("--methods", help="Only these method rows (comma-separated).")] = None,
-    executor: Annotated[Literal["local", "ray", "hf-jobs"] | None, typer.Option(
-        "--executor", help="Where grid points and evaluations run (default: the file's executor.kind, else local).",
-    )] = None,
-    address: Annotated[str | None, typer.Option(
-        "--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local one.")] = None,
-    max_concurrent: Annotated[int | None, typer.Option(
-        "--max-concurrent", min=1, help="Units in flight at once on Ray or Jobs (default: executor.max_concurrent).",
-    )] = None,
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
+    max_concurrent: MaxConcurrentOpt = None,
 ) -> None:
     """Grid-search every method on the validation tasks, evaluate each winner, print the leaderboard.
 

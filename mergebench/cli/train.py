@@ -1,6 +1,7 @@
-"""``mergebench train``: fine-tune one expert (or the multi-task baseline) and optionally push it.
+"""``mergebench train``: fine-tune one expert (or the multi-task baseline) and optionally push it;
+``mergebench train-experts PLAN.yaml``: every expert of a plan, one unit each, on an executor.
 
-Wired by the CLI as ``app.command("train")(train_command)``.
+Wired by the CLI as ``app.command("train")(train_command)`` and ``app.command("train-experts")(...)``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ import typer
 import yaml
 
 from mergebench.cli.data import parse_pairs
-from mergebench.cli.options import ExpertOutOpt, ExpertPushOpt, FormatOpt, OverwriteOpt, PrivateOpt, TrainDomain
-from mergebench.cli.output import print_fields
+from mergebench.cli.options import (
+    AddressOpt,
+    ExecutorOpt,
+    ExpertOutOpt,
+    ExpertPushOpt,
+    FormatOpt,
+    MaxConcurrentOpt,
+    OverwriteOpt,
+    PrivateOpt,
+    TrainDomain,
+)
+from mergebench.cli.output import print_fields, print_rows
 from mergebench.errors import ConfigError
+from mergebench.hub.refs import short_name
 
 
 def data_mapping(values: list[str], domains: tuple[str, ...]) -> dict[str, str]:
@@ -35,11 +47,6 @@ def overrides(values: list[str]) -> dict[str, Any]:
             raise ConfigError(f"Cannot read --set '{value}'.", hint="Write KEY=VALUE, e.g. --set max_steps=10.")
         pairs[key.strip()] = yaml.safe_load(text)
     return pairs
-
-
-def repo_name(base: str) -> str:
-    """A base reference's name: ``org/Llama-3.2-3B@rev`` → ``Llama-3.2-3B``, ``./x/SmolLM2/`` → ``SmolLM2``."""
-    return Path(base.partition("@")[0].rstrip("/")).name
 
 
 def train_command(
@@ -68,7 +75,7 @@ def train_command(
 
     mapping = data_mapping(data, expected_domains(domain))
     cfg = load_train_config(config, **overrides(set_ or []))
-    target = push_to.format(base=repo_name(base), domain=domain) if push_to else None
+    target = push_to.format(base=short_name(base), domain=domain) if push_to else None
     r = train_expert(base=base, domain=domain, data=mapping, out_dir=out_dir, config=cfg, push_to=target,
                      progress=sys.stderr.isatty(), private=private, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate/torchrun every process runs this command
@@ -78,3 +85,30 @@ def train_command(
                "train_seconds": round(r.train_seconds, 1), "base_revision": r.base_revision,
                "data_revisions": r.data_revisions, "pushed_url": r.pushed_url}
     print_fields(summary, format)
+
+
+def train_experts_command(
+    plan: Annotated[Path, typer.Argument(help="Training plan (PLAN.yaml): bases, domains, data, recipe, where "
+                                              "experts go, executor; format and example in docs/training.md.")],
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
+    max_concurrent: MaxConcurrentOpt = None,
+    format: FormatOpt = "table",
+) -> None:
+    """Train every expert of PLAN (each base × domain: one unit) that is not trained yet, on an executor: in this
+    process (local), as Ray tasks, or as Hugging Face Jobs (with each expert's cost: flavor price × running time).
+
+    Run the same command again to resume: trained experts are skipped; with hf-jobs it re-attaches to the Jobs
+    still running.
+
+    EXAMPLES: mergebench train-experts experts.yaml;
+    mergebench train-experts experts.yaml --executor hf-jobs --max-concurrent 8
+    """
+    from dataclasses import asdict
+
+    from mergebench.cli.run import stage_log
+    from mergebench.runner.experts import TrainPlan, train_experts
+
+    loaded = TrainPlan.from_yaml(plan).with_executor(executor, address=address, max_concurrent=max_concurrent)
+    outcomes = train_experts(loaded, stages=stage_log())
+    print_rows([asdict(o) for o in outcomes], format, title=f"Experts ({loaded.output_dir})")

@@ -41,7 +41,7 @@ TASK_PREFIX = "task:"
 COLUMNS = ("kind", "base_model", "base_type", "method", "data", "label", "model", "normalised", *DOMAINS,
            "forgetting", "multitask_gap", "merge_seconds", "validation_seconds", "total_seconds", "eval_seconds",
            "jobs_usd", "peak_memory_bytes", "model_url", "card_url", "parameters", "experts", "suite", "max_samples",
-           "run_id", "finished_at", "isolation", "normalised_stderr", *(f"{d}_stderr" for d in DOMAINS),
+           "judge", "run_id", "finished_at", "isolation", "normalised_stderr", *(f"{d}_stderr" for d in DOMAINS),
            "forgetting_stderr", "multitask_gap_stderr", "vs_leader")
 """Fixed columns of :func:`table`, in order; ``task:<name>`` raw-score columns follow."""
 VS_LEADER = ("leader", "within noise", "behind")
@@ -151,7 +151,8 @@ def _row(r: Results, experts: dict[str, Results], base: Results | None, multitas
         "peak_memory_bytes": cost.get("merge_peak_memory_bytes"), "model_url": model_url, "card_url": card_url,
         "parameters": json.dumps(m["parameters"], sort_keys=True) if m.get("parameters") is not None else None,
         "experts": ", ".join(m.get("experts") or []) or None, "suite": r.settings.get("suite"),
-        "max_samples": r.settings.get("max_samples"), "run_id": r.run.get("id"), "isolation": isolation_of(r),
+        "max_samples": r.settings.get("max_samples"), "judge": r.settings.get("judge"), "run_id": r.run.get("id"),
+        "isolation": isolation_of(r),
         "finished_at": r.run.get("finished_at"), "normalised_stderr": normalised_stderr(domains),
         **{f"{d}_stderr": domains[d].stderr if d in domains else None for d in DOMAINS},
         "forgetting_stderr": forget.stderr, "multitask_gap_stderr": gap_stderr,
@@ -303,7 +304,8 @@ def results_from_rows(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> list[
             error=_loads(row.get("error"))) for row in task_rows}
         out.append(Results(
             model=model, settings={"suite": first.get("suite"), "backend": first.get("backend"),
-                                   "max_samples": _int(first.get("max_samples"))},
+                                   "max_samples": _int(first.get("max_samples")),
+                                   "judge": (_loads(first.get("settings_json")) or {}).get("judge")},
             run={"id": run_id, "started_at": first.get("started_at"), "finished_at": first.get("finished_at"),
                  "status": "complete" if first.get("finished_at") else "running"},
             eval_data={"location": first.get("eval_data"), "revision": first.get("eval_data_revision")},

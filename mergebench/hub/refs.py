@@ -42,6 +42,12 @@ def public_path(text: str) -> str:
     return text
 
 
+def short_name(text: str) -> str:
+    """A reference's last name, without owner, revision or parent folders: ``org/Llama-3.2-3B@rev`` →
+    ``Llama-3.2-3B``, ``./x/SmolLM2/`` → ``SmolLM2`` (what expert names are made of: ``{base}_{domain}``)."""
+    return Path(text.partition("@")[0].rstrip("/")).name
+
+
 @dataclass(frozen=True)
 class Ref:
     """A parsed reference: exactly one of ``repo_id`` and ``local_path`` is set.
@@ -141,4 +147,4 @@ def pin(ref: Ref | str, *, repo_type: RepoType = "model", base_dir: Path | None 
     return Pin(ref, info.sha)
 
 
-__all__ = ["Pin", "Ref", "RepoType", "pin", "public_path"]
+__all__ = ["Pin", "Ref", "RepoType", "pin", "public_path", "short_name"]

@@ -15,6 +15,8 @@ methods:                              # default: all eight, each with its regist
 validation: {suites: [validation]}     # what a grid point is scored on (normalised by the experts)
 evaluation: {suites: [domains, forgetting]}
 eval_data: null                       # mergebench-eval repo or folder; null = the packaged sets
+refusal_judge: null                   # safety judge: null = rule-based (CPU default), or a classifier id or folder
+                                      # (allenai/wildguard, the paper's, GPU); results name it
 merge: {dtype: null}
 push: {results: org/mergebench-results, models: org}   # optional
 keep_models: true                     # keep each method's chosen merged model on disk
@@ -51,7 +53,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from mergebench.domains import DOMAINS
-from mergebench.errors import ConfigError, MergeBenchError
+from mergebench.errors import ConfigError, MergeBenchError, RefError
+from mergebench.hub.refs import Ref
 from mergebench.merge.plan import DEFAULT_SHARD_SIZE
 from mergebench.merge.recipe import read_yaml
 
@@ -137,13 +140,14 @@ class PushSettings(_Strict):
     private: bool = False
 
 
-UnitKind = Literal["grid_point", "evaluation"]
-"""A grid point (merge + validation evaluation) or an evaluation (:mod:`mergebench.runner.units`)."""
+UnitKind = Literal["grid_point", "evaluation", "expert"]
+"""A grid point (merge + validation evaluation), an evaluation, or an expert's training
+(:mod:`mergebench.runner.units`)."""
 T = TypeVar("T")
 
 
 def _per_kind(value: T) -> dict[UnitKind, T]:
-    return {"grid_point": value, "evaluation": value}
+    return {"grid_point": value, "evaluation": value, "expert": value}
 
 
 class UnitResources(_Strict):
@@ -176,7 +180,8 @@ class HfJobsSettings(_Strict):
 
 
 class ExecutorSettings(_Strict):
-    """Where the units of a run (grid points, evaluations) run; see :mod:`mergebench.runner.executors`."""
+    """Where the units of a run (grid points, evaluations; experts' trainings) run; see
+    :mod:`mergebench.runner.executors`."""
 
     kind: Literal["local", "ray", "hf-jobs"] = "local"
     max_concurrent: int = Field(4, ge=1)
@@ -186,6 +191,27 @@ class ExecutorSettings(_Strict):
     private: bool = True
     ray: RaySettings = RaySettings()
     hf_jobs: HfJobsSettings = HfJobsSettings()
+
+    def with_overrides(self, kind: str | None = None, *, address: str | None = None,
+                       max_concurrent: int | None = None) -> ExecutorSettings:
+        """These settings with the command line's choices (``--executor``, ``--address``, ``--max-concurrent``) in
+        place of the file's; ``None`` keeps the file's value. Shared by ``mergebench run`` and ``train-experts``.
+
+        Raises:
+            ConfigError: an unknown executor or a limit below 1.
+        """
+        executor = self.model_dump()
+        if kind is not None:
+            executor["kind"] = kind
+        if max_concurrent is not None:
+            executor["max_concurrent"] = max_concurrent
+        if address is not None:
+            executor["ray"]["address"] = address
+        try:
+            return ExecutorSettings.model_validate(executor)
+        except pydantic.ValidationError as e:
+            raise ConfigError(f"Invalid executor option: {e.errors()[0]['msg']}.",
+                              hint="--executor is local, ray or hf-jobs; --max-concurrent is at least 1.") from e
 
 
 def default_methods() -> list[MethodEntry]:
@@ -207,6 +233,11 @@ class BenchConfig(_Strict):
     validation: EvalSettings = EvalSettings(suites=["validation"])
     evaluation: EvalSettings = EvalSettings(suites=["domains", "forgetting"])
     eval_data: str | None = None
+    refusal_judge: str | None = None
+    """The safety tasks' judge in every evaluation of the run (validation points included): ``None``, the
+    rule-based judge (CPU, no model; results label it as the CPU default), or a classifier's model id or folder
+    (``allenai/wildguard``, the paper's judge: a GPU), loaded once per evaluation. Part of every evaluation's
+    fingerprint, so results scored by another judge are never reused."""
     merge: MergeSettings = MergeSettings()
     push: PushSettings | None = None
     keep_models: bool = True
@@ -218,18 +249,8 @@ class BenchConfig(_Strict):
                       max_concurrent: int | None = None) -> BenchConfig:
         """This configuration with the command line's executor choices (``--executor``, ``--address``,
         ``--max-concurrent``) in place of the file's; ``None`` keeps the file's value."""
-        executor = self.executor.model_dump()
-        if kind is not None:
-            executor["kind"] = kind
-        if max_concurrent is not None:
-            executor["max_concurrent"] = max_concurrent
-        if address is not None:
-            executor["ray"]["address"] = address
-        try:
-            return self.model_copy(update={"executor": ExecutorSettings.model_validate(executor)})
-        except pydantic.ValidationError as e:
-            raise ConfigError(f"Invalid executor option: {e.errors()[0]['msg']}.",
-                              hint="--executor is local, ray or hf-jobs; --max-concurrent is at least 1.") from e
+        executor = self.executor.with_overrides(kind, address=address, max_concurrent=max_concurrent)
+        return self.model_copy(update={"executor": executor})
 
     @property
     def output_dir(self) -> Path:
@@ -304,6 +325,12 @@ class BenchConfig(_Strict):
                             break
             except MergeBenchError as e:
                 problems.append(f"methods[{i}] ({entry.key}): {e.message}")
+        if self.refusal_judge is not None:
+            try:
+                Ref.parse(self.refusal_judge, repo_type="model", base_dir=self.root)
+            except RefError as e:
+                problems.append(f"refusal_judge: {e.message} Leave it out (null) for the rule-based judge, the CPU "
+                                "default")
         for section in ("validation", "evaluation"):
             try:
                 if not getattr(self, section).task_names():

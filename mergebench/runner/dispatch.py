@@ -24,6 +24,7 @@ from pathlib import Path
 from mergebench.domains import DOMAINS, Domain
 from mergebench.errors import ConfigError, UnitError
 from mergebench.eval.results import Results
+from mergebench.runner import executors
 from mergebench.runner.config import BaseEntry, BenchConfig, MethodEntry
 from mergebench.runner.executors import Executor, make_executor
 from mergebench.runner.point import GridPoint
@@ -59,12 +60,7 @@ logger = logging.getLogger(__name__)
 
 def results_location(config: BenchConfig, run_dir: Path) -> ResultsLocation:
     """The run folder itself, or ``runs/<name>/`` in ``executor.results_repo`` (needed by hf-jobs)."""
-    settings = config.executor
-    if settings.results_repo is None:
-        return ResultsLocation(folder=str(run_dir))
-    from mergebench.runner.executors.hf_jobs import results_prefix
-
-    return ResultsLocation(repo=settings.results_repo, prefix=results_prefix(config), private=settings.private)
+    return executors.results_location(config.executor, run_dir, name=config.name)
 
 
 def dispatch(run: _Run, entries: list[MethodEntry]) -> None:
@@ -80,7 +76,7 @@ def dispatch(run: _Run, entries: list[MethodEntry]) -> None:
                           "executor merges them elsewhere.",
                           hint="Run with --executor local to push the chosen models, or push them afterwards.")
     waves = _Waves(run, entries, results_location(config, run.out))
-    with make_executor(config, run.out) as executor:
+    with make_executor(config.executor, run.out, name=config.name) as executor:
         waves.run(executor, waves.references())
         waves.run(executor, waves.points())
         finals = waves.finals(executor)
@@ -144,7 +140,8 @@ class _Waves:
             stage=StageSpec(kind=stage.kind, inputs=dict(stage.inputs), version=stage.version),
             model=None if merge else evaluation.model, merge=merge, tasks=evaluation.tasks,
             max_samples=settings.max_samples, eval_data=run.eval_data, model_info=evaluation.model_info,
-            options=EvalOptions(batch_size=settings.batch_size, dtype=settings.dtype), cost=evaluation.cost)
+            options=EvalOptions(batch_size=settings.batch_size, dtype=settings.dtype, refusal_judge=run.refusal_judge),
+            cost=evaluation.cost)
 
     # ------------------------------------------------------------------------------------------- wave 2
     def _experts(self, base: BaseEntry) -> dict[Domain, Results]:
@@ -178,7 +175,8 @@ class _Waves:
             experts_validation={d: r.to_dict() for d, r in experts.items()},
             model_dir=str(model_dir) if self.shared else None, threads=config.merge.threads,
             shard_size=config.merge.shard_size, eval_data=run.eval_data,
-            options=EvalOptions(batch_size=config.validation.batch_size, dtype=config.validation.dtype))
+            options=EvalOptions(batch_size=config.validation.batch_size, dtype=config.validation.dtype,
+                                refusal_judge=run.refusal_judge))
 
     # ------------------------------------------------------------------------------------------- wave 3
     def finals(self, executor: Executor) -> list[tuple[UnitSpec, Path]]:

@@ -97,8 +97,10 @@ class PointRecord:
 
 
 def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_validation: dict[Domain, Results],
-              merge_options: Any, eval_options: Any, eval_data: str | None, progress: bool) -> PointRecord:
-    """Merge (or reuse the merged folder of) ``point``, score it on its validation tasks, write its record."""
+              merge_options: Any, eval_options: Any, eval_data: str | None, refusal_judge: str | None,
+              progress: bool) -> PointRecord:
+    """Merge (or reuse the merged folder of) ``point``, score it on its validation tasks (safety surrogates judged
+    by ``refusal_judge``, :func:`mergebench.eval.evaluate`), write its record."""
     from mergebench.eval import evaluate
     from mergebench.eval.scores import normalised
     from mergebench.merge.engine import RECIPE_FILE
@@ -122,7 +124,7 @@ def run_point(point: GridPoint, *, model_dir: Path, record_path: Path, experts_v
     if point.validation_tasks:
         eval_started = time.perf_counter()
         results = evaluate(str(model_dir), tasks=list(point.validation_tasks), eval_data=eval_data,
-                           options=eval_options, progress=progress,
+                           refusal_judge=refusal_judge, options=eval_options, progress=progress,
                            model_info={"role": "merged", "method": point.recipe["method"], "base_model": point.base,
                                        "parameters": point.parameters, "grid_point": point.id})
         validation_seconds = time.perf_counter() - eval_started

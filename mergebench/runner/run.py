@@ -61,6 +61,7 @@ class _Run:
 
     def __init__(self, config: BenchConfig, *, stages: StageLog) -> None:
         from mergebench.eval.lighteval_wrapper import ModelOptions
+        from mergebench.eval.refusal import make_judge
         from mergebench.merge.options import MergeOptions
 
         self.config, self.stages = config, stages
@@ -75,6 +76,9 @@ class _Run:
             "validation": ModelOptions(batch_size=config.validation.batch_size, dtype=config.validation.dtype),
             "evaluation": ModelOptions(batch_size=config.evaluation.batch_size, dtype=config.evaluation.dtype)}
         self.eval_data = config.data_ref(config.eval_data) if config.eval_data else None
+        self.refusal_judge = config.model_ref(config.refusal_judge) if config.refusal_judge else None
+        self.judge_name = make_judge(self.refusal_judge).name
+        """What results call the judge (``rule-based-v1``, ``classifier:<model>``): part of every fingerprint."""
 
     def label(self, base: BaseEntry, text: str) -> str:
         """A stage's name in the stage log, prefixed with the base when the run has several."""
@@ -87,11 +91,12 @@ class _Run:
 
     def evaluation_stage(self, weights: str, tasks: list[str], model_info: dict, *, section: str) -> Stage:
         """What an evaluation's results are built from: the weights (a commit sha, a local fingerprint, or the
-        grid point a merge comes from), the tasks, the section's settings, the evaluation data, what the
-        results file says about the model."""
+        grid point a merge comes from), the tasks, the section's settings, the evaluation data, the refusal judge,
+        what the results file says about the model."""
         settings = self.config.validation if section == "validation" else self.config.evaluation
         return Stage("evaluation", {"weights": weights, "tasks": tasks, "settings": settings.model_dump(mode="json"),
-                                    "eval_data": str(self.eval_data), "model_info": model_info})
+                                    "eval_data": str(self.eval_data), "judge": self.judge_name,
+                                    "model_info": model_info})
 
     def reuse(self, path: Path, stage: Stage, *, label: str) -> Results | None:
         """The complete results at ``path`` if they were made from exactly ``stage`` (its record beside them)."""
@@ -116,8 +121,9 @@ class _Run:
         settings = self.config.validation if section == "validation" else self.config.evaluation
         with self.stages.stage(label, weight=eval_weight(tasks), done=f"{len(tasks)} task(s) evaluated"):
             results = evaluate(model, tasks=tasks, max_samples=settings.max_samples, out=path,
-                               eval_data=self.eval_data, options=self.eval_options[section], model_info=model_info,
-                               cost=cost, progress=self.progress)
+                               eval_data=self.eval_data, refusal_judge=self.refusal_judge,
+                               options=self.eval_options[section], model_info=model_info, cost=cost,
+                               progress=self.progress)
         write_record(sidecar_record(path), stage)
         return results
 
@@ -181,7 +187,7 @@ def _grid(run: _Run, base: BaseEntry, entry: MethodEntry, fingerprints: dict[str
     points = entry.points()
     validation = tuple(run.validation_tasks) if len(points) > 1 else ()
     settings = {"max_samples": config.validation.max_samples, "dtype": config.validation.dtype,
-                "eval_data": str(run.eval_data)}
+                "eval_data": str(run.eval_data), "judge": run.judge_name}
     grid = []
     for parameters in points:
         recipe: dict[str, Any] = {"method": entry.method, "base_model": config.model_ref(base.model),
@@ -214,7 +220,7 @@ def _search(run: _Run, base: BaseEntry, entry: MethodEntry, experts: dict[Domain
                 record = run_point(point, model_dir=models_dir / point.id, record_path=grid_dir / f"{point.id}.json",
                                    experts_validation=experts, merge_options=run.merge_options,
                                    eval_options=run.eval_options["validation"], eval_data=run.eval_data,
-                                   progress=run.progress)
+                                   refusal_judge=run.refusal_judge, progress=run.progress)
             if record.score is not None:
                 logger.info("%s: validation score %.4f", label, record.score)
         records.append(record)

@@ -18,6 +18,10 @@ merged model with its card, evaluate it with the spec's backend, append the scor
 what the Space runs as a Hugging Face Job with the same command; its results file is what the Space's
 leaderboard shows.
 
+An **expert** (:class:`ExpertUnit`: fine-tune one base on one domain with one recipe, keep the expert in a folder
+and/or push it to a model repo) is what ``mergebench train-experts`` (:mod:`mergebench.runner.experts`) hands
+the same executors, one unit per expert.
+
 >>> unit = load_unit(Path("unit.json"))                                # doctest: +SKIP
 >>> run_unit(unit)                                                     # doctest: +SKIP
 'done'
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,14 +43,15 @@ from typing import Annotated, Any, ClassVar, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mergebench.errors import ConfigError
+from mergebench.errors import ConfigError, MissingPackageError, UnitError
+from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.runner.config import UnitKind
 from mergebench.runner.point import GridPoint
 from mergebench.work import Stage, atomic_file, is_current, sidecar_record, write_record
 
 logger = logging.getLogger(__name__)
 
-UNIT_KINDS: tuple[UnitKind | Literal["submission"], ...] = ("grid_point", "evaluation", "submission")
+UNIT_KINDS: tuple[UnitKind | Literal["submission"], ...] = ("grid_point", "evaluation", "expert", "submission")
 SPEC_VERSION = 1
 HF_DATASETS = "hf://datasets/"
 
@@ -125,11 +132,14 @@ class ResultsLocation(_Strict):
 
 
 class EvalOptions(_Strict):
-    """How a unit runs its model for evaluation (``mergebench.eval.lighteval_wrapper.ModelOptions``)."""
+    """How a unit runs its model for evaluation (``mergebench.eval.lighteval_wrapper.ModelOptions``) and judges
+    its safety responses."""
 
     batch_size: int = 32
     dtype: str = "float32"
     backend: Literal["transformers", "vllm"] = "transformers"
+    refusal_judge: str | None = None
+    """A classifier's model id or folder (``allenai/wildguard``); ``None``: the rule-based judge (CPU default)."""
 
 
 class MergeStep(_Strict):
@@ -228,7 +238,8 @@ class EvaluationUnit(_Unit):
 
         with self._model() as model:
             evaluate(model, tasks=self.tasks, max_samples=self.max_samples, out=workspace / self.path,
-                     eval_data=self.eval_data, backend=self.options.backend, model_info=self.model_info,
+                     eval_data=self.eval_data, backend=self.options.backend,
+                     refusal_judge=self.options.refusal_judge, model_info=self.model_info,
                      options=ModelOptions(batch_size=self.options.batch_size, dtype=self.options.dtype),
                      cost=self.cost, progress=progress)
         write_record(workspace / self.record, self.stage.stage())
@@ -303,7 +314,7 @@ class GridPointUnit(_Unit):
                       merge_options=MergeOptions(threads=self.threads, shard_size=self.shard_size, resume=True,
                                                  progress=False),
                       eval_options=ModelOptions(batch_size=self.options.batch_size, dtype=self.options.dtype),
-                      eval_data=self.eval_data, progress=progress)
+                      eval_data=self.eval_data, refusal_judge=self.options.refusal_judge, progress=progress)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -363,7 +374,8 @@ class SubmissionUnit(_Unit):
             logger.info("== evaluating ==")
             results = evaluate(model, suite=None if self.tasks else self.suite, tasks=self.tasks or None,
                                backend=self.options.backend, max_samples=self.max_samples, out=workspace / self.path,
-                               eval_data=self.eval_data, model_info=info, cost=cost,
+                               eval_data=self.eval_data, refusal_judge=self.options.refusal_judge,
+                               model_info=info, cost=cost,
                                options=ModelOptions(batch_size=self.options.batch_size, dtype=self.options.dtype),
                                progress=progress)
         if self.results_repo:
@@ -394,11 +406,117 @@ class SubmissionUnit(_Unit):
                              "merge_peak_memory_bytes": result.peak_rss_bytes, "validation_seconds": 0.0}
 
 
-UnitSpec = GridPointUnit | EvaluationUnit
-"""A unit of a benchmark run (what the runner's executors take)."""
-AnyUnit = GridPointUnit | EvaluationUnit | SubmissionUnit
+class ExpertUnit(_Unit):
+    """Train one expert: one base × one domain (``all``: the multi-task baseline) × one recipe, with
+    :func:`mergebench.train.train_expert`, into ``out_dir`` and/or pushed to ``push_to``. The record (``path``,
+    ``experts/<name>.json``: the manifest's measurements) is written after the expert is saved and pushed, so a
+    unit stopped mid-training trains again and a finished one never does.
+
+    The spec is made with its inputs pinned (:mod:`mergebench.runner.experts`): ``base`` and ``data`` name commits
+    (``org/name@sha``) or absolute folders and ``identities`` what each one was (commit or content fingerprint), so
+    the unit trains the same expert wherever it runs, and any change of input, recipe or destination is a new
+    unit. With ``processes`` > 1 it trains under ``accelerate launch`` on that many GPUs of its machine (a
+    multi-GPU Jobs flavor), with ``accelerate_config`` (the text of an accelerate config file, e.g. DeepSpeed
+    ZeRO-3) carried in the spec because a Job sees only its image."""
+
+    kind: Literal["expert"] = "expert"
+    name: str
+    """``<base name>_<domain>``: the expert folder's name, which its manifest and card record."""
+    base: str
+    domain: str
+    data: dict[str, str]
+    """Domain → dataset (all five for ``all``)."""
+    identities: dict[str, str]
+    """Each input reference (``base``, every ``data`` value) → its :attr:`mergebench.hub.refs.Pin.identity`."""
+    recipe: dict[str, Any]
+    """Every field of the :class:`mergebench.train.TrainConfig` (a recipe name would change with the package)."""
+    out_dir: str | None = None
+    """The expert folder, replaced when the unit runs; ``None``: a scratch folder (``push_to`` keeps the expert)."""
+    push_to: str | None = None
+    private: bool = False
+    processes: int = Field(1, ge=1)
+    accelerate_config: str | None = None
+
+    @model_validator(mode="after")
+    def _kept_somewhere(self) -> ExpertUnit:
+        if self.out_dir is None and self.push_to is None:
+            raise ValueError("give 'out_dir' or 'push_to' (or both): the expert must be kept somewhere")
+        return self
+
+    def stage(self) -> Stage:
+        """What the expert is built from (how many processes train it is not part of it)."""
+        inputs = self.model_dump(mode="json", include={"name", "base", "domain", "data", "identities", "recipe",
+                                                       "out_dir", "push_to"})
+        return Stage("expert", {**inputs, "prompt_format_version": PROMPT_FORMAT_VERSION})
+
+    @property
+    def fingerprint(self) -> str:
+        return self.stage().fingerprint
+
+    def run(self, workspace: Path, *, progress: bool) -> None:
+        from mergebench.train.card import read_manifest
+
+        scratch = None if self.out_dir else Path(tempfile.mkdtemp(prefix="mergebench-expert-"))
+        out_dir = Path(self.out_dir) if self.out_dir else Path(str(scratch)) / self.name
+        try:
+            self._train(out_dir, progress=progress)
+            manifest = read_manifest(out_dir)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+        stats = manifest["stats"]
+        write_record(workspace / self.path, self.stage(), outputs={
+            **{key: stats[key] for key in ("steps", "train_tokens", "final_loss", "train_seconds", "seconds")},
+            "base_revision": manifest["base"]["revision"],
+            "data_revisions": {d: source["revision"] for d, source in manifest["data"].items()},
+            "out_dir": self.out_dir, "pushed_to": self.push_to})
+
+    def _train(self, out_dir: Path, *, progress: bool) -> None:
+        """Train into ``out_dir`` (and push): in this process, or under ``accelerate launch`` with ``processes``."""
+        from mergebench.train.config import train_config_from_dict
+
+        config = train_config_from_dict(self.recipe, source=f"{self.label} recipe")
+        if self.processes == 1:
+            from mergebench.train import train_expert
+
+            train_expert(base=self.base, domain=self.domain, data=self.data, out_dir=out_dir, config=config,
+                         push_to=self.push_to, private=self.private, overwrite=True, progress=progress)
+            return
+        accelerate = shutil.which("accelerate")
+        if accelerate is None:
+            raise MissingPackageError(f"{self.label}: training on {self.processes} processes needs `accelerate`, "
+                                      "which is not on PATH.", package="accelerate",
+                                      hint="Install MergeBench's requirements in the image (accelerate comes with "
+                                           "them), or set processes: 1.")
+        with tempfile.TemporaryDirectory(prefix="mergebench-launch-") as tmp:
+            recipe = Path(tmp) / "recipe.yaml"
+            recipe.write_text(config.to_yaml(), encoding="utf-8")
+            command = [accelerate, "launch", "--num_processes", str(self.processes)]
+            if self.accelerate_config:
+                (Path(tmp) / "accelerate.yaml").write_text(self.accelerate_config, encoding="utf-8")
+                command += ["--config_file", str(Path(tmp) / "accelerate.yaml")]
+            command += ["-m", "mergebench.cli", "train", "--base", self.base, "--domain", self.domain,
+                        *(arg for domain, source in self.data.items() for arg in ("--data", f"{domain}={source}")),
+                        "--out", str(out_dir), "--config", str(recipe), "--overwrite",
+                        *(["--push-to", self.push_to] if self.push_to else []),
+                        *(["--private"] if self.private else [])]
+            logger.info("%s: %s", self.label, shlex.join(command))
+            code = subprocess.run(command, check=False).returncode
+        if code:
+            raise UnitError(f"{self.label}: `accelerate launch` exited with code {code}.", units=[self.label],
+                            hint="Its processes' output is above (in a Job: the Job's log).")
+
+
+UnitSpec = GridPointUnit | EvaluationUnit | ExpertUnit
+"""A unit the executors take: of a benchmark run, or an expert's training."""
+AnyUnit = GridPointUnit | EvaluationUnit | ExpertUnit | SubmissionUnit
 """Any unit (the type of a parsed spec)."""
 _ADAPTER: pydantic.TypeAdapter[AnyUnit] = pydantic.TypeAdapter(Annotated[AnyUnit, Field(discriminator="kind")])
+
+
+def problem_lines(error: pydantic.ValidationError) -> str:
+    """Every problem pydantic found, one ``  - where: what`` line each: a spec or plan reports them all at once."""
+    return "\n".join(f"  - {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in error.errors())
 
 
 def unit_from_json(text: str, source: str = "unit spec") -> AnyUnit:
@@ -410,9 +528,7 @@ def unit_from_json(text: str, source: str = "unit spec") -> AnyUnit:
     try:
         return _ADAPTER.validate_json(text)
     except pydantic.ValidationError as e:
-        problems = "\n".join(f"  - {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
-                             for err in e.errors())
-        raise ConfigError(f"Invalid {source}:\n{problems}",
+        raise ConfigError(f"Invalid {source}:\n{problem_lines(e)}",
                           hint=f"A unit spec is the JSON a run or the Space writes (kind: {', '.join(UNIT_KINDS)}); "
                                "see `mergebench unit run --help`.") from e
 

@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mergebench.cli import app
-from mergebench.cli.train import data_mapping, overrides, repo_name
+from mergebench.cli.train import data_mapping, overrides
 from mergebench.errors import ConfigError
 from mergebench.fixtures import DOMAINS
+from mergebench.hub.refs import short_name
 from tests.train._data import write_domain_folder
 
 
@@ -23,8 +24,8 @@ def test_argument_helpers() -> None:
         "max_steps": 10, "chat_template": "chatml", "max_rows_per_domain": None}
     with pytest.raises(ConfigError, match="Cannot read --set 'max_steps'"):
         overrides(["max_steps"])
-    assert repo_name("meta-llama/Llama-3.2-3B@main") == "Llama-3.2-3B"
-    assert repo_name("./fixtures/SmolLM2-135M/") == "SmolLM2-135M"
+    assert short_name("meta-llama/Llama-3.2-3B@main") == "Llama-3.2-3B"
+    assert short_name("./fixtures/SmolLM2-135M/") == "SmolLM2-135M"
 
 
 def test_train_command_multitask_json(tiny_llama, tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from types import TracebackType
 from typing import Any
 
 from mergebench.errors import UnitError
-from mergebench.runner.config import BenchConfig, ExecutorSettings
+from mergebench.runner.config import ExecutorSettings
 from mergebench.runner.progress import StageLog
-from mergebench.runner.units import UnitSpec, collect
+from mergebench.runner.units import ResultsLocation, UnitSpec, collect
 
 logger = logging.getLogger(__name__)
 
@@ -156,23 +156,33 @@ class Executor(abc.ABC):
         return "the messages above"
 
 
-def make_executor(config: BenchConfig, run_dir: Path) -> Executor:
-    """The executor ``config.executor`` asks for (``ray`` or ``hf-jobs``; ``local`` has none).
+def make_executor(settings: ExecutorSettings, run_dir: Path, *, name: str) -> Executor:
+    """The executor ``settings`` ask for (``ray`` or ``hf-jobs``; ``local`` has none), for the run ``name`` (a
+    benchmark run, an expert-training plan) whose folder is ``run_dir``.
 
     Raises:
         ConfigError: a setting the executor needs is missing or wrong (every problem at once).
         MissingPackageError: ``ray`` is not installed.
     """
-    kind = config.executor.kind
-    if kind == "ray":
+    if settings.kind == "ray":
         from mergebench.runner.executors.ray import RayExecutor
 
-        return RayExecutor(config.executor, run_dir=run_dir)
-    if kind == "hf-jobs":
+        return RayExecutor(settings, run_dir=run_dir)
+    if settings.kind == "hf-jobs":
         from mergebench.runner.executors.hf_jobs import HfJobsExecutor
 
-        return HfJobsExecutor(config, run_dir=run_dir)
-    raise ValueError(f"the '{kind}' executor is the driver's own loop: it has no executor object")
+        return HfJobsExecutor(settings, run_dir=run_dir, name=name)
+    raise ValueError(f"the '{settings.kind}' executor is the driver's own loop: it has no executor object")
 
 
-__all__ = ["Attempt", "Executor", "Outcome", "make_executor"]
+def results_location(settings: ExecutorSettings, run_dir: Path, *, name: str) -> ResultsLocation:
+    """Where the units of the run ``name`` publish: its folder ``run_dir`` itself, or ``runs/<name>/`` in
+    ``executor.results_repo`` (needed by hf-jobs, whose disk is gone when a Job ends)."""
+    if settings.results_repo is None:
+        return ResultsLocation(folder=str(run_dir))
+    from mergebench.runner.executors.hf_jobs import results_prefix
+
+    return ResultsLocation(repo=settings.results_repo, prefix=results_prefix(name), private=settings.private)
+
+
+__all__ = ["Attempt", "Executor", "Outcome", "make_executor", "results_location"]

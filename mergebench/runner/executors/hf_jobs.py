@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mergebench.errors import ConfigError
-from mergebench.runner.config import BenchConfig
+from mergebench.runner.config import ExecutorSettings
 from mergebench.runner.executors import Attempt, Executor, Outcome
 from mergebench.runner.progress import StageLog
 from mergebench.runner.units import UnitSpec, spec_json
@@ -44,19 +44,19 @@ def label_value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", text).strip("-") or "run"
 
 
-def results_prefix(config: BenchConfig) -> str:
-    """Where a run's units publish in ``executor.results_repo``."""
-    return f"runs/{label_value(config.name)}"
+def results_prefix(name: str) -> str:
+    """Where the units of the run ``name`` publish in ``executor.results_repo``."""
+    return f"runs/{label_value(name)}"
 
 
 class HfJobsExecutor(Executor):
     name = "Hugging Face Jobs"
 
-    def __init__(self, config: BenchConfig, *, run_dir: Path) -> None:
-        super().__init__(config.executor, run_dir=run_dir)
+    def __init__(self, settings: ExecutorSettings, *, run_dir: Path, name: str) -> None:
+        super().__init__(settings, run_dir=run_dir)
         from huggingface_hub import HfApi, get_token
 
-        jobs, repo = config.executor.hf_jobs, config.executor.results_repo
+        jobs, repo = settings.hf_jobs, settings.results_repo
         problems = []
         if not jobs.image:
             problems.append("executor.hf_jobs.image: the Docker image or Space (hf.co/spaces/ORG/NAME) the Jobs run "
@@ -72,7 +72,7 @@ class HfJobsExecutor(Executor):
                                    "log in with `hf auth login` or set HF_TOKEN.")
         self.api, self.token = HfApi(), str(token)
         self.namespace = jobs.namespace or str(self.api.whoami()["name"])
-        self.run_label = f"{label_value(config.name)[:60]}-{fingerprint_of([repo, results_prefix(config)])[:8]}"
+        self.run_label = f"{label_value(name)[:60]}-{fingerprint_of([repo, results_prefix(name)])[:8]}"
         self.per_second = {h.name: h.unit_cost_usd / (60.0 if h.unit_label == "minute" else 3600.0)
                            for h in self.api.list_jobs_hardware()}
         unknown = sorted(set(jobs.flavors.values()) - set(self.per_second))
