@@ -44,6 +44,7 @@ from pipeline import label, merged_repo_id
 from settings import SpaceConfig
 
 from mergebench.errors import ConfigError
+from mergebench.hub.refs import pin
 from mergebench.runner.units import EvalOptions, ResultsLocation, SubmissionUnit, spec_json
 from mergebench.work import write_atomic
 
@@ -71,7 +72,8 @@ def results_location(config: SpaceConfig, job: Job) -> ResultsLocation:
 
 def submission_unit(job: Job, config: SpaceConfig) -> SubmissionUnit:
     """The unit a Job runs for ``job``: its request, the Space's scoring settings (tasks, refusal judge) and the
-    Jobs' backend."""
+    Jobs' backend. The judge is pinned here, when the submission is launched: the Job loads that commit and the
+    unit's fingerprint names it."""
     request, settings = job.request, job.request["eval"]
     merge = job.kind == "merge"
     namespace = config.model_namespace
@@ -85,7 +87,7 @@ def submission_unit(job: Job, config: SpaceConfig) -> SubmissionUnit:
         push_to=merged_repo_id(namespace, asdict(job)) if merge and namespace else None,
         tasks=list(settings.get("tasks") or []), suite=settings.get("suite"), max_samples=settings.get("max_samples"),
         options=EvalOptions(backend=config.evaluation_backend,  # type: ignore[arg-type]  # checked by pydantic
-                            refusal_judge=config.refusal_judge),
+                            refusal_judge=pin(config.refusal_judge).loadable if config.refusal_judge else None),
         model_info=info, results_repo=config.results_repo)
 
 

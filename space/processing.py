@@ -43,7 +43,7 @@ LEGEND = ("Scores are ratios: 1.0 = the domain's expert (*Normalised*, per domai
           "base on the sorted score, ≈ within noise of it (their 95 % intervals, ± 1.96 SE, overlap). "
           "*MT gap*: normalised score − the multi-task model's. *Cost s*: merge + validation seconds (*Valid. s*: "
           "the grid search). *Mem GB*: the merge's peak memory. *Judge*: what judged the safety responses: "
-          "`rule-based-v1` is the CPU default (refusal phrases), `classifier:allenai/wildguard` the paper's.")
+          "`rule-based-v1` is the CPU default (refusal phrases), `classifier:allenai/wildguard@<commit>` the paper's.")
 
 
 @dataclass(frozen=True)

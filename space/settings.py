@@ -36,7 +36,8 @@ class SpaceConfig:
     """``vllm`` on the Space's GPU, ``transformers`` on CPU (MergeBench-Tiny)."""
     refusal_judge: str | None = None
     """The safety tasks' judge for submissions, local or as Jobs: a classifier's model id (``allenai/wildguard``,
-    the paper's judge, on the GPU); ``None``: the rule-based judge (CPU default; results label it so)."""
+    the paper's judge, on the GPU), pinned to its commit per submission; ``None``: the rule-based judge (CPU
+    default; results label it so)."""
     eval_tasks: tuple[str, ...] = ()
     """Tasks to score submissions on (empty: the tasks the base's reference results were scored on)."""
     eval_max_samples: int | None = None

@@ -11,7 +11,8 @@
 * the card's ``model-index`` (the same scores, one result per task and main metric);
 * a ``mergebench`` block in the card's front matter with what the scores alone do not say and a
   leaderboard needs: the model's role (merged, expert, base, multi-task), its base, method, parameters and
-  experts, the evaluation settings, the run and its cost, and each task's domain, version and standard error.
+  experts, the evaluation settings (the refusal judge among them: a safety score means little without it), the
+  run and its cost, and each task's domain, version and standard error.
 
 Only scores measured on a **Hub** evaluation dataset can be published: an entry must name the benchmark
 dataset and the revision it was read at (packaged or local data has neither).
@@ -84,10 +85,14 @@ def _scored(results: Results) -> dict[str, TaskResult]:
 
 
 def _notes(results: Results, task: TaskResult) -> str:
-    """The evaluation setup in a few words, shown next to the score on the Hub."""
+    """The evaluation setup in a few words, shown next to the score on the Hub: a safety task's judge among them,
+    since the same responses score differently under the rule-based judge and a classifier."""
     notes = f"{task.main_metric}, {task.num_samples} samples, MergeBench task version {task.version}"
     if results.settings.get("max_samples") is not None:
         notes += f" (partial: at most {results.settings['max_samples']} per task)"
+    judge = task.side_info.get("judge")
+    if judge:
+        notes += f", judged by {judge['name']}"
     return notes
 
 
@@ -119,7 +124,7 @@ def card_block(results: Results) -> dict[str, Any]:
     return {
         "version": CARD_BLOCK_VERSION,
         "model": {k: results.model.get(k) for k in MODEL_FIELDS if results.model.get(k) is not None},
-        "settings": {k: results.settings.get(k) for k in ("suite", "backend", "max_samples")},
+        "settings": {k: results.settings.get(k) for k in ("suite", "backend", "max_samples", "judge")},
         "run": {k: results.run.get(k) for k in ("id", "started_at", "finished_at", "status")},
         "cost": dict(results.cost),
         "eval_data": {k: results.eval_data.get(k) for k in ("location", "revision")},

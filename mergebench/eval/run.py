@@ -90,6 +90,17 @@ def _pin_model(model: Any) -> Pin | None:
                               ) from e
 
 
+def _judge(spec: str | Judge | None) -> Judge:
+    """The refusal judge, a classifier pinned to one commit (or a folder's fingerprint) before any model is loaded,
+    so that a bad reference fails now and the results name the exact classifier that judged."""
+    try:
+        return make_judge(spec)
+    except RefError as e:
+        raise EvaluationError(f"Refusal judge: {e.message}",
+                              hint="Pass a classifier's folder or Hub id (--refusal-judge allenai/wildguard), or "
+                                   "leave it out for the rule-based judge.") from e
+
+
 def _load(model: Any, backend: Backend, *, tokenizer: Any, cache_dir: Path, options: ModelOptions,
           pinned: Pin | None) -> Any:
     if hasattr(model, "greedy_until") and hasattr(model, "configure"):  # an already-built lighteval model
@@ -213,8 +224,9 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
         out: the results file, rewritten after every task; ``None`` keeps results in memory.
         eval_data: ``mergebench-eval`` as ``org/name[@rev]`` or a folder; ``None`` = packaged data.
         refusal_judge: ``None`` (rule-based, the CPU default), a classifier model id or folder for the safety
-            tasks (``allenai/wildguard``, the paper's judge: loaded once, on first use, for the whole evaluation),
-            or a :class:`~mergebench.eval.refusal.Judge`.
+            tasks (``allenai/wildguard``, the paper's judge: pinned to its commit before the model is loaded, and
+            loaded at that commit once, on first use, for the whole evaluation), or a
+            :class:`~mergebench.eval.refusal.Judge`.
         model_info: extra fields for the results' ``model`` block (e.g. ``{"role": "expert", "domain": "math"}``).
         cost: merge/validation cost to record (``merge_seconds``, ``merge_peak_memory_bytes``,
             ``validation_seconds``).
@@ -227,8 +239,8 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
         The :class:`~mergebench.eval.results.Results` (also written to ``out``).
 
     Raises:
-        EvaluationError: unknown task/suite/backend, or a model path that does not exist — before any
-            work. Failures inside a task do not raise: they are recorded in that task's result.
+        EvaluationError: unknown task/suite/backend, or a model or refusal judge path that does not exist —
+            before any work. Failures inside a task do not raise: they are recorded in that task's result.
         ScoresError: ``push_eval_results`` for a model or evaluation data that is not on the Hub (before any
             work), or a model repo that moved on while it was evaluated.
 
@@ -242,11 +254,12 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
     try:
         source = resolve_source(eval_data, work_dir=work_dir)
         pinned = _pin_model(model)
+        judge = _judge(refusal_judge)
         if push_eval_results:  # fail now, not after hours of evaluation
             publish_target(pinned.ref.repo_id if pinned else None, pinned.sha if pinned else None, source.describe())
         lighteval_model = _load(model, backend, tokenizer=tokenizer, cache_dir=work_dir / "lighteval-cache",
                                 options=options, pinned=pinned)
-        context = MetricContext(sandbox=sandbox, judge=make_judge(refusal_judge))
+        context = MetricContext(sandbox=sandbox, judge=judge)
         notes = {"judge": judge_label(context.judge), "sentence_tokenizer": punkt_description(nltk_stub_dir())}
         model_block = {"id": model if isinstance(model, (str, Path)) else f"<in-memory {type(model).__name__}>",
                        "revision": pinned.revision if pinned else None, **(model_info or {})}

@@ -123,6 +123,12 @@ class Pin:
         """What results and cards put in a ``revision`` field: the sha, or ``local:<fingerprint>``."""
         return self.sha or self.identity
 
+    @property
+    def loadable(self) -> str:
+        """How a pinned reference is handed on (to a unit spec, another process, a later load): ``org/name@sha``,
+        which pins to the same commit again wherever it is read, or a local path as an absolute path."""
+        return str(self.ref.local_path) if self.ref.local_path is not None else self.identity
+
 
 def pin(ref: Ref | str, *, repo_type: RepoType = "model", base_dir: Path | None = None,
         api: HfApi | None = None) -> Pin:

@@ -236,8 +236,9 @@ class BenchConfig(_Strict):
     refusal_judge: str | None = None
     """The safety tasks' judge in every evaluation of the run (validation points included): ``None``, the
     rule-based judge (CPU, no model; results label it as the CPU default), or a classifier's model id or folder
-    (``allenai/wildguard``, the paper's judge: a GPU), loaded once per evaluation. Part of every evaluation's
-    fingerprint, so results scored by another judge are never reused."""
+    (``allenai/wildguard``, the paper's judge: a GPU), pinned once per run (a Hub revision → its commit sha) and
+    loaded at that commit once per evaluation. Part of every evaluation's fingerprint, by commit or folder
+    fingerprint, so results scored by another judge or another commit of it are never reused."""
     merge: MergeSettings = MergeSettings()
     push: PushSettings | None = None
     keep_models: bool = True

@@ -198,17 +198,12 @@ class TrainPlan(BaseModel):
                 data = {d: pinned(source, "dataset") for d, source in self.sources(domain).items()}
                 units.append(ExpertUnit(
                     label=f"{name} expert", results=results, path=f"experts/{name}.json", name=name,
-                    base=_loadable(base_pin), domain=domain, data={d: _loadable(p) for d, p in data.items()},
+                    base=base_pin.loadable, domain=domain, data={d: p.loadable for d, p in data.items()},
                     identities={p.ref.text: p.identity for p in (base_pin, *data.values())}, recipe=recipe,
                     out_dir=str(self._path(self.out.format(**fields))) if self.out else None,
                     push_to=self.push_to.format(**fields) if self.push_to else None, private=self.private,
                     processes=self.processes, accelerate_config=accelerate))
         return units
-
-
-def _loadable(found: Pin) -> str:
-    """How a unit names a pinned input: ``org/name@sha``, or the absolute path of a local one."""
-    return str(found.ref.local_path) if found.ref.local_path is not None else found.identity
 
 
 @dataclass(frozen=True)

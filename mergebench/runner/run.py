@@ -76,9 +76,13 @@ class _Run:
             "validation": ModelOptions(batch_size=config.validation.batch_size, dtype=config.validation.dtype),
             "evaluation": ModelOptions(batch_size=config.evaluation.batch_size, dtype=config.evaluation.dtype)}
         self.eval_data = config.data_ref(config.eval_data) if config.eval_data else None
-        self.refusal_judge = config.model_ref(config.refusal_judge) if config.refusal_judge else None
-        self.judge_name = make_judge(self.refusal_judge).name
-        """What results call the judge (``rule-based-v1``, ``classifier:<model>``): part of every fingerprint."""
+        judge = pin(config.model_ref(config.refusal_judge), repo_type="model") if config.refusal_judge else None
+        self.refusal_judge = judge.loadable if judge else None
+        """The classifier every evaluation of the run loads, pinned once here: ``org/name@sha`` or a folder."""
+        self.judge_name = make_judge(judge).name
+        """What results call the judge (``rule-based-v1``, ``classifier:org/name@sha``,
+        ``classifier:<folder>@local:<fingerprint>``): part of every fingerprint, so a new commit of the judge
+        (or new files in its folder) evaluates again."""
 
     def label(self, base: BaseEntry, text: str) -> str:
         """A stage's name in the stage log, prefixed with the base when the run has several."""

@@ -139,7 +139,9 @@ class EvalOptions(_Strict):
     dtype: str = "float32"
     backend: Literal["transformers", "vllm"] = "transformers"
     refusal_judge: str | None = None
-    """A classifier's model id or folder (``allenai/wildguard``); ``None``: the rule-based judge (CPU default)."""
+    """A classifier's model id or folder (``allenai/wildguard``; a run's and the Space's units carry it pinned,
+    ``org/name@sha``, so the unit judges with the commit its fingerprint names); ``None``: the rule-based judge
+    (CPU default)."""
 
 
 class MergeStep(_Strict):

@@ -18,6 +18,7 @@ from mergebench.eval.run import evaluate
 from mergebench.eval.sandbox import SandboxConfig
 from mergebench.eval.tasks import TASKS
 from mergebench.fixtures import upstream_rows as fx
+from mergebench.hub.refs import pin
 from tests.eval._scripted import ScriptedModel
 
 SANDBOX = SandboxConfig(timeout_s=5)
@@ -159,14 +160,16 @@ def test_the_rule_based_judge_is_the_labelled_cpu_default():
 def test_the_classifier_judge_is_loaded_once_per_evaluation(tiny_llama):
     """A classifier folder (here a tiny random Llama standing in for allenai/wildguard: it never writes
     ``Response refusal: yes``) judges both safety tasks with one load, and the results name it."""
-    judge = ClassifierJudge(model_id=str(tiny_llama.base), device="cpu", max_new_tokens=4)
+    pinned = pin(str(tiny_llama.base))
+    judge = ClassifierJudge(pinned, device="cpu", max_new_tokens=4)
     results = evaluate(ScriptedModel(_refuse), tasks=["mb_tiny_harmbench", "mb_tiny_xstest"], max_samples=3,
                        refusal_judge=judge, progress=False)
     assert judge.loads == 1
-    assert results.settings["judge"] == f"classifier:{tiny_llama.base}"
-    for name in ("mb_tiny_harmbench", "mb_tiny_xstest"):
-        task = results.tasks[name]
-        assert task.side_info["judge"] == {"name": f"classifier:{tiny_llama.base}", "kind": "classifier"}
+    name = f"classifier:{tiny_llama.base}@{pinned.revision}"  # a folder: by its path and content fingerprint
+    assert pinned.revision.startswith("local:") and results.settings["judge"] == name
+    for task_name in ("mb_tiny_harmbench", "mb_tiny_xstest"):
+        task = results.tasks[task_name]
+        assert task.side_info["judge"] == {"name": name, "kind": "classifier"}
         assert task.side_info["counts"] == {"compliance": 3}  # WildGuard's refusal line is absent: not a refusal
     assert results.tasks["mb_tiny_harmbench"].score == 0.0  # the rule-based judge would have said 1.0
 
@@ -174,4 +177,4 @@ def test_the_classifier_judge_is_loaded_once_per_evaluation(tiny_llama):
 def test_a_classifier_judge_given_by_id_is_a_wildguard_classifier(tiny_llama):
     results = evaluate(ScriptedModel(_refuse), tasks=["mb_tiny_harmbench"], max_samples=1,
                        refusal_judge=str(tiny_llama.base), progress=False)
-    assert results.settings["judge"] == f"classifier:{tiny_llama.base}"
+    assert results.settings["judge"] == f"classifier:{tiny_llama.base}@{pin(str(tiny_llama.base)).revision}"

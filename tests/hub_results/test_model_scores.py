@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 
 from mergebench.errors import ScoresError
 from mergebench.eval.hub_results import publish_scores, results_from_model_repo
+from mergebench.eval.leaderboard import read_model_repos, table
 from mergebench.eval.results import Results, TaskResult, new_results
 from mergebench.eval.tasks import TASKS
 from mergebench.hub.eval_results import weights_id
@@ -23,6 +24,7 @@ from mergebench.hub.eval_results import weights_id
 REPO, EVAL = "alice/tiny-merge", "alice/mergebench-eval"
 EVAL_SHA = "e" * 40
 SCORES = {"mb_tinybench_math": 0.75, "mb_tinybench_coding": 0.5, "mb_tinybench_general": 0.25}
+JUDGE = f"classifier:alice/judge@{'j' * 40}"
 
 
 def _push_model(tmp_path: Path, weights: float = 1.0) -> str:
@@ -42,11 +44,14 @@ def _results(revision: str, scores: dict[str, float] = SCORES, *, eval_data: dic
     results = new_results(
         model={"id": REPO, "revision": revision, "role": "merged", "base_model": "alice/tiny-llama",
                "method": "ties", "parameters": {"top_k": 0.2}, "experts": ["alice/e1", "alice/e2"]},
-        settings={"suite": "tinybench", "tasks": list(scores), "backend": "transformers", "max_samples": 4},
+        settings={"suite": "tinybench", "tasks": list(scores), "backend": "transformers", "max_samples": 4,
+                  "judge": JUDGE},
         eval_data=eval_data or {"kind": "hub", "location": EVAL, "revision": EVAL_SHA}, environment={})
     tasks = {name: TaskResult(name=name, status="ok", domain=TASKS[name].domain, role=TASKS[name].role,
                               version=TASKS[name].version, main_metric="acc", score=score, metrics={"acc": score},
-                              stderr={"acc": 0.1}, num_samples=4, finished_at="2025-01-15T10:30:00+00:00")
+                              stderr={"acc": 0.1}, num_samples=4, finished_at="2025-01-15T10:30:00+00:00",
+                              side_info={"judge": {"name": JUDGE, "kind": "classifier"}}
+                              if TASKS[name].domain == "safety" else {})
              for name, score in scores.items()}
     failed = TaskResult(name="mb_tinybench_safety", status="failed", domain="safety", role="tiny", version=1,
                         main_metric="acc", score=None, error={"type": "RuntimeError", "message": "boom"})
@@ -107,20 +112,27 @@ def test_scoring_again_replaces_entries_and_model_index_results(hub, tmp_path) -
 
 def test_scores_rebuild_the_results_from_the_repo_alone(hub, tmp_path) -> None:
     sha = _push_model(tmp_path)
-    original, weights = _results(sha), weights_id(REPO, sha)
+    scores = {**SCORES, "mb_tiny_harmbench": 1.0}  # a safety task: its score depends on the judge
+    original, weights = _results(sha, scores), weights_id(REPO, sha)
     publish_scores(original)
     head = HfApi().model_info(REPO).sha
+    [judged] = _entries(".eval_results/mb_tiny_harmbench.yaml")
+    assert judged.notes.endswith(f", judged by {JUDGE}")  # shown beside the score on the Hub
+    assert "judged" not in _entries(".eval_results/mb_tinybench_math.yaml")[0].notes
 
     rebuilt = results_from_model_repo(f"{REPO}@{head}")
     kept = ("role", "base_model", "method", "parameters", "experts")
     assert rebuilt.model == {"id": REPO, "revision": head, "weights": weights,
                              **{k: original.model[k] for k in kept}}
     assert head != sha  # publishing scores moved the head, not the weights
-    assert {n: t.score for n, t in rebuilt.tasks.items()} == SCORES
+    assert {n: t.score for n, t in rebuilt.tasks.items()} == scores
     assert {n: (t.domain, t.stderr) for n, t in rebuilt.tasks.items()} == {
-        n: (TASKS[n].domain, {"acc": 0.1}) for n in SCORES}
+        n: (TASKS[n].domain, {"acc": 0.1}) for n in scores}
     assert rebuilt.eval_data == {"kind": "hub", "location": EVAL, "revision": EVAL_SHA}
     assert rebuilt.settings["max_samples"] == 4 and rebuilt.run["id"] == original.run["id"]
+    assert rebuilt.settings["judge"] == JUDGE
+    [row] = table(read_model_repos([f"{REPO}@{head}"])).to_dict("records")  # the leaderboard from the repo alone
+    assert (row["model"], row["judge"], row["task:mb_tiny_harmbench"]) == (REPO, JUDGE, 1.0)
 
 
 def test_scores_of_weights_that_changed_since_are_refused(hub, tmp_path) -> None:

@@ -1,17 +1,23 @@
-"""``refusal_judge:`` in ``BENCH.yaml``: checked with the rest of the configuration, part of every evaluation's and
-grid point's fingerprint, and carried to every evaluation of a run, in process and in the unit specs that Ray and
-Hugging Face Jobs run. A tiny random Llama folder stands in for ``allenai/wildguard`` (no download here)."""
+"""``refusal_judge:`` in ``BENCH.yaml``: checked with the rest of the configuration, pinned once per run like the
+models (a Hub id → its commit sha), part of every evaluation's and grid point's fingerprint by that commit, and
+carried pinned to every evaluation of a run, in process and in the unit specs that Ray and Hugging Face Jobs run.
+A tiny random Llama, as a folder or a repo on the loopback Hub, stands in for ``allenai/wildguard`` (no download
+here)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from huggingface_hub import HfApi
 
 from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError
 from mergebench.eval.results import load_results
+from mergebench.fixtures import write_family_to_hub_root
+from mergebench.hub.refs import pin
 from mergebench.runner import BenchConfig, run_benchmark
 from mergebench.runner.dispatch import _Waves, results_location
 from mergebench.runner.progress import StageLog
@@ -53,22 +59,47 @@ def test_the_config_takes_a_model_id_or_folder_and_names_anything_else(tmp_path:
     assert "refusal_judge: Input should be a valid string" in str(e.value)
 
 
-def test_changing_the_judge_changes_the_evaluation_and_grid_point_fingerprints(tmp_path: Path) -> None:
-    def fingerprints(config: BenchConfig) -> tuple[str, list[str]]:
-        run = _Run(config, stages=StageLog(enabled=False))
-        stage = run.evaluation_stage("weights", ["mb_tinybench_safety"], {"role": "base"}, section="evaluation")
-        return stage.fingerprint, [p.fingerprint for p in _grid(run, config.bases[0], config.methods[0], {})]
+def _fingerprints(config: BenchConfig) -> tuple[str, list[str]]:
+    """An evaluation's fingerprint and the grid points' of ``config``'s first method."""
+    run = _Run(config, stages=StageLog(enabled=False))
+    stage = run.evaluation_stage("weights", ["mb_tinybench_safety"], {"role": "base"}, section="evaluation")
+    return stage.fingerprint, [p.fingerprint for p in _grid(run, config.bases[0], config.methods[0], {})]
 
-    rules = fingerprints(_config(tmp_path))
-    wildguard = fingerprints(_config(tmp_path, refusal_judge="allenai/wildguard"))
-    assert rules == fingerprints(_config(tmp_path))  # stable
+
+def test_changing_the_judge_or_its_commit_changes_the_evaluation_and_grid_point_fingerprints(
+        hub, hub_root: Path, tiny_llama, tmp_path: Path) -> None:
+    repos = write_family_to_hub_root(tiny_llama, hub_root)
+    judge, other = repos["base"], repos["math"]
+    rules = _fingerprints(_config(tmp_path))
+    wildguard = _fingerprints(_config(tmp_path, refusal_judge=judge))
+    assert rules == _fingerprints(_config(tmp_path))  # stable
+    assert wildguard == _fingerprints(_config(tmp_path, refusal_judge=judge))  # the same commit: the same units
     assert wildguard[0] != rules[0]
     assert not set(wildguard[1]) & set(rules[1]) and len(wildguard[1]) == 2
-    assert fingerprints(_config(tmp_path, refusal_judge="other/judge")) != wildguard
+    assert _fingerprints(_config(tmp_path, refusal_judge=other)) != wildguard
+
+    sha = HfApi().model_info(judge).sha
+    run = _Run(_config(tmp_path, refusal_judge=judge), stages=StageLog(enabled=False))
+    assert (run.refusal_judge, run.judge_name) == (f"{judge}@{sha}", f"classifier:{judge}@{sha}")  # pinned once
+    HfApi().upload_file(path_or_fileobj=b"# a new commit of the judge\n", path_in_repo="NOTES.md", repo_id=judge)
+    moved = _fingerprints(_config(tmp_path, refusal_judge=judge))
+    assert moved[0] != wildguard[0] and not set(moved[1]) & set(wildguard[1])  # scored by the old commit: redone
 
 
-def test_the_judge_reaches_every_evaluation_of_a_run_and_every_unit(tiny_llama, validation_dir, tmp_path) -> None:
-    judge = str(tiny_llama.base)
+def test_a_judge_folder_is_fingerprinted_by_its_content(tiny_llama, tmp_path: Path) -> None:
+    folder = tmp_path / "judge"
+    shutil.copytree(tiny_llama.base, folder)
+    config = _config(tmp_path, refusal_judge=str(folder))
+    before = _fingerprints(config)
+    assert _Run(config, stages=StageLog(enabled=False)).judge_name == f"classifier:{folder}@{pin(str(folder)).revision}"
+    (folder / "NOTES.md").write_text("new weights would do the same\n")
+    assert _fingerprints(config)[0] != before[0]
+
+
+def test_the_judge_reaches_every_evaluation_of_a_run_and_every_unit(hub, hub_root: Path, tiny_llama, validation_dir,
+                                                                    tmp_path: Path) -> None:
+    judge = write_family_to_hub_root(tiny_llama, hub_root)["base"]  # the models stay folders; the judge is a repo
+    pinned = f"{judge}@{HfApi().model_info(judge).sha}"
     config = BenchConfig.from_dict({
         "name": "judged", "output": str(tmp_path / "run"),
         "bases": [{"name": "tiny-llama", "model": str(tiny_llama.base),
@@ -79,10 +110,10 @@ def test_the_judge_reaches_every_evaluation_of_a_run_and_every_unit(tiny_llama, 
     summary = run_benchmark(config, progress=False)
     results = {p.name: load_results(p) for p in (summary.results_dir / "tiny-llama").glob("[!.]*.json")}
     assert set(results) == {"base.json", *(f"expert_{d}.json" for d in DOMAINS), "task_arithmetic.json"}
-    assert {r.settings["judge"] for r in results.values()} == {f"classifier:{judge}"}
+    assert {r.settings["judge"] for r in results.values()} == {f"classifier:{pinned}"}  # the commit it judged with
     validations = [json.loads(p.read_text())["validation"] for p in (summary.output / "grid").rglob("[!.]*.json")]
-    assert len(validations) == 2 and {v["settings"]["judge"] for v in validations} == {f"classifier:{judge}"}
-    assert set(summary.table["judge"]) == {f"classifier:{judge}"}
+    assert len(validations) == 2 and {v["settings"]["judge"] for v in validations} == {f"classifier:{pinned}"}
+    assert set(summary.table["judge"]) == {f"classifier:{pinned}"}
 
     # the executors' units: the same fingerprints as in process (so the finished run holds every record), the judge
     run = _Run(config, stages=StageLog(enabled=False))
@@ -91,7 +122,7 @@ def test_the_judge_reaches_every_evaluation_of_a_run_and_every_unit(tiny_llama, 
     assert len(units) == 8
     for unit in units:
         assert is_current(summary.output / unit.record, unit.fingerprint), unit.label
-        assert load_unit(spec_json(unit)).options.refusal_judge == judge
+        assert load_unit(spec_json(unit)).options.refusal_judge == pinned  # a Job loads exactly that commit
 
 
 def test_an_evaluation_unit_spec_carries_the_judge_to_its_evaluation(tiny_llama, tmp_path: Path) -> None:
@@ -104,6 +135,6 @@ def test_an_evaluation_unit_spec_carries_the_judge_to_its_evaluation(tiny_llama,
     assert isinstance(again, EvaluationUnit) and again.options.refusal_judge == judge
     assert run_unit(again) == "done"
     results = load_results(tmp_path / "results" / "base.json")
-    assert results.settings["judge"] == f"classifier:{judge}"
-    assert results.tasks["mb_tiny_harmbench"].side_info["judge"] == {"name": f"classifier:{judge}",
-                                                                       "kind": "classifier"}
+    name = f"classifier:{judge}@{pin(judge).revision}"
+    assert results.settings["judge"] == name
+    assert results.tasks["mb_tiny_harmbench"].side_info["judge"] == {"name": name, "kind": "classifier"}

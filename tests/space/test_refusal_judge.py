@@ -1,7 +1,7 @@
 """The Space's ``refusal_judge`` setting (``MERGEBENCH_REFUSAL_JUDGE``): submissions are judged by it, on the Space
 (the worker's pipeline) and as Hugging Face Jobs (the unit's options), and the table's *Judge* column shows it,
-also for results read back from a results dataset. The tiny Llama on the loopback Hub stands in for
-``allenai/wildguard`` (no download here)."""
+also for results read back from a results dataset. The judge is pinned like the models: results and units name
+its commit. The tiny Llama on the loopback Hub stands in for ``allenai/wildguard`` (no download here)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pipeline
 from dispatch import submission_unit
+from huggingface_hub import HfApi
 from jobs import Job
 from processing import display
 from settings import SpaceConfig
@@ -22,7 +23,11 @@ from mergebench.eval.results import Results, load_results, result_rows
 from mergebench.runner.units import ResultsLocation, SubmissionUnit, load_unit, run_unit, spec_json
 
 BASE = "mergebench-fixtures/tiny-llama"
-JUDGE = f"classifier:{BASE}"
+
+
+def _pinned() -> str:
+    """The judge repo at its current commit (what a unit carries; results name it ``classifier:`` + this)."""
+    return f"{BASE}@{HfApi().model_info(BASE).sha}"
 
 
 def _model_job(space_hub) -> Job:
@@ -33,8 +38,9 @@ def _model_job(space_hub) -> Job:
 
 
 def _assert_judged(results: Results) -> None:
-    assert results.settings["judge"] == JUDGE
-    assert results.tasks["mb_tiny_harmbench"].side_info["judge"] == {"name": JUDGE, "kind": "classifier"}
+    judge = f"classifier:{_pinned()}"
+    assert results.settings["judge"] == judge
+    assert results.tasks["mb_tiny_harmbench"].side_info["judge"] == {"name": judge, "kind": "classifier"}
 
 
 def test_a_submission_on_the_space_is_judged_by_the_setting_and_the_table_shows_it(space_hub, tmp_path: Path):
@@ -55,7 +61,7 @@ def test_a_submission_on_the_space_is_judged_by_the_setting_and_the_table_shows_
     for shown in (results, *results_from_rows(result_rows(results))):  # a results file; a results dataset's rows
         df = table([*references, shown])
         row = df[df["run_id"] == results.run["id"]]
-        assert display(row, ["Judge"])["Judge"].tolist() == [JUDGE]
+        assert display(row, ["Judge"])["Judge"].tolist() == [f"classifier:{_pinned()}"]
         assert df.loc[df["run_id"] != results.run["id"], "judge"].isna().all()  # the fixtures record no judge
 
 
@@ -65,7 +71,7 @@ def test_a_submission_run_as_a_job_carries_the_judge_to_its_evaluation(space_hub
                          dispatch="hf-jobs", jobs_flavor="cpu-upgrade")
     judged = replace(config, refusal_judge=BASE)
     unit = load_unit(spec_json(submission_unit(job, judged)))  # what the Job's command line carries
-    assert isinstance(unit, SubmissionUnit) and unit.options.refusal_judge == BASE
+    assert isinstance(unit, SubmissionUnit) and unit.options.refusal_judge == _pinned()  # the Job loads that commit
     assert submission_unit(job, config).options.refusal_judge is None  # the rule-based judge, the CPU default
     assert unit.fingerprint != submission_unit(job, config).fingerprint  # another judge: another unit
 
