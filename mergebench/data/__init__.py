@@ -3,9 +3,10 @@
 Flow: :mod:`sources` (what to load) → :mod:`load` (pin + load from the Hub) → :mod:`convert` (project
 schema, :mod:`schema`) → :mod:`dedup` → :mod:`decontaminate` (against :mod:`evalsets`) → :mod:`split` →
 :mod:`publish` (parquet, atomic folder, one-commit push) with a card from :mod:`card`. :mod:`build` runs
-it for a domain, :mod:`evalrepo` writes ``mergebench-eval`` (from the packaged sets, or with ``--from-hub`` from
-each set's upstream Hub dataset: :mod:`upstream`, the pin table, one converter per upstream schema and the
-loader); :mod:`fixture_sources` provides offline stand-ins of the sources in their exact schemas.
+it for a domain, converting, deduplicating and decontaminating in one pass of bounded batches (:mod:`clean`,
+with the per-row digests of :mod:`seen`); :mod:`evalrepo` writes ``mergebench-eval`` (from the packaged sets, or
+with ``--from-hub`` from each set's upstream Hub dataset: :mod:`upstream`, the pin table, one converter per upstream
+schema and the loader); :mod:`fixture_sources` provides offline stand-ins of the sources in their exact schemas.
 
 >>> from mergebench.data import build_domain, BuildOptions
 >>> result = build_domain("math", "build/math", push_to="my-org/mergebench-math")  # doctest: +SKIP

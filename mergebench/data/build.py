@@ -4,13 +4,19 @@ Steps, in order, each failing before anything is written or pushed:
 
 1. resolve every source's revision to a commit sha and load it with ``datasets.load_dataset`` at that
    sha (:mod:`~mergebench.data.load`); check columns and emptiness of *all* sources before any work;
-2. convert rows to the project schema (:mod:`~mergebench.data.convert`), failing on the first bad cell
-   with the source and row;
-3. deduplicate (exact, then MinHash near-duplicates), decontaminate against every evaluation set
-   (13-gram overlap), carve the fixed-seed validation split;
-4. write parquet shards, the card and ``mergebench_build.json`` into a temporary folder, check the card
-   with the Hub when pushing, then rename the folder into place;
+2. in one streaming pass (:mod:`~mergebench.data.clean`), ``batch_rows`` rows at a time: convert rows to the
+   project schema (:mod:`~mergebench.data.convert`), failing on the first bad cell with the source and row;
+   deduplicate (exact, then MinHash near-duplicates); decontaminate against every evaluation set (13-gram
+   overlap);
+3. carve the fixed-seed validation split from the kept rows' prompt-group digests;
+4. write parquet shards (read back one shard at a time from the pass's scratch copy of the converted rows),
+   the card and ``mergebench_build.json`` into a temporary folder, check the card with the Hub when pushing,
+   then rename the folder into place;
 5. push the folder in one commit (``--push-to``).
+
+No step holds a whole split in memory: the sources stay memory-mapped Arrow tables, the scratch files go in a
+temporary folder beside ``out_dir`` (removed at the end), and what is kept across batches is a few bytes per row
+(see :mod:`~mergebench.data.clean`; measured in ``benchmarks/data_scale.py``).
 """
 
 from __future__ import annotations
@@ -18,25 +24,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections import Counter
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from huggingface_hub import DatasetCard, HfApi
 
 from mergebench.data.card import domain_card
-from mergebench.data.convert import convert_rows, iter_batches
-from mergebench.data.decontaminate import DecontamConfig, DecontamReport, NgramIndex, decontaminate
-from mergebench.data.dedup import DedupConfig, DedupReport, deduplicate
+from mergebench.data.clean import Cleaned, clean
+from mergebench.data.decontaminate import DecontamConfig, NgramIndex
+from mergebench.data.dedup import DedupConfig
 from mergebench.data.evalsets import EvalCorpus
 from mergebench.data.load import LoadedSource, load_source
-from mergebench.data.publish import atomic_folder, check_output, validate_card, write_parquet
-from mergebench.data.schema import features
+from mergebench.data.publish import TableRows, atomic_folder, check_output, validate_card, write_parquet
 from mergebench.data.sources import DomainSpec, SourceSpec, get_domain
-from mergebench.data.split import SplitReport, split_validation
+from mergebench.data.split import SplitReport, validation_mask
 from mergebench.errors import ConfigError, DataError
 from mergebench.hub.push import push_folder
 
@@ -58,6 +65,7 @@ class BuildOptions:
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     validation_rows: int | None = None  # None: the domain's (1,000)
     seed: int | None = None  # None: the domain's (42)
+    batch_rows: int = 10_000  # rows held as Python objects at a time; the result does not depend on it
     overwrite: bool = False
     progress: bool = False
 
@@ -113,27 +121,34 @@ def build_domain(domain: str, out_dir: Path, *, options: BuildOptions = BuildOpt
     check_output(out_dir, overwrite=options.overwrite)  # fail before downloading anything
     if corpus is None:
         corpus = EvalCorpus.from_repo(options.eval_sets, api=api) if options.eval_sets else EvalCorpus.default()
+    started = time.perf_counter()
     loaded = [load_source(s, revision=options.revisions.get(s.key), cache_dir=options.cache_dir, seed=seed,
                           api=api) for s in specs]
-    rows, per_source = _convert(loaded, domain)
-    if not rows:
-        raise DataError(f"No rows of domain '{domain}' survive the source filters.",
-                        source=",".join(s.key for s in specs))
-    kept, dedup_report = deduplicate(rows, options.dedup, progress=options.progress)
-    kept, decon_report = decontaminate(kept, NgramIndex(corpus.texts, options.decontam), progress=options.progress)
-    train, validation, split_report = split_validation(
-        kept, size=options.validation_rows or dspec.validation_rows, seed=seed)
-    report = _report(domain, loaded, per_source, kept, dedup_report, decon_report, split_report, corpus)
-    repo_id = push_to or f"<org>/mergebench-{domain}"
-    card = domain_card(report, dspec, specs, repo_id=repo_id)
-    with atomic_folder(out_dir, overwrite=options.overwrite) as tmp:
-        write_parquet(train, tmp / "data", "train", features=features())
-        write_parquet(validation, tmp / "data", "validation", features=features())
-        (tmp / "README.md").write_text(str(card), encoding="utf-8")
-        (tmp / "mergebench_build.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-        if push_to:
-            validate_card(card)  # an invalid card fails here: nothing written, nothing pushed
-    logger.info("%s: %d train + %d validation rows written to %s", domain, len(train), len(validation), out_dir)
+    logger.info("loaded %d rows of %d source(s) in %.1f s", sum(len(s.indices) for s in loaded), len(loaded),
+                time.perf_counter() - started)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.scratch-", dir=out_dir.parent) as scratch:
+        cleaned = clean(loaded, domain=domain, dedup=options.dedup, index=NgramIndex(corpus.texts, options.decontam),
+                        scratch=Path(scratch), batch_rows=options.batch_rows, progress=options.progress)
+        if not cleaned.dedup.rows_in:
+            raise DataError(f"No rows of domain '{domain}' survive the source filters.",
+                            source=",".join(s.key for s in specs))
+        size = options.validation_rows or dspec.validation_rows
+        validation, split_report = validation_mask(cleaned.groups, size=size, seed=seed)
+        report = _report(domain, loaded, cleaned, split_report, corpus)
+        repo_id = push_to or f"<org>/mergebench-{domain}"
+        card = domain_card(report, dspec, specs, repo_id=repo_id)
+        kept = np.flatnonzero(cleaned.kept)
+        with atomic_folder(out_dir, overwrite=options.overwrite) as tmp:
+            write_parquet(TableRows(cleaned.table, kept[~validation]), tmp / "data", "train")
+            write_parquet(TableRows(cleaned.table, kept[validation]), tmp / "data", "validation")
+            (tmp / "README.md").write_text(str(card), encoding="utf-8")
+            (tmp / "mergebench_build.json").write_text(json.dumps(report, indent=1, ensure_ascii=False),
+                                                       encoding="utf-8")
+            if push_to:
+                validate_card(card)  # an invalid card fails here: nothing written, nothing pushed
+    logger.info("%s: %d train + %d validation rows written to %s in %.1f s", domain, split_report.train_rows,
+                split_report.validation_rows, out_dir, time.perf_counter() - started)
     commit_url = None
     if push_to:
         shas = ", ".join(f"{s['repo_id']}@{s['sha'][:12]}" for s in report["sources"])
@@ -143,17 +158,6 @@ def build_domain(domain: str, out_dir: Path, *, options: BuildOptions = BuildOpt
     return BuildResult(domain, out_dir, report, card, commit_url)
 
 
-def _convert(loaded: list[LoadedSource], domain: str) -> tuple[list[dict], dict[str, dict]]:
-    rows: list[dict] = []
-    stats = {}
-    for src in loaded:
-        batches = iter_batches(src.dataset, src.indices, spec=src.spec, revision=src.sha)
-        result = convert_rows(src.spec, batches, domain=domain, revision=src.sha, total=len(src.indices))
-        stats[src.spec.key] = {"rows_filtered": result.filtered, "ids": {r["id"] for r in result.rows}}
-        rows += result.rows
-    return rows, stats
-
-
 def _mergebench_version() -> str:
     try:
         return version("mergebench")
@@ -161,17 +165,16 @@ def _mergebench_version() -> str:
         return "unknown"
 
 
-def _report(domain: str, loaded: list[LoadedSource], per_source: dict[str, dict], kept: list[dict],
-            dedup: DedupReport, decon: DecontamReport, split: SplitReport, corpus: EvalCorpus) -> dict[str, Any]:
+def _report(domain: str, loaded: list[LoadedSource], cleaned: Cleaned, split: SplitReport,
+            corpus: EvalCorpus) -> dict[str, Any]:
     """Everything the card and ``mergebench_build.json`` say about a build (JSON-serialisable)."""
-    kept_ids = {r["id"] for r in kept}
     sources = [{
         "key": s.spec.key, "repo_id": s.spec.repo_id, "config": s.spec.config, "split": s.spec.split,
         "requested_revision": s.requested_revision, "sha": s.sha, "license": s.spec.license,
         "rows_loaded": s.rows_loaded, "rows_read": len(s.indices),
-        "rows_filtered": per_source[s.spec.key]["rows_filtered"],
-        "rows_kept": len(per_source[s.spec.key]["ids"] & kept_ids),
+        "rows_filtered": cleaned.filtered[s.spec.key], "rows_kept": cleaned.kept_by_source[s.spec.key],
     } for s in loaded]
+    dedup, decon = cleaned.dedup, cleaned.decontam
     cfg = dedup.config
     return {
         "format_version": FORMAT_VERSION, "domain": domain, "mergebench_version": _mergebench_version(),
@@ -187,5 +190,5 @@ def _report(domain: str, loaded: list[LoadedSource], per_source: dict[str, dict]
                           for name, cov in decon.coverage.items()},
             "removed_ids": {k: list(v) for k, v in decon.removed_ids.items()}},
         "split": dataclasses.asdict(split),
-        "languages": dict(Counter(r["language"] for r in kept)),
+        "languages": cleaned.languages,
     }

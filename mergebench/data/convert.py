@@ -8,18 +8,16 @@ They are registered by source key, one per :class:`~mergebench.data.sources.Sour
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
+import numpy as np
 
 from mergebench.data.schema import cell_text, check_messages
+from mergebench.data.seen import FirstSeen, digest64
 from mergebench.data.sources import AYA_LANGUAGES, SourceSpec
 from mergebench.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,49 +130,78 @@ class ConvertResult:
     filtered: int
 
 
-def convert_rows(spec: SourceSpec, rows: Iterable[tuple[int, dict]], *, domain: str, revision: str,
-                 total: int | None = None, progress: bool = False) -> ConvertResult:
-    """Convert ``(index, row)`` pairs of one source to project rows; count the rows filtered out."""
-    fn = CONVERTERS[spec.key]
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    filtered = 0
-    for index, row in tqdm(rows, total=total, desc=f"convert {spec.key}", disable=not progress, unit="row"):
-        conv = fn(row, RowContext(spec, revision, index))
-        if conv is None:
-            filtered += 1
-            continue
-        row_id = f"{spec.key}-{conv.native_id}" if conv.native_id else f"{spec.key}-{spec.split}-{index:07d}"
-        if row_id in seen:  # a native id repeated upstream: keep both rows apart, stably
-            row_id = f"{row_id}-r{index}"
-        seen.add(row_id)
-        out.append({"id": row_id, "source": spec.repo_id, "language": conv.language, "domain": domain,
-                    "messages": [{"role": r, "content": c} for r, c in conv.messages]})
-    logger.info("%s: %d rows converted, %d filtered out", spec.key, len(out), filtered)
-    return ConvertResult(out, filtered)
+class SourceConverter:
+    """Converts one source's ``(index, row)`` pairs to project rows, batch after batch; counts the rows filtered out.
+
+    Ids are ``{key}-{native id}`` or ``{key}-{split}-{index:07d}``; an id an earlier row of the source already took
+    (a native id repeated upstream) becomes ``{id}-r{index}``, stably. Which ids are taken is remembered as one
+    64-bit digest per row (:class:`~mergebench.data.seen.FirstSeen`), not as the ids themselves.
+    """
+
+    def __init__(self, spec: SourceSpec, *, domain: str, revision: str) -> None:
+        self.spec, self.domain, self.revision = spec, domain, revision
+        self.filtered = 0
+        self._convert = CONVERTERS[spec.key]
+        self._taken = FirstSeen()  # id digest → the row index that took it
+
+    def convert(self, rows: Iterable[tuple[int, dict]]) -> list[dict[str, Any]]:
+        """The project rows of one batch, in order (failing on the first bad cell, naming source and row)."""
+        spec = self.spec
+        out: list[dict[str, Any]] = []
+        indices: list[int] = []
+        for index, row in rows:
+            conv = self._convert(row, RowContext(spec, self.revision, index))
+            if conv is None:
+                self.filtered += 1
+                continue
+            row_id = f"{spec.key}-{conv.native_id}" if conv.native_id else f"{spec.key}-{spec.split}-{index:07d}"
+            out.append({"id": row_id, "source": spec.repo_id, "language": conv.language, "domain": self.domain,
+                        "messages": [{"role": r, "content": c} for r, c in conv.messages]})
+            indices.append(index)
+        self._take_ids(out, indices)
+        return out
+
+    def _take_ids(self, rows: list[dict[str, Any]], indices: list[int]) -> None:
+        keys = digest64(r["id"] for r in rows)
+        if len(np.unique(keys)) == len(keys) and (self._taken.get(keys) < 0).all():
+            self._taken.add(keys, np.array(indices))
+            return
+        for row, index in zip(rows, indices, strict=True):  # rare: one by one, since a renamed id is taken too
+            key = digest64([row["id"]])
+            if self._taken.get(key)[0] >= 0:
+                row["id"] = f"{row['id']}-r{index}"
+                key = digest64([row["id"]])
+            self._taken.add(key, np.array([index]))
 
 
-def iter_batches(dataset: Any, indices: list[int], *, spec: SourceSpec, revision: str,
-                 batch_size: int = 1000) -> Iterator[tuple[int, dict]]:
-    """``(original index, row dict)`` for the selected rows of a ``datasets.Dataset``, read in batches.
+def convert_rows(spec: SourceSpec, rows: Iterable[tuple[int, dict]], *, domain: str, revision: str) -> ConvertResult:
+    """Convert ``(index, row)`` pairs of one source to project rows at once (one batch of :class:`SourceConverter`)."""
+    converter = SourceConverter(spec, domain=domain, revision=revision)
+    out = converter.convert(rows)
+    return ConvertResult(out, converter.filtered)
 
-    Arrow readers (JSON Lines in particular) may accept bytes that are not UTF-8 and fail only when a
-    row is turned into Python strings; such a batch is re-read row by row and column by column to name
-    the row and column at fault.
+
+def iter_batches(dataset: Any, indices: Sequence[int], *, spec: SourceSpec, revision: str,
+                 batch_size: int = 1000) -> Iterator[list[tuple[int, dict]]]:
+    """``(original index, row dict)`` pairs for the selected rows of a ``datasets.Dataset``, ``batch_size`` at a time.
+
+    Only one batch is turned into Python objects at a time; the dataset itself stays a memory-mapped Arrow table.
+    Arrow readers (JSON Lines in particular) may accept bytes that are not UTF-8 and fail only when a row is
+    turned into Python strings; such a batch is re-read row by row and column by column to name the row and
+    column at fault.
     """
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         try:
-            batch = dataset[chunk]  # list indexing always returns a dict of columns
+            batch = dataset[chunk]  # a range or a list of indices: always a dict of columns
         except UnicodeDecodeError:
             _raise_bad_row(dataset, chunk, spec=spec, revision=revision)
             raise
         columns = list(batch)
-        for j, index in enumerate(chunk):
-            yield index, {c: batch[c][j] for c in columns}
+        yield [(index, {c: batch[c][j] for c in columns}) for j, index in enumerate(chunk)]
 
 
-def _raise_bad_row(dataset: Any, chunk: list[int], *, spec: SourceSpec, revision: str) -> None:
+def _raise_bad_row(dataset: Any, chunk: Sequence[int], *, spec: SourceSpec, revision: str) -> None:
     for index in chunk:
         row = dataset.select([index])
         for column in row.column_names:

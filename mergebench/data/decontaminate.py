@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mergebench.data.ngrams import WordHasher, ngram_hashes, ngram_hashes_upto, words
 
@@ -114,21 +113,43 @@ class NgramIndex:
         return tuple(name for bit, name in enumerate(self.names) if mask >> bit & 1)
 
 
-def decontaminate(rows: list[dict], index: NgramIndex, *, progress: bool = False) -> tuple[list[dict], DecontamReport]:
-    """Drop rows overlapping any evaluation set; report removals per set."""
-    kept: list[dict] = []
-    removed: dict[str, tuple[str, ...]] = {}
-    counts = dict.fromkeys(index.names, 0)
-    for row in tqdm(rows, desc="decontaminate", disable=not progress, unit="row"):
-        mask = index.lookup(*(m["content"] for m in row["messages"]))
-        if not mask:
-            kept.append(row)
-            continue
-        names = index.names_of(mask)
-        removed[row["id"]] = names
-        for name in names:
-            counts[name] += 1
-    report = DecontamReport(rows_in=len(rows), removed=len(removed), removed_by_eval_set=counts,
-                            removed_ids=removed, coverage=index.coverage, config=index.config)
-    logger.info("decontamination: %d of %d rows overlap an evaluation set", report.removed, report.rows_in)
-    return kept, report
+class Decontaminator:
+    """Drops rows overlapping any evaluation set, batch after batch; counts removals per set for the report.
+
+    Rows are checked one by one against the fixed :class:`NgramIndex`, so batches change nothing: only the
+    removed ids are remembered.
+    """
+
+    def __init__(self, index: NgramIndex) -> None:
+        self.index = index
+        self.rows_in = 0
+        self._removed: dict[str, tuple[str, ...]] = {}
+        self._counts = dict.fromkeys(index.names, 0)
+
+    def filter(self, rows: list[dict]) -> list[dict]:
+        """The rows of this batch that share no n-gram with an evaluation set, in order."""
+        self.rows_in += len(rows)
+        kept: list[dict] = []
+        for row in rows:
+            mask = self.index.lookup(*(m["content"] for m in row["messages"]))
+            if not mask:
+                kept.append(row)
+                continue
+            names = self.index.names_of(mask)
+            self._removed[row["id"]] = names
+            for name in names:
+                self._counts[name] += 1
+        return kept
+
+    def report(self) -> DecontamReport:
+        report = DecontamReport(rows_in=self.rows_in, removed=len(self._removed), removed_by_eval_set=self._counts,
+                                removed_ids=self._removed, coverage=self.index.coverage, config=self.index.config)
+        logger.info("decontamination: %d of %d rows overlap an evaluation set", report.removed, report.rows_in)
+        return report
+
+
+def decontaminate(rows: list[dict], index: NgramIndex) -> tuple[list[dict], DecontamReport]:
+    """Drop rows overlapping any evaluation set; report removals per set (one batch of :class:`Decontaminator`)."""
+    decontaminator = Decontaminator(index)
+    kept = decontaminator.filter(rows)
+    return kept, decontaminator.report()

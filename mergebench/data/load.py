@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,14 @@ _TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt")
 
 @dataclass(frozen=True)
 class LoadedSource:
-    """A source pinned to ``sha`` with the row indices to use (all, or a seeded sample of ``max_rows``)."""
+    """A source pinned to ``sha`` with the row indices to use: all (a ``range``, which holds no list of a
+    million ints and lets ``datasets`` slice contiguously), or a sorted seeded sample of ``max_rows``."""
 
     spec: SourceSpec
     requested_revision: str
     sha: str
     dataset: Any  # datasets.Dataset
-    indices: list[int]
+    indices: Sequence[int]
 
     @property
     def rows_loaded(self) -> int:
@@ -95,7 +97,7 @@ def load_source(spec: SourceSpec, *, revision: str | None = None, cache_dir: str
         raise DataError(f"Source {spec.label(sha)} is empty: split '{spec.split}' has 0 rows.", source=spec.key,
                         hint="Pick a revision with data (--source-revision) or another source (--source).")
     check_columns(spec, ds.features, revision=sha)
-    indices = list(range(len(ds)))
+    indices: Sequence[int] = range(len(ds))
     if spec.max_rows is not None and len(ds) > spec.max_rows:
         rng = np.random.default_rng(seed)
         indices = sorted(rng.choice(len(ds), size=spec.max_rows, replace=False).tolist())

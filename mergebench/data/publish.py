@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from huggingface_hub import DatasetCard
 
 from mergebench.errors import OutputExistsError
@@ -23,12 +25,41 @@ logger = logging.getLogger(__name__)
 SHARD_ROWS = 50_000
 
 
-def write_parquet(rows: Sequence[dict], folder: Path, split: str, *, features: Any = None,
+@dataclass(frozen=True)
+class TableRows:
+    """Rows ``positions`` (ascending) of an Arrow table, cut into tables only when sliced.
+
+    What a build hands :func:`write_parquet`: the table is its memory-mapped scratch copy of every converted row,
+    so writing a split holds one shard of it in memory, never the whole split. Rows are taken record batch by
+    record batch: ``Table.take`` would first concatenate every chunk of a column, i.e. copy the whole table.
+    """
+
+    table: Any  # pyarrow.Table
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, rows: slice) -> Any:
+        """The rows at ``positions[rows]`` as one contiguous ``pyarrow.Table``."""
+        import pyarrow as pa
+
+        positions = self.positions[rows]
+        batches = self.table.to_batches()
+        starts = np.cumsum([0, *(b.num_rows for b in batches)])
+        cuts = np.searchsorted(positions, starts)  # batch i holds positions[cuts[i]:cuts[i + 1]]
+        pieces = [batch.take(positions[cuts[i]:cuts[i + 1]] - starts[i]) for i, batch in enumerate(batches)
+                  if cuts[i] < cuts[i + 1]]
+        return pa.Table.from_batches(pieces, schema=self.table.schema).combine_chunks()
+
+
+def write_parquet(rows: Sequence[dict] | TableRows, folder: Path, split: str, *, features: Any = None,
                   shard_rows: int = SHARD_ROWS) -> list[str]:
     """Write ``rows`` as ``{folder}/{split}-0000i-of-0000n.parquet`` shards; returns the file names.
 
     With ``features`` (a ``datasets.Features``) the schema, including the ``datasets`` metadata, is
-    fixed; without, pyarrow infers it from the rows (evaluation sets keep their upstream types).
+    fixed; without, pyarrow infers it from the rows (evaluation sets keep their upstream types). A
+    :class:`TableRows` is written as it is (its table already has the schema), one shard at a time.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -38,8 +69,11 @@ def write_parquet(rows: Sequence[dict], folder: Path, split: str, *, features: A
     schema = features.arrow_schema if features is not None else None
     names = []
     for i in range(n):
-        chunk = list(rows[i * shard_rows:(i + 1) * shard_rows])
-        table = pa.Table.from_pylist(chunk, schema=schema) if chunk or schema is not None else pa.table({})
+        chunk = rows[i * shard_rows:(i + 1) * shard_rows]
+        if isinstance(chunk, pa.Table):
+            table = chunk
+        else:
+            table = pa.Table.from_pylist(list(chunk), schema=schema) if chunk or schema is not None else pa.table({})
         name = f"{split}-{i:05d}-of-{n:05d}.parquet"
         pq.write_table(table, folder / name)
         names.append(name)

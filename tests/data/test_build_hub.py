@@ -194,3 +194,16 @@ def test_non_utf8_text_names_the_row(fmt: str, sources_hub, hub_root: Path, tmp_
     where = "row 5, column 'response' is not valid UTF-8" if fmt == "jsonl" else \
         f"row 5 of '{path}' is not valid UTF-8 text"
     assert str(err).startswith(f"Source {key} ({repo}") and where in str(err)
+
+
+def test_the_build_does_not_depend_on_its_batch_size(sources_hub, tmp_path: Path):
+    """Two rows at a time (every planted duplicate in another batch than its original) writes the same files."""
+    outs = {}
+    for batch_rows in (2, 10_000):
+        out = tmp_path / f"out-{batch_rows}"
+        build_domain("safety", out, options=BuildOptions(cache_dir=tmp_path / "cache", batch_rows=batch_rows))
+        outs[batch_rows] = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert list(outs[2]) == ["README.md", "data/train-00000-of-00001.parquet",
+                             "data/validation-00000-of-00001.parquet", "mergebench_build.json"]
+    assert outs[2] == outs[10_000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out-10000", "out-2"]  # no scratch folder left
