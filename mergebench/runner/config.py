@@ -59,6 +59,13 @@ from mergebench.merge.plan import DEFAULT_SHARD_SIZE
 from mergebench.merge.recipe import read_yaml
 
 
+def resolve_under(root: Path, value: str) -> Path:
+    """``value`` (``~`` expanded) if absolute, else resolved against ``root``: how a configuration file's relative
+    paths mean "next to this file"."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (root / path).resolve()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -258,8 +265,7 @@ class BenchConfig(_Strict):
         return self.resolve_path(self.output or f"runs/{self.name}")
 
     def resolve_path(self, value: str) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self.root / path).resolve()
+        return resolve_under(self.root, value)
 
     def model_ref(self, ref: str) -> str:
         """A local folder as an absolute path; a Hub id (``org/name[@rev]``) unchanged."""

@@ -41,7 +41,7 @@ from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError, MergeBenchError
 from mergebench.hub.refs import Pin, RepoType, pin, short_name
 from mergebench.merge.recipe import read_yaml
-from mergebench.runner.config import ExecutorSettings
+from mergebench.runner.config import ExecutorSettings, resolve_under
 from mergebench.runner.executors import Executor, make_executor, results_location
 from mergebench.runner.progress import StageLog
 from mergebench.runner.units import ExpertUnit, ResultsLocation, problem_lines, run_unit, write_spec
@@ -127,8 +127,7 @@ class TrainPlan(BaseModel):
         return self._path(self.output or f"runs/{self.name}")
 
     def _path(self, value: str) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self.root / path).resolve()
+        return resolve_under(self.root, value)
 
     def train_config(self) -> TrainConfig:
         """The recipe with its overrides (a file is relative to the plan's folder)."""

@@ -6,7 +6,6 @@ processes is launched by ``accelerate`` with the spec's recipe and config; a bad
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from mergebench.runner.progress import StageLog
 from mergebench.runner.units import ExpertUnit, ResultsLocation, load_unit, run_unit
 from mergebench.train import load_train_config
 from mergebench.work import read_record
-from tests.train._data import write_domain_folder
+from tests.train._data import TINY_BASE as BASE
+from tests.train._data import push_training_inputs, write_domain_folder
 
-BASE = "mergebench-fixtures/tiny-llama"
 QUICK = {"max_steps": 2, "per_device_batch_size": 2, "effective_batch_size": 2, "max_length": 64, "num_threads": 1,
          "logging_steps": 1}
 """The tiny recipe cut to two steps of two 64-token sequences: the experts' weights are not the point here."""
@@ -34,16 +33,7 @@ QUICK = {"max_steps": 2, "per_device_batch_size": 2, "effective_batch_size": 2, 
 @pytest.fixture
 def hub_inputs(hub, tiny_llama, tmp_path: Path) -> None:
     """The tiny Llama base and the math and coding training sets, on the loopback Hub."""
-    api = HfApi()
-    base = tmp_path / "base"
-    shutil.copytree(tiny_llama.base, base)
-    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny llama\n")
-    api.create_repo(BASE)
-    api.upload_folder(repo_id=BASE, folder_path=base)
-    for domain in ("math", "coding"):
-        api.create_repo(f"mergebench/mergebench-{domain}", repo_type="dataset")
-        api.upload_folder(repo_id=f"mergebench/mergebench-{domain}", repo_type="dataset",
-                          folder_path=write_domain_folder(tmp_path / "data" / domain, domain, train_rows=16))
+    push_training_inputs(tiny_llama.base, ("math", "coding"), tmp_path)
 
 
 def test_experts_dispatched_as_jobs_land_on_the_hub_and_run_once(hub_inputs, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ to ``model-index`` afterwards, as the runner does before pushing."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,27 +16,14 @@ from mergebench.fixtures import DOMAINS
 from mergebench.hub.models import read_local_header
 from mergebench.train import add_eval_results, load_train_config, train_expert
 from mergebench.train.card import validate_expert_card
-from tests.train._data import write_domain_folder
-
-BASE = "mergebench-fixtures/tiny-llama"
+from tests.train._data import TINY_BASE as BASE
+from tests.train._data import push_training_inputs
 
 
 @pytest.fixture
 def hub_inputs(hub, tiny_llama, tmp_path: Path) -> dict[str, str]:
     """The tiny Llama base (with an Apache-2.0 card) and the five domain datasets, pushed to the loopback Hub."""
-    api = HfApi()
-    base = tmp_path / "base"
-    shutil.copytree(tiny_llama.base, base)
-    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny llama\n")
-    api.create_repo(BASE)
-    api.upload_folder(repo_id=BASE, folder_path=base)
-    repos = {}
-    for domain in DOMAINS:
-        repos[domain] = f"mergebench/mergebench-{domain}"
-        api.create_repo(repos[domain], repo_type="dataset")
-        api.upload_folder(repo_id=repos[domain], repo_type="dataset",
-                          folder_path=write_domain_folder(tmp_path / "data" / domain, domain, train_rows=16))
-    return repos
+    return push_training_inputs(tiny_llama.base, DOMAINS, tmp_path)
 
 
 def test_pushed_expert_card_validates_names_its_parent_and_round_trips(hub_inputs, tmp_path: Path) -> None:
