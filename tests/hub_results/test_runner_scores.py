@@ -114,7 +114,8 @@ def test_a_resumed_run_duplicates_nothing(finished) -> None:
     config, summary, _ = finished
     merged = list(_merged(summary)["model"])
     before = _snapshot(merged)
-    assert len(before["rows"]) == len(set(before["rows"])) == 6 + 5 * 2 + 2 * 6  # base, experts (own test, val), merges
+    # rows: the base (6 tasks), each expert (its test and validation tasks, the forgetting task), two merges (6 each)
+    assert len(before["rows"]) == len(set(before["rows"])) == 6 + 5 * 3 + 2 * 6
     run_benchmark(config, progress=False)
     assert _snapshot(merged) == before
 
