@@ -37,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from background import BackgroundLoop
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from jobs import Job, JobStore, now
@@ -104,8 +105,10 @@ def _log_verdict(lines: list[str]) -> tuple[str | None, str | None]:
     return error, hint
 
 
-class JobsDispatcher:
+class JobsDispatcher(BackgroundLoop):
     """Runs queued submissions as Hugging Face Jobs (see the module docstring); same interface as the worker."""
+
+    thread_name = "mergebench-space-jobs"
 
     def __init__(self, store: JobStore, config: SpaceConfig, *, on_finish: Callable[[Job], None] | None = None,
                  poll_seconds: float | None = None) -> None:
@@ -143,8 +146,7 @@ class JobsDispatcher:
         self._orphans: set[str] = set()  # jobs_token = user: running before a restart, waiting for their owner
         self._recorded: dict[str, float] = {}  # Space job id → when elapsed/cost were last written
         self._lock = threading.RLock()
-        self._wake, self._stop = threading.Event(), threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # ------------------------------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -171,18 +173,12 @@ class JobsDispatcher:
                 self._orphans.add(job.id)
                 self.store.update(job.id, stage=f"waiting for {job.user} to open the page (their sign-in watches "
                                                 "the Job)")
-        self._thread = threading.Thread(target=self._loop, name="mergebench-space-jobs", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
+        self._start_loop()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop watching; the Jobs keep running (the next start re-attaches to them)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._request_stop()
+        self._join(timeout)
 
     def remember_token(self, user: str, token: str) -> None:
         """The signed-in ``user``'s OAuth token (``jobs_token = user``), kept in memory; re-attaches to their Jobs

@@ -16,12 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from background import BackgroundLoop
 from jobs import Job, JobStore, now
 from pipeline import PARENT_ENV
 from settings import SpaceConfig
@@ -55,16 +55,16 @@ def _config_json(config: SpaceConfig) -> str:
     return json.dumps(data, indent=2)
 
 
-class Worker:
+class Worker(BackgroundLoop):
     """Runs queued jobs one after another on a daemon thread."""
+
+    thread_name = "mergebench-space-worker"
 
     def __init__(self, store: JobStore, config: SpaceConfig, *, on_finish: Callable[[Job], None] | None = None,
                  poll_seconds: float = 1.0) -> None:
         self.store, self.config, self.on_finish = store, config, on_finish
         self.poll_seconds = poll_seconds
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -72,21 +72,14 @@ class Worker:
             if job.status == "running":
                 kill_stale(job)
         self.store.recover(max_attempts=self.config.max_attempts)
-        self._thread = threading.Thread(target=self._loop, name="mergebench-space-worker", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """A job was queued: look now instead of at the next poll."""
-        self._wake.set()
+        self._start_loop()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs and kill a running child (its job stays RUNNING and resumes at the next start)."""
-        self._stop.set()
-        self._wake.set()
+        self._request_stop()
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._join(timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
