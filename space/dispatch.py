@@ -40,7 +40,7 @@ from typing import Any
 from background import BackgroundLoop
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
-from jobs import Job, JobStore, now
+from jobs import Job, JobStore
 from pipeline import label, merged_repo_id
 from settings import SpaceConfig
 
@@ -349,7 +349,5 @@ class JobsDispatcher(BackgroundLoop):
         with self._lock:
             self._inflight.pop(job.id, None)
         self._recorded.pop(job.id, None)
-        finished = self.store.update(job.id, finished_at=now(), stage=None, **changes)
+        finished = self.store.finish(job.id, self.on_finish, **changes)
         logger.info("job %s: %s", job.id, finished.status)
-        if self.on_finish is not None:
-            self.on_finish(finished)

@@ -172,6 +172,15 @@ class JobStore:
         with self._lock:
             return self._write(replace(self.get(job_id), updated_at=now(), **changes))
 
+    def finish(self, job_id: str, announce: Callable[[Job], None] | None = None, **changes: Any) -> Job:
+        """End a job with ``changes`` (its status, outcome). ``announce`` (the leaderboard's ``add_job``) sees the
+        ended job *before* it is recorded, so a job anyone reads as done is already on the leaderboard; if the
+        Space dies in between, the job is still running and resumes at the next start."""
+        ended = replace(self.get(job_id), finished_at=now(), stage=None, **changes)
+        if announce is not None:
+            announce(ended)
+        return self.update(job_id, finished_at=ended.finished_at, stage=None, **changes)
+
     def claim_next(self, ready: Callable[[Job], bool] | None = None) -> Job | None:
         """The oldest pending job (that is ``ready``, if given), now RUNNING (attempts + 1), or ``None``."""
         with self._lock:

@@ -89,13 +89,11 @@ class Worker(BackgroundLoop):
                 self._wake.clear()
                 continue
             try:
-                finished = self._run(job)
+                self._run(job)
             except Exception as e:  # a bug here must not kill the only worker
                 logger.exception("job %s crashed the worker", job.id)
-                finished = self.store.update(job.id, status="failed", finished_at=now(), stage=None,
-                                             message=f"Internal error: {type(e).__name__}: {e}")
-            if finished is not None and self.on_finish is not None:
-                self.on_finish(finished)
+                self.store.finish(job.id, self.on_finish, status="failed",
+                                  message=f"Internal error: {type(e).__name__}: {e}")
 
     def _run(self, job: Job) -> Job | None:
         job_dir = self.store.job_dir(job.id)
@@ -125,7 +123,7 @@ class Worker(BackgroundLoop):
         outcome = json.loads(_read(job_dir / "outcome.json") or "null") or {
             "status": "failed", "message": f"The job process exited with code {self._process.returncode} "
                                            "before writing an outcome; see the log."}
-        return self.store.update(job.id, finished_at=now(), stage=None, pid=None, **outcome)
+        return self.store.finish(job.id, self.on_finish, pid=None, **outcome)
 
 
 def make_worker(store: JobStore, config: SpaceConfig, *, on_finish: Callable[[Job], None] | None = None,

@@ -41,6 +41,33 @@ def test_rate_limits_per_user(tmp_path):
     assert store.add(_job("alice"), max_active=1, max_daily=3).status == "pending"
 
 
+def test_a_finished_job_is_announced_before_anyone_can_read_it_as_done(tmp_path):
+    """The leaderboard learns of a job before the store calls it done (a reader that sees ``done`` and then asks
+    the leaderboard finds the row); if announcing fails, the job is not recorded as ended."""
+    store = JobStore(tmp_path)
+    job = store.add(_job(), max_active=2, max_daily=5)
+    store.claim_next()
+    seen: list[tuple[str, str, str]] = []
+
+    def announce(ended: Job) -> None:
+        seen.append((ended.status, ended.results_file, store.get(job.id).status))
+
+    finished = store.finish(job.id, announce, status="done", results_file="r.json")
+    assert seen == [("done", "r.json", "running")]
+    assert (finished.status, finished.stage, finished.results_file) == ("done", None, "r.json")
+    assert JobStore(tmp_path).get(job.id).finished_at == finished.finished_at
+
+    other = store.add(_job("bob"), max_active=2, max_daily=5)
+    store.claim_next()
+
+    def broken(ended: Job) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.finish(other.id, broken, status="done")
+    assert store.get(other.id).status == "running"
+
+
 def test_running_jobs_are_requeued_then_failed(tmp_path):
     store = JobStore(tmp_path)
     job = store.add(_job(), max_active=2, max_daily=5)
