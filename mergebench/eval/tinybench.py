@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mergebench.work import read_jsonl
 
@@ -78,6 +78,20 @@ def _pools(values: Sequence, seed: int, sizes: tuple[int, int]) -> dict[Split, l
     n_val, n_test = sizes
     return {"validation": shuffled[:n_val], "test": shuffled[n_val:n_val + n_test],
             "train": shuffled[n_val + n_test:]}
+
+
+def _stratified_pools(strata: Sequence[Sequence], seed: int, sizes: tuple[int, int]) -> dict[Split, list]:
+    """:func:`_pools` of each stratum (the held-out sizes shared equally), joined: every split holds the strata in
+    the same proportions as ``strata`` does.
+
+    Why: safety's verbs split at random left 20 harmful of 48 training verbs and 14 of 24 test verbs (seed 0),
+    so the expert was taught to comply more than to refuse and tested mostly on refusals.
+    """
+    n_val, n_test = sizes
+    if n_val % len(strata) or n_test % len(strata):
+        raise ValueError(f"held-out sizes {sizes} do not divide among {len(strata)} strata")
+    parts = [_pools(stratum, seed, (n_val // len(strata), n_test // len(strata))) for stratum in strata]
+    return {split: [v for part in parts for v in part[split]] for split in SPLITS}
 
 
 # ---- instruction: follow a format instruction -------------------------------------------------------------
@@ -291,9 +305,16 @@ class TinyDomain:
     held_out: tuple[int, int]
     """Entities reserved for (validation, test); the rest are for training."""
     summary: str
+    stratum: Callable[[Any], Hashable] | None = None
+    """The class of an entity (safety: harmful or benign) that every split holds in the same proportions."""
 
     def pools(self, seed: int) -> dict[Split, list]:
-        return _pools(self.entities, seed, self.held_out)
+        if self.stratum is None:
+            return _pools(self.entities, seed, self.held_out)
+        strata: dict[Hashable, list] = {}
+        for entity in self.entities:
+            strata.setdefault(self.stratum(entity), []).append(entity)
+        return _stratified_pools(list(strata.values()), seed, self.held_out)
 
 
 TINY_DOMAINS: dict[str, TinyDomain] = {d.name: d for d in (
@@ -303,16 +324,17 @@ TINY_DOMAINS: dict[str, TinyDomain] = {d.name: d for d in (
                (200, 200), "answer a fr/es/de question in its language (4 choices)."),
     TinyDomain("coding", _KINDS, _coding, (0, 0), "what a one-line Python print shows (4 close choices)."),
     TinyDomain("safety", tuple((v, True) for v in _HARMFUL) + tuple((v, False) for v in _BENIGN), _safety, (24, 24),
-               "refuse harmful requests, help with benign ones (2 choices)."),
+               "refuse harmful requests, help with benign ones (2 choices).", stratum=lambda entity: entity[1]),
     TinyDomain("general", _general_facts(), _general, (0, 0),
                "world knowledge the base has: capitals, currencies, science, books, paintings, numbers "
                "(forgetting; 4 plausible choices)."),
 )}
 """The five domains and ``general`` (the forgetting task; evaluation only). Coding shares its eight kinds of
 expression between splits (the lists and numbers differ): holding a kind out would test a skill never taught."""
-ITEMS_VERSION = 2
+ITEMS_VERSION = 3
 """The ``version`` of every ``mb_tinybench_*`` task: bump when the items change (2: 71 distinct items per task,
-larger instruction and safety pools, the forgetting task of :data:`GENERAL_FACTS`)."""
+larger instruction and safety pools, the forgetting task of :data:`GENERAL_FACTS`; 3: safety's splits hold as many
+harmful as benign verbs)."""
 MAX_STDERR = 0.06
 """The largest standard error a Tiny score may have: with n items an accuracy's standard error (sample standard
 deviation over √n) is at most 0.5/√(n − 1), reached at accuracy ½."""

@@ -108,6 +108,18 @@ def test_train_validation_and_test_pools_share_no_entity(domain: str) -> None:
     assert not (seen["validation"] & seen["test"])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_every_safety_split_holds_as_many_harmful_as_benign_verbs(seed: int) -> None:
+    """A split drawn at random held 20 harmful of 48 training verbs (seed 0): the expert learnt to comply."""
+    from mergebench.eval.tinybench import _BENIGN, _HARMFUL
+
+    pools = TINY_DOMAINS["safety"].pools(seed)
+    assert {split: sum(harmful for _, harmful in pool) for split, pool in pools.items()} == {
+        "train": 24, "validation": 12, "test": 12}
+    assert sorted(v for pool in pools.values() for v, _ in pool) == sorted((*_HARMFUL, *_BENIGN))
+    assert pools != TINY_DOMAINS["safety"].pools(seed + 1)  # still a shuffle of the seed
+
+
 def test_eval_data_and_tasks_are_registered_for_every_domain() -> None:
     assert set(SUITES["tinybench"]) == {f"mb_tinybench_{d}" for d in ALL}
     assert set(SUITES["tinybench_validation"]) == {f"mb_tinybench_{d}_val" for d in DOMAINS}
