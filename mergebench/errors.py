@@ -7,6 +7,8 @@ either. Messages say what failed, quote the values involved and end with the nex
 
 from __future__ import annotations
 
+import errno
+
 
 class MergeBenchError(Exception):
     """Root of every MergeBench error. ``hint`` is a next step the CLI prints as ``Hint: ...``."""
@@ -78,6 +80,21 @@ class PushError(MergeBenchError, OSError):
     def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.repo_id = repo_id
+
+
+class DiskFullError(MergeBenchError, OSError):
+    """The disk (or the user's quota) filled up while MergeBench wrote: an environment problem, not a bug."""
+
+    @classmethod
+    def from_os_error(cls, error: OSError) -> DiskFullError | None:
+        """The disk-full error ``error`` is (``ENOSPC``, ``EDQUOT``), or ``None`` for any other ``OSError``."""
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return None
+        where = f" while writing '{error.filename}'" if error.filename else ""
+        return cls(f"No space left on the disk{where} ({error.strerror or 'ENOSPC'}).",
+                   hint="Free disk space, or point the output (--out/--work-dir), TMPDIR and HF_HOME at a larger "
+                        "disk, then run the same command again: finished stages, grid points and merged shards are "
+                        "kept and reused.")
 
 
 class StatisticsError(MergeBenchError, ValueError):

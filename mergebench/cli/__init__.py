@@ -29,7 +29,7 @@ from mergebench.cli.options import (
     ThreadsOpt,
     parse_size,
 )
-from mergebench.errors import MergeBenchError
+from mergebench.errors import DiskFullError, MergeBenchError
 
 app = typer.Typer(
     name="mergebench",
@@ -277,7 +277,13 @@ def _hub_error_hint(status: int | None) -> str:
 def main() -> None:
     """Console entry point: run the app, turning MergeBench and Hub errors into ``Error:``/``Hint:`` lines."""
     try:
-        app()
+        try:
+            app()
+        except OSError as e:  # a full disk is the machine's problem, not a bug: say so, with what to do
+            full = DiskFullError.from_os_error(e)
+            if full is None:
+                raise
+            raise full from e
     except (MergeBenchError, HfHubHTTPError, httpx.TransportError, OfflineModeIsEnabled) as e:
         if os.environ.get("MERGEBENCH_DEBUG") == "1":
             raise

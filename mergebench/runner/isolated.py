@@ -30,7 +30,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergebench.errors import MergeBenchError
+from mergebench.errors import DiskFullError, MergeBenchError
 
 if TYPE_CHECKING:
     from mergebench.merge.options import MergeOptions, MergeResult
@@ -155,8 +155,9 @@ def _run_child(recipe: dict[str, Any], out_dir: Path, options: MergeOptions, sen
         outcome = _Failure.of(e)
     except KeyboardInterrupt:  # the terminal's Ctrl-C reaches the whole process group; the parent decides
         sys.exit(130)
-    except BaseException:  # reported to the parent, which raises it as an error
-        outcome = _Crash(traceback.format_exc())
+    except BaseException as e:  # reported to the parent, which raises it as an error
+        full = DiskFullError.from_os_error(e) if isinstance(e, OSError) else None
+        outcome = _Failure.of(full) if full is not None else _Crash(traceback.format_exc())
     with contextlib.suppress(BrokenPipeError):  # the parent is gone: nobody to tell
         sender.send(outcome)
     sender.close()
