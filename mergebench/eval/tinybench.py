@@ -34,7 +34,7 @@ against other cities of the same country, a currency against its neighbours', a 
 scientists of the field. Against random wrong answers (the capital cities of other countries) the base scored
 1.0 and so did every merge: the column said nothing. Calibrated on the Tiny experts of seed 0 (with the base's
 and experts' scores then): the base answers about 80 % of these right, and the experts keep between about 65 %
-(coding, whose 16 steps of ``print`` outputs disturb the most) and about 90 % of it — so forgetting shows.
+(coding, whose fine-tune on ``print`` outputs disturbs the most) and about 90 % of it — so forgetting shows.
 
 Training rows follow the project schema (:mod:`mergebench.data.schema`); evaluation rows are
 ``{"id", "question", "choices", "gold"}``, read by the ``mb_tiny_*`` log-likelihood tasks.
