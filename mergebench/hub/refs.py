@@ -88,7 +88,9 @@ class Ref:
         if not _REPO_ID.match(repo_id):
             raise RefError(
                 f"'{text}' is neither an existing {kind} nor a Hub repo id of the form 'org/name[@revision]' "
-                f"(a {repo_type} repo).", ref=text)
+                f"(a {repo_type} repo).", ref=text,
+                hint=f"Write a local {kind} as ./path (relative to the file that names it) or a Hub {repo_type} repo "
+                     "as org/name, optionally @revision.")
         return cls(text=text, repo_type=repo_type, repo_id=repo_id, revision=revision or None)
 
     @property

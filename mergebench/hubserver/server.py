@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,17 @@ class _Server(ThreadingHTTPServer):
         with self._conn_lock:
             self.connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        """A client that hangs up mid-request (a reset or a broken pipe: it gave up, timed out or was killed) is
+        the client's business, logged at debug level; anything else is a server bug, logged with its traceback.
+        (socketserver's default prints every one to stderr, where it mixed into the output of the process
+        hosting the server.)"""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            logger.debug("loopback Hub: %s hung up: %s", client_address, error)
+            return
+        logger.exception("loopback Hub: error while serving %s", client_address)
 
     def close_connections(self) -> None:
         """Cut idle keep-alive connections too, so no handler thread outlives the server."""

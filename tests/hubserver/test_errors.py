@@ -176,3 +176,23 @@ def test_serve_command_in_a_subprocess(hub_root, tmp_path) -> None:
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1
     assert "Error: The loopback Hub root" in missing.stderr and "Hint: Create it" in missing.stderr
+
+
+def test_a_client_hanging_up_is_not_a_traceback_but_a_server_bug_still_is(hub: LoopbackHub, capsys, caplog) -> None:
+    """socketserver printed a traceback to stderr for every client that reset its connection (found by the slow
+    fuzz run: it mixed into the output of the command hosting the server)."""
+    from mergebench.hubserver.server import _Server
+
+    server = next(s for s in vars(hub).values() if isinstance(s, _Server))
+    for hang_up in (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "Broken pipe")):
+        try:
+            raise hang_up
+        except OSError:
+            server.handle_error(None, ("127.0.0.1", 40000))
+    assert capsys.readouterr().err == "" and not [r for r in caplog.records if r.levelname == "ERROR"]
+    try:
+        raise KeyError("a bug")
+    except KeyError:
+        server.handle_error(None, ("127.0.0.1", 40001))
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "error while serving" in record.getMessage() and record.exc_info is not None

@@ -51,6 +51,12 @@ def test_the_config_takes_a_model_id_or_folder_and_names_anything_else(tmp_path:
         _config(tmp_path, refusal_judge="rules")
     assert ("refusal_judge: 'rules' is neither an existing folder nor a Hub repo id of the form "
             "'org/name[@revision]' (a model repo). Leave it out (null) for the rule-based judge") in str(e.value)
+    from mergebench.errors import RefError
+    from mergebench.hub.refs import Ref
+
+    with pytest.raises(RefError) as ref_error:  # the hint found missing by the slow fuzz run (a model named '0')
+        Ref.parse("0")
+    assert ref_error.value.hint and "./path" in ref_error.value.hint and "org/name" in ref_error.value.hint
     with pytest.raises(ConfigError) as e:
         _config(tmp_path, refusal_judge="./judges/missing")
     assert "refusal_judge: Local folder './judges/missing' does not exist" in str(e.value)
