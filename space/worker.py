@@ -95,7 +95,7 @@ class Worker(BackgroundLoop):
                 self.store.finish(job.id, self.on_finish, status="failed",
                                   message=f"Internal error: {type(e).__name__}: {e}")
 
-    def _run(self, job: Job) -> Job | None:
+    def _run(self, job: Job) -> None:
         job_dir = self.store.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "outcome.json").unlink(missing_ok=True)
@@ -119,11 +119,11 @@ class Worker(BackgroundLoop):
                 if self._stop.is_set():
                     self._process.kill()
                     self._process.wait()
-                    return None
+                    return
         outcome = json.loads(_read(job_dir / "outcome.json") or "null") or {
             "status": "failed", "message": f"The job process exited with code {self._process.returncode} "
                                            "before writing an outcome; see the log."}
-        return self.store.finish(job.id, self.on_finish, pid=None, **outcome)
+        self.store.finish(job.id, self.on_finish, pid=None, **outcome)
 
 
 def make_worker(store: JobStore, config: SpaceConfig, *, on_finish: Callable[[Job], None] | None = None,
