@@ -47,10 +47,13 @@ class FaultOptions:
     short_body: int | None = None
     times: int | None = 1  # None: every matching request
     path: str = "*"
+    method: str | None = None  # None: each fault's own default (GET for body faults, any for errors); "*": any
 
     def arm(self, faults: Faults) -> list[str]:
         """Arm every requested fault on ``faults``; returns one human-readable line per fault."""
         common: dict[str, Any] = {"times": self.times, "path_glob": self.path}
+        if self.method is not None:
+            common["method"] = None if self.method == "*" else self.method.upper()
         armed: list[tuple[str, Callable[[], object]]] = []
         if self.http_error is not None:
             status = self.http_error
@@ -81,7 +84,8 @@ class FaultOptions:
         lines = []
         for text, add in armed:
             add()
-            lines.append(f"Fault armed: {text}, on {every} matching '{self.path}'")
+            method = "" if self.method in (None, "*") else f"{self.method.upper()} "
+            lines.append(f"Fault armed: {text}, on {every} matching {method}'{self.path}'")
         return lines
 
 
@@ -93,10 +97,10 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")] = 8000,
     drop_after_bytes: Annotated[int | None, typer.Option(
         "--drop-after-bytes", min=0, metavar="N", rich_help_panel=_FAULTS,
-        help="Cut the connection after N body bytes of a file download (a dropped connection).")] = None,
+        help="Cut the connection after N body bytes of an answer (a dropped connection).")] = None,
     stall_after_bytes: Annotated[int | None, typer.Option(
         "--stall-after-bytes", min=0, metavar="N", rich_help_panel=_FAULTS,
-        help="Send N body bytes of a file download, then nothing with the connection open (a hung link).")] = None,
+        help="Send N body bytes of an answer, then nothing with the connection open (a hung link).")] = None,
     stall_seconds: Annotated[float | None, typer.Option(
         "--stall-seconds", min=0, metavar="SECONDS", rich_help_panel=_FAULTS, show_default="until the server stops",
         help="How long a stall lasts before the rest is sent.")] = None,
@@ -111,10 +115,10 @@ def serve_command(
         help="Sleep SECONDS before the headers and before each 1 MiB body chunk (a slow link).")] = None,
     throttle: Annotated[float | None, typer.Option(
         "--throttle", min=1, metavar="BYTES_PER_S", rich_help_panel=_FAULTS,
-        help="Send file bodies at most BYTES_PER_S (e.g. 100000 for 100 KB/s).")] = None,
+        help="Send bodies at most BYTES_PER_S (e.g. 100000 for 100 KB/s).")] = None,
     short_body: Annotated[int | None, typer.Option(
         "--short-body", min=1, metavar="N", rich_help_panel=_FAULTS,
-        help="Send file bodies N bytes short with a Content-Length that agrees (a lying length).")] = None,
+        help="Send bodies N bytes short with a Content-Length that agrees (a lying length).")] = None,
     fault_times: Annotated[int, typer.Option(
         "--fault-times", min=0, metavar="K", rich_help_panel=_FAULTS,
         help="How many matching requests each fault affects before it expires; 0: every one.")] = 1,
@@ -122,6 +126,10 @@ def serve_command(
         "--fault-path", metavar="GLOB", rich_help_panel=_FAULTS,
         help="Only requests whose path, or its last segment, matches GLOB (e.g. '*.safetensors', "
              "'/api/models/*').")] = "*",
+    fault_method: Annotated[str | None, typer.Option(
+        "--fault-method", metavar="METHOD", rich_help_panel=_FAULTS, show_default="GET for body faults, any for errors",
+        help="Only requests of this HTTP method (e.g. POST: lose the answer of a commit or a Job launch); '*': "
+             "any.")] = None,
 ) -> None:
     """Serve ROOT as a Hub until Ctrl-C; the URL and the `export` line for clients go to stderr.
 
@@ -143,7 +151,8 @@ def serve_command(
 
     faults = FaultOptions(drop_after_bytes=drop_after_bytes, stall_after_bytes=stall_after_bytes,
                           stall_seconds=stall_seconds, http_error=http_error, retry_after=retry_after, delay=delay,
-                          throttle=throttle, short_body=short_body, times=fault_times or None, path=fault_path)
+                          throttle=throttle, short_body=short_body, times=fault_times or None, path=fault_path,
+                          method=fault_method)
     if stall_seconds is not None and stall_after_bytes is None:
         raise typer.BadParameter("--stall-seconds needs --stall-after-bytes.", param_hint="--stall-seconds")
     if retry_after is not None and http_error is None:

@@ -4,6 +4,10 @@ Tests of retrying and resuming code need a Hub that misbehaves on cue, and tests
 know how many bytes were actually fetched. Both live on the running server (``hub.faults``, ``hub.stats``)
 and are thread-safe, since every request is handled on its own thread.
 
+Body faults (drop, stall, throttle, short) act on any answer's body: a file download or an API answer. They
+match ``GET`` requests unless armed with another ``method`` (``None``: any), e.g. ``method="POST"`` to lose the
+answer of a commit or of a Job's launch after the server has done the work.
+
 A rule's ``path_glob`` is matched (``fnmatch``) against the decoded request path, e.g.
 ``/org/name/resolve/<sha>/model-00001-of-00002.safetensors``, and against its last segment, so both
 ``"*.safetensors"`` and ``"model-00001-*"`` work. ``times`` is how many requests the rule affects before it
@@ -67,7 +71,7 @@ class Faults:
 
     def drop_after_bytes(self, n: int, *, times: int | None = 1, path_glob: str = "*",
                          method: str | None = "GET") -> FaultRule:
-        """Cut the connection after ``n`` body bytes of each matching file download (headers are complete)."""
+        """Cut the connection after ``n`` body bytes of each matching answer (headers are complete)."""
         if n < 0:
             raise ValueError(f"drop_after_bytes needs n >= 0, got {n}.")
         return self._add(FaultRule("drop", path_glob, method, times, after_bytes=n))
@@ -84,14 +88,14 @@ class Faults:
 
     def throttle(self, bytes_per_second: float, *, times: int | None = None, path_glob: str = "*",
                  method: str | None = "GET") -> FaultRule:
-        """Send the body of matching file downloads at most ``bytes_per_second`` (a slow link, not a stall)."""
+        """Send the body of matching answers at most ``bytes_per_second`` (a slow link, not a stall)."""
         if bytes_per_second <= 0:
             raise ValueError(f"throttle needs bytes_per_second > 0, got {bytes_per_second}.")
         return self._add(FaultRule("throttle", path_glob, method, times, rate=bytes_per_second))
 
     def short_body(self, missing: int, *, times: int | None = 1, path_glob: str = "*",
                    method: str | None = "GET") -> FaultRule:
-        """Serve matching file downloads ``missing`` bytes short *with a Content-Length that agrees*, on a
+        """Serve matching answers ``missing`` bytes short *with a Content-Length that agrees*, on a
         connection that stays open: nothing at the HTTP level is wrong, only the size the file (or the
         Content-Range) promised. A client that trusts Content-Length alone gets a silently truncated file."""
         if missing < 1:
@@ -107,7 +111,7 @@ class Faults:
 
     def stall_after_bytes(self, n: int, *, seconds: float | None = None, times: int | None = 1,
                           path_glob: str = "*", method: str | None = "GET") -> FaultRule:
-        """Send ``n`` body bytes of each matching file download, then nothing for ``seconds``, then the rest.
+        """Send ``n`` body bytes of each matching answer, then nothing for ``seconds``, then the rest.
 
         The connection stays open and silent, as when a link or a proxy hangs: only a client-side read
         timeout gets out of it. ``seconds=None`` pauses until the server stops (stopping ends the pause).

@@ -8,6 +8,7 @@ are applied here, where the bytes leave: a handler exception becomes a JSON 500 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import socket
@@ -112,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         hub = self.server.hub
-        method, delay, body, path = self.command, None, None, self.path
+        method, delay, body, path, injected = self.command, None, None, self.path, False
         try:
             body = Body(self.rfile, self.headers)
             req = Request.parse(method, self.path, self.headers, body, hub.url)
@@ -124,6 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
             if (rule := hub.faults.take("error", method, path)) is not None:
                 retry = {} if rule.retry_after is None else {"Retry-After": f"{rule.retry_after:g}"}
                 response = json_response({"error": f"Injected fault: HTTP {rule.status}."}, rule.status, retry)
+                injected = True
             else:
                 response = dispatch(req, hub.store)
         except RequestError as e:
@@ -134,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None or not body.drain():
             self.close_connection = True
         try:
-            self._send(response, method, path, delay)
+            self._send(response, method, path, delay, body_faults=not injected)
         except _Cut:
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -145,10 +147,17 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             response.close()
 
-    def _send(self, response: Response, method: str, path: str, delay: FaultRule | None) -> None:
-        length = response.file_length if response.file is not None else len(response.body)
+    def _send(self, response: Response, method: str, path: str, delay: FaultRule | None, *,
+              body_faults: bool = True) -> None:
+        """Headers, then the body in chunks, with the body faults armed for this request (unless ``body_faults``
+        is false: an injected error is the request's fault): a file download or an API answer alike (a Job
+        launched whose answer is lost is a fault clients must survive too)."""
+        if response.file is not None:
+            source, start, length = response.file, response.file_start, response.file_length
+        else:
+            source, start, length = io.BytesIO(response.body), 0, len(response.body)
         faults = self.server.hub.faults
-        short = faults.take("short", method, path) if response.file is not None and method == "GET" else None
+        short = faults.take("short", method, path) if body_faults and method != "HEAD" else None
         if short is not None:
             logger.info("fault: serving %s %s %d bytes short, with a Content-Length to match", method, path,
                         short.short_by)
@@ -162,12 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method == "HEAD":
             return
-        if response.file is None:
-            self.wfile.write(response.body)
-            return
-        drop, stall = faults.take("drop", method, path), faults.take("stall", method, path)
-        throttle = faults.take("throttle", method, path)
-        response.file.seek(response.file_start)
+        drop, stall, throttle = ((faults.take("drop", method, path), faults.take("stall", method, path),
+                                  faults.take("throttle", method, path)) if body_faults else (None, None, None))
+        source.seek(start)
         sent, stats, started = 0, self.server.hub.stats, time.monotonic()
         while sent < length:
             n = min(CHUNK, length - sent)
@@ -187,11 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
                     n = min(n, stall.after_bytes - sent)
             if delay is not None:
                 time.sleep(delay.seconds)
-            data = response.file.read(n)
+            data = source.read(n)
             if not data:
                 logger.warning("%s shrank while being served; cutting the connection", path)
                 raise _Cut
-            stats.record_bytes(path, len(data))  # before the write: a client never has bytes not yet counted
+            if response.file is not None:  # before the write: a client never has bytes not yet counted
+                stats.record_bytes(path, len(data))
             self.wfile.write(data)
             sent += len(data)
 

@@ -191,7 +191,7 @@ DEFAULTS: dict[str, dict[str, Api | CliOnly]] = {
                   "delay": Api(FAULTS, "delay"), "fault_times": Api(FAULTS, "times", lambda k: k or None),
                   "retry_after": Api(FAULTS, "retry_after"), "throttle": Api(FAULTS, "throttle"),
                   "short_body": Api(FAULTS, "short_body"),
-                  "fault_path": Api(FAULTS, "path")},
+                  "fault_path": Api(FAULTS, "path"), "fault_method": Api(FAULTS, "method")},
     "data build": {"source_revision": Api("mergebench.data.build:BuildOptions", "revisions", lambda v: dict(v or {})),
                    "source": Api("mergebench.data.build:BuildOptions", "repos", lambda v: dict(v or {})),
                    "push_to": Api("mergebench.data.build:build_domain", "push_to"),

@@ -103,3 +103,19 @@ def test_rate_limit_with_retry_after_and_a_short_body_from_the_command_line(root
 def test_retry_after_needs_http_error(root) -> None:
     result = CliRunner().invoke(hub_app, ["serve", str(root), "--retry-after", "1"])
     assert result.exit_code == 2 and "--retry-after needs --http-error" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_body_faults_reach_api_answers_of_the_method_asked_for(root) -> None:
+    options = ("--drop-after-bytes", "10", "--fault-method", "*", "--fault-times", "1", "--fault-path", "/api/models/*")
+    with serve(root, *options) as (url, stderr):
+        assert any("Fault armed: connection cut after 10 body bytes, on 1 request(s) matching '/api/models/*'" in line
+                   for line in stderr)
+        assert _received(_url(url)) == (BLOB, None)  # a file download outside --fault-path
+        data, error = _received(f"{url}/api/models/{REPO}")
+        assert len(data) == 10 and isinstance(error, httpx.RemoteProtocolError)
+        whole = httpx.get(f"{url}/api/models/{REPO}")
+        assert whole.status_code == 200 and whole.json()["id"] == REPO
+    with serve(root, "--http-error", "503", "--fault-method", "post", "--fault-path", "/api/models/*") as (url, stderr):
+        assert any("on 1 request(s) matching POST '/api/models/*'" in line for line in stderr)
+        assert httpx.get(f"{url}/api/models/{REPO}").status_code == 200  # a GET: not the method asked for
