@@ -45,6 +45,7 @@ from pipeline import label, merged_repo_id
 from settings import SpaceConfig
 
 from mergebench.errors import ConfigError
+from mergebench.hub import jobs as hub_jobs
 from mergebench.hub.refs import pin
 from mergebench.runner.units import EvalOptions, ResultsLocation, SubmissionUnit, spec_json
 from mergebench.work import write_atomic
@@ -52,7 +53,6 @@ from mergebench.work import write_atomic
 logger = logging.getLogger(__name__)
 
 SPACE_LABEL, SUBMISSION_LABEL = "mergebench-space", "mergebench-submission"
-TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 RESULTS = "results.json"
 LOG_LINES = 200
 """Lines of a Job's log kept in the job's log (the page shows the last 60)."""
@@ -155,13 +155,12 @@ class JobsDispatcher(BackgroundLoop):
         Raises:
             ConfigError: ``jobs_flavor`` is not a Jobs flavor.
         """
-        hardware = self.api.list_jobs_hardware()
-        self.per_second = {h.name: h.unit_cost_usd / (60.0 if h.unit_label == "minute" else 3600.0) for h in hardware}
+        self.per_second = hub_jobs.hardware_prices(self.api)
         if self.config.jobs_flavor not in self.per_second:
             raise ConfigError(f"Unknown Jobs flavor '{self.config.jobs_flavor}' (jobs_flavor).",
                               hint=f"Flavors: {', '.join(sorted(self.per_second))}.")
         if self.config.jobs_token == "space" and not self.namespace:
-            self.namespace = str(self.api.whoami()["name"])
+            self.namespace = hub_jobs.whoami_name(self.api)
         found = self._labelled(self.namespace, None) if self.config.jobs_token == "space" else {}
         user_mode = self.config.jobs_token == "user"
         self.store.recover(max_attempts=self.config.max_attempts,
@@ -214,15 +213,15 @@ class JobsDispatcher(BackgroundLoop):
         """This Space's Jobs in ``namespace`` by submission: the live one if any (extra live copies are
         cancelled), else the newest."""
         by_job: dict[str, list[Any]] = {}
-        for info in self.api.list_jobs(labels={SPACE_LABEL: self.label}, namespace=namespace, token=token):
+        for info in hub_jobs.list_jobs(self.api, labels={SPACE_LABEL: self.label}, namespace=namespace, token=token):
             by_job.setdefault((info.labels or {}).get(SUBMISSION_LABEL, ""), []).append(info)
         chosen = {}
         for job_id, infos in by_job.items():
             infos.sort(key=lambda i: str(i.created_at or ""))
-            live = [i for i in infos if i.status.stage not in TERMINAL]
+            live = [i for i in infos if i.status.stage not in hub_jobs.TERMINAL]
             for extra in live[:-1]:
                 logger.warning("job %s: cancelling its duplicate Job %s", job_id, extra.id)
-                self.api.cancel_job(job_id=extra.id, namespace=namespace, token=token)
+                hub_jobs.cancel_job(self.api, extra.id, namespace=namespace, token=token)
             chosen[job_id] = live[-1] if live else infos[-1]
         return chosen
 
@@ -259,8 +258,8 @@ class JobsDispatcher(BackgroundLoop):
 
     def _launch(self, job: Job) -> None:
         unit = submission_unit(job, self.config)
-        info = self.api.run_job(
-            image=str(self.image), command=["mergebench", "--verbose", "unit", "run", spec_json(unit)],
+        info = hub_jobs.launch_job(
+            self.api, image=str(self.image), command=["mergebench", "--verbose", "unit", "run", spec_json(unit)],
             secrets={"HF_TOKEN": self.secret}, flavor=self.config.jobs_flavor, timeout=self.config.jobs_timeout,
             labels={SPACE_LABEL: self.label, SUBMISSION_LABEL: job.id}, name=f"mergebench-submission-{job.id}",
             namespace=self._namespace(job), token=self._token(job))
@@ -279,15 +278,14 @@ class JobsDispatcher(BackgroundLoop):
             job = self.store.get(job_id)
             namespace, token = self._namespace(job), self._token(job)
             try:
-                info = self.api.inspect_job(job_id=hf_id, namespace=namespace, token=token)
+                info = hub_jobs.inspect_job(self.api, hf_id, namespace=namespace, token=token)
             except HfHubHTTPError as e:
                 if e.response is None or e.response.status_code != 404:
                     raise
                 self._finish(job, status="failed", message=f"Its Hugging Face Job {namespace}/{hf_id} no longer "
                                                            "exists (deleted).", hint="Submit it again.")
                 continue
-            lines = [str(ln) for ln in self.api.fetch_job_logs(job_id=hf_id, namespace=namespace, tail=LOG_LINES,
-                                                              token=token)]
+            lines = hub_jobs.job_logs(self.api, hf_id, namespace=namespace, tail=LOG_LINES, token=token)
             path = self.store.log_path(job.id)
             path.parent.mkdir(parents=True, exist_ok=True)
             header = f"--- Hugging Face Job {namespace}/{hf_id} on {info.flavor} (attempt {job.attempts}) ---\n"
@@ -300,7 +298,7 @@ class JobsDispatcher(BackgroundLoop):
             elapsed = float(durations.total_secs or 0) if durations else 0.0
             running = float(durations.running_secs or 0) if durations else 0.0
             cost = round(running * self.per_second.get(str(info.flavor), 0.0), 6)
-            if info.status.stage in TERMINAL:
+            if info.status.stage in hub_jobs.TERMINAL:
                 self._ended(job, info, lines, elapsed=elapsed, cost=cost)
             elif stage != job.stage or time.monotonic() - self._recorded.get(job.id, 0.0) >= RECORD_SECONDS:
                 self._recorded[job.id] = time.monotonic()

@@ -450,7 +450,7 @@ def push_results(repo_id: str, results: Results, *, private: bool = False, api: 
     from mergebench.hub.retry import with_retries
 
     api = api or HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True))
     rows, path = result_rows(results), results_path(results)
     for attempt in range(PUSH_ATTEMPTS):
         head = with_retries(lambda: api.repo_info(repo_id, repo_type="dataset")).sha

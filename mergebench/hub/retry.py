@@ -1,8 +1,10 @@
-"""Retrying Hub calls: transient failures (5xx, 429, dropped connections) are retried with back-off, waiting at
-least what the server's ``Retry-After`` asks for (:func:`mergebench.stream.sources.retry_after_seconds`)."""
+"""Retrying Hub calls: transient failures (5xx, 429, dropped connections, answers cut short) are retried with
+back-off, waiting at least what the server's ``Retry-After`` asks for
+(:func:`mergebench.stream.sources.retry_after_seconds`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,13 +23,14 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 def with_retries(call: Callable[[], T], *, retries: int = 5, backoff: float = 0.2) -> T:
-    """Run a Hub call, retrying transient failures (5xx, 429, dropped connections) with back-off."""
+    """Run a Hub call, retrying transient failures with back-off: 5xx, 429, a dropped connection, and an API
+    answer that does not parse (a body cut short under a Content-Length that agrees with it)."""
     for attempt in range(retries + 1):
         try:
             return call()
-        except (HfHubHTTPError, httpx.TransportError) as e:
+        except (HfHubHTTPError, httpx.TransportError, json.JSONDecodeError) as e:
             status = getattr(getattr(e, "response", None), "status_code", None)
-            transient = isinstance(e, httpx.TransportError) or status in RETRYABLE_STATUS
+            transient = isinstance(e, (httpx.TransportError, json.JSONDecodeError)) or status in RETRYABLE_STATUS
             if not transient or attempt == retries:
                 raise
             headers = getattr(getattr(e, "response", None), "headers", None) or {}

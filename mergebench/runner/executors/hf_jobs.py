@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mergebench.errors import ConfigError
+from mergebench.hub import jobs as hub_jobs
 from mergebench.runner.config import ExecutorSettings
 from mergebench.runner.executors import Attempt, Executor, Outcome
 from mergebench.runner.progress import StageLog
@@ -35,7 +36,6 @@ from mergebench.work import fingerprint_of, write_atomic
 logger = logging.getLogger(__name__)
 
 RUN_LABEL, UNIT_LABEL = "mergebench-run", "mergebench-unit"
-TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 LOG_TAIL = 5
 
 
@@ -71,10 +71,9 @@ class HfJobsExecutor(Executor):
                               hint="Set these in BENCH.yaml under `executor:` (see the README, 'Running at scale'); "
                                    "log in with `hf auth login` or set HF_TOKEN.")
         self.api, self.token = HfApi(), str(token)
-        self.namespace = jobs.namespace or str(self.api.whoami()["name"])
+        self.namespace = jobs.namespace or hub_jobs.whoami_name(self.api)
         self.run_label = f"{label_value(name)[:60]}-{fingerprint_of([repo, results_prefix(name)])[:8]}"
-        self.per_second = {h.name: h.unit_cost_usd / (60.0 if h.unit_label == "minute" else 3600.0)
-                           for h in self.api.list_jobs_hardware()}
+        self.per_second = hub_jobs.hardware_prices(self.api)
         unknown = sorted(set(jobs.flavors.values()) - set(self.per_second))
         if unknown:
             raise ConfigError(f"Unknown Jobs flavor(s) in executor.hf_jobs.flavors: {', '.join(unknown)}.",
@@ -92,7 +91,7 @@ class HfJobsExecutor(Executor):
         return remaining
 
     def _run_jobs(self) -> list[Any]:
-        return list(self.api.list_jobs(labels={RUN_LABEL: self.run_label}, namespace=self.namespace))
+        return hub_jobs.list_jobs(self.api, labels={RUN_LABEL: self.run_label}, namespace=self.namespace)
 
     def attach(self, units: Sequence[UnitSpec]) -> dict[str, Attempt]:
         """The run's Jobs still running, for the units of this wave (one per unit: extra copies are cancelled)."""
@@ -100,10 +99,10 @@ class HfJobsExecutor(Executor):
         attached: dict[str, Attempt] = {}
         for job in sorted(self._run_jobs(), key=lambda j: j.created_at or 0):
             unit = wanted.get((job.labels or {}).get(UNIT_LABEL, ""))
-            if unit is None or job.status.stage in TERMINAL:
+            if unit is None or job.status.stage in hub_jobs.TERMINAL:
                 continue
             if unit.id in attached:
-                self.api.cancel_job(job_id=job.id, namespace=self.namespace)
+                hub_jobs.cancel_job(self.api, job.id, namespace=self.namespace)
                 continue
             running = (job.durations.total_secs or 0) if job.durations else 0
             attached[unit.id] = Attempt(unit, job.id, started=time.monotonic() - running)
@@ -114,10 +113,10 @@ class HfJobsExecutor(Executor):
     def launch(self, unit: UnitSpec) -> Attempt:
         jobs = self.settings.hf_jobs
         spec = unit.results.describe(f"units/{unit.id}.json")
-        job = self.api.run_job(image=str(jobs.image), command=[*jobs.command, "unit", "run", spec],
-                               secrets={"HF_TOKEN": self.token}, flavor=jobs.flavors[unit.kind], timeout=jobs.timeout,
-                               labels={RUN_LABEL: self.run_label, UNIT_LABEL: unit.id},
-                               name=f"mergebench-{label_value(unit.kind)}-{unit.id}", namespace=self.namespace)
+        job = hub_jobs.launch_job(self.api, image=str(jobs.image), command=[*jobs.command, "unit", "run", spec],
+                         secrets={"HF_TOKEN": self.token}, flavor=jobs.flavors[unit.kind], timeout=jobs.timeout,
+                         labels={RUN_LABEL: self.run_label, UNIT_LABEL: unit.id},
+                         name=f"mergebench-{label_value(unit.kind)}-{unit.id}", namespace=self.namespace)
         return Attempt(unit, job.id)
 
     def wait(self, attempts: list[Attempt]) -> list[tuple[Attempt, Outcome]]:
@@ -125,8 +124,8 @@ class HfJobsExecutor(Executor):
         infos = {job.id: job for job in self._run_jobs()}
         ended = []
         for attempt in attempts:
-            info = infos.get(attempt.handle) or self.api.inspect_job(job_id=attempt.handle, namespace=self.namespace)
-            if info.status.stage in TERMINAL:
+            info = infos.get(attempt.handle) or hub_jobs.inspect_job(self.api, attempt.handle, namespace=self.namespace)
+            if info.status.stage in hub_jobs.TERMINAL:
                 ended.append((attempt, self._ended(attempt.unit, info)))
         return ended
 
@@ -149,12 +148,12 @@ class HfJobsExecutor(Executor):
 
     def _keep_log(self, unit: UnitSpec, job: Any) -> Path:
         path = self.jobs_dir / unit.id / f"{job.id}.log"
-        lines: Iterable[str] = self.api.fetch_job_logs(job_id=job.id, namespace=self.namespace)
+        lines = hub_jobs.job_logs(self.api, job.id, namespace=self.namespace)
         write_atomic(path, "".join(f"{line}\n" for line in lines))
         return path
 
     def cancel(self, attempt: Attempt) -> None:
-        self.api.cancel_job(job_id=attempt.handle, namespace=self.namespace)
+        hub_jobs.cancel_job(self.api, attempt.handle, namespace=self.namespace)
 
     def cost(self, unit_ids: Iterable[str]) -> float | None:
         """What the Jobs of these units cost (every attempt, failed ones too): price × running time."""
