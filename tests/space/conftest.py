@@ -36,6 +36,8 @@ class SpaceHub:
     root: Path
     repos: dict[str, str]
     results_dir: Path
+    server: LoopbackHub
+    """For faults (``server.faults``) and request counts (``server.stats``)."""
 
 
 def _bin_only_repo(root: Path, config: dict) -> None:
@@ -57,4 +59,4 @@ def space_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpaceHub]:
     write_fixture_results(results_dir)
     with LoopbackHub(root) as server, use_endpoint(server.url, hf_home=tmp_path_factory.mktemp("space-hf-home"),
                                                       token=DUMMY_TOKEN):
-        yield SpaceHub(server.url, root, repos, results_dir / "results")
+        yield SpaceHub(server.url, root, repos, results_dir / "results", server)

@@ -229,3 +229,26 @@ def test_a_failed_job_shows_the_error_and_hint_from_its_log(space_hub, tmp_path)
     assert _page_rows(store)[job.id]["message"] == f"{failed.message} Hint: {failed.hint}"
     assert failed.cost_usd == pytest.approx(
         HfApi().inspect_job(job_id=failed.hf_job.split("/")[1]).durations.running_secs * A10G_PER_SECOND, abs=1e-6)
+
+
+def test_a_flaky_jobs_api_neither_fails_a_submission_nor_launches_it_twice(space_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "alice/mergebench-flaky")
+    faults = space_hub.server.faults
+    rules = [faults.http_error(503, times=2, path_glob="/api/jobs/hardware"),  # at start
+             faults.http_error(429, retry_after=0.1, times=2, path_glob="/api/jobs/alice", method="POST"),
+             faults.drop_after_bytes(0, path_glob="/api/jobs/alice", method="POST"),  # launched, answer lost
+             faults.short_body(5, times=2, path_glob="/api/jobs/alice/*")]  # status and logs cut short
+    config = _config(space_hub, tmp_path / "state")
+    store = JobStore(config.work_dir, HubMirror(config.requests_repo))
+    job = store.add(_merge_job(_catalogue(space_hub), "dave", "model_soup", ""), max_active=2, max_daily=5)
+    worker = make_worker(store, config, on_finish=Board(config, store).add_job)
+    worker.start()
+    try:
+        wait_until(lambda: store.get(job.id).status in ("done", "failed"), 240, "the submission")
+    finally:
+        worker.stop()
+        faults.clear()  # the Hub serves the module's other tests
+    assert [r.fired for r in rules] == [2, 2, 1, 2]
+    done = store.get(job.id)
+    assert done.status == "done", (done.message, done.hint)
+    assert [j.labels[SUBMISSION_LABEL] for j in _space_jobs()] == [job.id]  # the lost launch's Job, adopted
