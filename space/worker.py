@@ -71,8 +71,20 @@ class Worker(BackgroundLoop):
         for job in self.store.all():
             if job.status == "running":
                 kill_stale(job)
+                self._collect(job)
         self.store.recover(max_attempts=self.config.max_attempts)
         self._start_loop()
+
+    def _collect(self, job: Job) -> None:
+        """Finish ``job`` with the outcome its pipeline wrote, if it wrote one before the Space stopped.
+
+        The outcome is the pipeline's last act, written atomically after the merge was pushed and the results
+        were scored and pushed; a Space killed between that write and recording the job would otherwise run the
+        whole job again (found by the fault campaign: evaluated and pushed twice)."""
+        outcome = _read(self.store.job_dir(job.id) / "outcome.json")
+        if outcome:
+            logger.info("job %s finished before the Space stopped; collecting its outcome", job.id)
+            self.store.finish(job.id, self.on_finish, pid=None, **json.loads(outcome))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs and kill a running child (its job stays RUNNING and resumes at the next start)."""

@@ -152,3 +152,24 @@ def test_a_job_out_of_attempts_fails_cleanly(space_hub, tmp_path):
     assert not store.job_dir(job.id).exists()  # never started again
     with pytest.raises(FileNotFoundError):
         store.log_path(job.id).read_text()
+
+
+def test_a_job_whose_pipeline_finished_before_the_space_stopped_is_collected_not_run_again(space_hub, tmp_path):
+    config = replace(_config(space_hub, tmp_path / "state"), requests_repo=None)
+    store = JobStore(config.work_dir)
+    job = store.add(_merge_job(space_hub, "alice", "ties", ""), max_active=2, max_daily=5)
+    store.claim_next()  # the Space died after the pipeline wrote its outcome, before the worker recorded it
+    outcome = {"status": "done", "model_id": "alice/tiny-llama-ties-0001", "results_file": "results.json",
+               "commit_urls": {"model": "http://hub/commit/1"}, "message": "Scored on 1 tasks"}
+    store.job_dir(job.id).mkdir(parents=True)
+    (store.job_dir(job.id) / "outcome.json").write_text(json.dumps(outcome))
+    announced: list[Job] = []
+    worker = Worker(store, config, on_finish=announced.append, poll_seconds=0.2)
+    worker.start()
+    worker.stop()
+    done = store.get(job.id)
+    assert (done.status, done.model_id, done.message, done.attempts) == ("done", outcome["model_id"],
+                                                                       outcome["message"], 1)
+    assert [j.id for j in announced] == [job.id] and announced[0].status == "done"  # on the leaderboard once
+    with pytest.raises(FileNotFoundError):
+        store.log_path(job.id).read_text()  # no second attempt was started
