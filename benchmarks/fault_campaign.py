@@ -27,8 +27,17 @@ pushed repo, the rows of a pushed results dataset).
   rerun without the fault (``--resume`` where it exists) to check that nothing it left corrupts the retry.
   *Corrupt*: exit 0 with an output that differs, a traceback, or a partial output visible.
 
-What this does not cover: the Space worker (its kill-and-restart is tested in ``tests/space``), Jobs (issue 18),
-and faults inside the upload body (the loopback Hub injects faults into its answers, not into what it receives).
+* **the Space**: a fresh Space process (``mergebench space``, in-process worker) takes one merge through its
+  Gradio API and is killed with SIGKILL (its worker with it, the job's pipeline child by PR_SET_PDEATHSIG) after a
+  seeded random delay within the fault-free job's duration, then started again on the same state. *Recovered*:
+  the job ends ``done``; *identical*: its scores, the merged model it pushed and the results it pushed equal the
+  fault-free job's, one pipeline ran it to its end and the results were pushed once.
+* **Jobs**: ``mergebench run`` with the ``hf-jobs`` executor (every unit a Job of the loopback Hub's Jobs API)
+  under each network fault on ``/api/jobs/*`` (launching, listing, inspecting, logs, the hardware list).
+
+What this does not cover: faults inside the upload body (the loopback Hub injects faults into its answers, not
+into what it receives), and the Jobs a Space dispatches (``dispatch = hf-jobs``: the same Jobs API calls through
+``space/dispatch.py``, whose restart is tested in ``tests/space/test_dispatch.py``).
 """
 
 from __future__ import annotations
@@ -41,25 +50,30 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import probes as P
+import space_load as S
 
 from mergebench.domains import DOMAINS
 
 RESULTS = P.REPO / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
 VOLATILE = {"merge_seconds", "validation_seconds", "total_seconds", "eval_seconds", "peak_memory_bytes", "run_id",
-            "finished_at", "model", "model_url", "card_url", "started_at", "seconds"}
+            "finished_at", "model", "model_url", "card_url", "started_at", "seconds",
+            "jobs_usd"}  # what Jobs cost follows from how long they ran
 
 
 @dataclass
@@ -77,6 +91,30 @@ class Subject:
     env: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SpaceHub:
+    """What :func:`space_load.loopback_space_hub` serves: the tiny family and the reference results."""
+
+    url: str
+    root: Path
+    results: Path
+
+
+@dataclass
+class SpaceJob:
+    """One merge submitted to the Space and followed to its end."""
+
+    job: dict
+    seconds: float
+    """From the submission to the job's end, restart included."""
+    killed_after: float | None
+    """Seconds after the submission the Space was killed (``None``: the job ended first, or no kill asked)."""
+    finished: int
+    """``job finished:`` lines in the job's log: how many times a pipeline ran it to its end."""
+    digest: object = None
+    leftovers: list[str] = field(default_factory=list)
+
+
 @dataclass
 class Tally:
     scenario: str
@@ -84,6 +122,8 @@ class Tally:
     recovered: int = 0
     identical: int = 0
     corrupt: int = 0
+    fired: int | None = None
+    """Network rows: faults that took effect (an error sent, an answer cut or shortened, a body throttled)."""
     lost: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -157,16 +197,17 @@ class Campaign:
             return Subject(name, [P.MERGEBENCH, "data", "build", "math", "--out", "out"], out,
                            lambda: P.tree_digest(out), ("--overwrite",), fault_path="/datasets/*", cwd=work)
         if name == "runner":
-            bench = {"name": "fc", "output": str(out),
-                     "bases": [{"name": "tiny-llama", "model": str(self.family.base),
-                                "experts": {d: str(p) for d, p in self.family.experts.items()}}],
-                     "data": {d: str(self.validation[d]) for d in DOMAINS},
-                     "methods": [{"method": "model_soup"},
-                                 {"method": "task_arithmetic", "grid": {"scaling": [0.3, 1.0]}}],
-                     "validation": {"suites": ["tinybench_validation"], "max_samples": 2},
-                     "evaluation": {"suites": ["tinybench"], "max_samples": 2}}
-            (work / "bench.yaml").write_text(json.dumps(bench))
+            (work / "bench.yaml").write_text(json.dumps(self.small_bench(out)))
             return Subject(name, [P.MERGEBENCH, "run", "bench.yaml"], out, lambda: leaderboard_digest(out), cwd=work)
+        if name == "jobs_run":  # the runner's hf-jobs executor: every unit a Job of the loopback Hub's Jobs API
+            repo = f"fc-jobs/{work.name}"
+            bench = {**self.small_bench(out), "executor": {
+                "kind": "hf-jobs", "results_repo": repo, "max_concurrent": 3,
+                "hf_jobs": {"image": "mergebench:fault-campaign", "poll_seconds": 0.3,
+                            "flavors": {"grid_point": "cpu-basic", "evaluation": "cpu-basic"}}}}
+            (work / "bench.yaml").write_text(json.dumps(bench))
+            return Subject(name, [P.MERGEBENCH, "run", "bench.yaml"], out, lambda: leaderboard_digest(out),
+                           hub_repos=(f"datasets/{repo}",), fault_path="/api/jobs/*", cwd=work)
         if name == "eval_data":
             return Subject(name, [P.MERGEBENCH, "eval", self.ids["base"], "--tasks", "mb_mmlu", "--tasks",
                                   "mb_pubmedqa", "--eval-data", "fc/mergebench-eval", "--out", "out/results.json"],
@@ -185,6 +226,16 @@ class Campaign:
                            out, lambda: results_rows_digest(self.hub_root / "datasets" / repo),
                            hub_repos=(f"datasets/{repo}",), fault_path="/api/*", cwd=work)
         raise ValueError(name)
+
+    def small_bench(self, out: Path) -> dict:
+        """A benchmark run of the tiny family: two methods (one with a two-point grid), two items per task."""
+        return {"name": "fc", "output": str(out),
+                "bases": [{"name": "tiny-llama", "model": str(self.family.base),
+                           "experts": {d: str(p) for d, p in self.family.experts.items()}}],
+                "data": {d: str(self.validation[d]) for d in DOMAINS},
+                "methods": [{"method": "model_soup"}, {"method": "task_arithmetic", "grid": {"scaling": [0.3, 1.0]}}],
+                "validation": {"suites": ["tinybench_validation"], "max_samples": 2},
+                "evaluation": {"suites": ["tinybench"], "max_samples": 2}}
 
     def run(self, subject: Subject, url: str | None, *extra: str, timeout: float = 600) -> P.Run:
         return P.run_cmd([*subject.cmd, *extra], cwd=subject.cwd, env={**self.env(url), **subject.env},
@@ -234,10 +285,86 @@ class Campaign:
             tally.corrupt += 1
             tally.notes.append(f"{name} killed after {killed_after:.1f}s: rerun output differs or left {left}")
 
+    # --- the Space ------------------------------------------------------------------------------------------------
+
+    def space_job(self, hub: SpaceHub, where: str, kill_after: float | None = None) -> SpaceJob:
+        """One merge submitted through the Gradio API of a fresh Space process (in-process worker, models and
+        results pushed to the loopback Hub) and followed to its end. With ``kill_after``, the Space is killed with
+        SIGKILL that many seconds after the submission — its worker with it, the job's pipeline child by
+        PR_SET_PDEATHSIG — and started again on the same state, as a crashed Space restarts."""
+        work = self.root / "space" / where
+        work.mkdir(parents=True)
+        secret = secrets.token_hex(16)
+        space = S.SpaceProcess(hub_url=hub.url, results_dir=hub.results, work=work, token="hf_faultCampaignSpace",
+                               plan=S.Plan(max_active=100, max_daily=1000), secret=secret)
+        jobs = space.state / "jobs"
+        killed_after = None
+        space.start()
+        try:
+            [sent] = S.submit_wave(space.url, ["fc-user"], 1, secret, where)
+            if sent.job_id is None:
+                raise RuntimeError(f"the Space refused the campaign's submission: {sent.message}")
+            job_id, submitted = sent.job_id, time.monotonic()
+
+            def ended() -> bool:
+                return S.read_jobs(jobs).get(job_id, {}).get("status") in S.ENDED
+
+            if kill_after is not None:
+                with suppress(TimeoutError):
+                    S.wait_for(ended, kill_after, f"job {job_id}", step=0.05)
+                if not ended():
+                    space.kill()
+                    killed_after = time.monotonic() - submitted
+                    for pid in [j.get("pid") for j in S.read_jobs(jobs).values() if j["status"] == "running"]:
+                        if pid:  # no pipeline may outlive the Space and write into the job the next one resumes
+                            S.wait_for(lambda pid=pid: not S.alive(pid), 10, f"the pipeline of {job_id} to die")
+                    space.start()
+            S.wait_for(ended, 600, f"job {job_id} to end")
+            seconds = time.monotonic() - submitted
+        finally:
+            space.stop()
+        job = S.read_jobs(jobs)[job_id]
+        log = space.state / "work" / job_id / "job.log"
+        finished = log.read_text(errors="replace").count("job finished:") if log.exists() else 0
+        run = SpaceJob(job, seconds, killed_after, finished)
+        if job["status"] == "done":
+            from mergebench.eval.leaderboard import read_results
+
+            results = Path(job["results_file"])
+            pushed = Counter(r.model["id"] for r in read_results(S.RESULTS_REPO))[job["model_id"]]
+            run.digest = (scores_digest(results), hub_files_digest(hub.root / "models" / job["model_id"]), pushed)
+            run.leftovers = partial_leftovers(results)
+        return run
+
+    def space_kill_once(self, hub: SpaceHub, tally: Tally) -> None:
+        key = ("space", True)
+        if key not in self.reference:
+            fresh = self.space_job(hub, "reference")
+            if fresh.digest is None:
+                raise RuntimeError(f"the fault-free Space job failed: {fresh.job.get('message')}")
+            self.reference[key] = (fresh.digest, fresh.seconds)
+        want, fresh_seconds = self.reference[key]
+        tally.runs += 1
+        run = self.space_job(hub, f"kill-{tally.runs}", self.rng.uniform(0.05, 0.95) * fresh_seconds)
+        when = (f"Space killed {run.killed_after:.1f}s after the submission" if run.killed_after is not None
+                else "the job ended before the kill")
+        if run.job["status"] != "done":
+            tally.notes.append(f"{when}: the job ended {run.job['status']}: {run.job.get('message')}")
+            return
+        tally.recovered += 1
+        tally.lost.append(run.seconds - fresh_seconds)
+        if run.digest == want and run.finished == 1 and not run.leftovers:
+            tally.identical += 1
+        else:
+            tally.corrupt += 1
+            tally.notes.append(f"{when}: {run.finished} finished pipeline(s), scores/model/results pushed "
+                               f"{'equal' if run.digest == want else 'differ'}, left {run.leftovers}")
+
     # --- network faults -------------------------------------------------------------------------------------------
 
     def fault_once(self, name: str, fault: str, options: tuple[str, ...], tally: Tally) -> None:
         tally.runs += 1
+        tally.fired = tally.fired or 0
         work = self.root / "network" / re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-{fault}").strip("-")  # a repo name too
         with self.server() as clean:  # the reference reads the same Hub, without faults
             want, fresh_seconds = self.reference_of(name, clean.url)
@@ -246,6 +373,7 @@ class Campaign:
             shutil.rmtree(self.hub_root / repo, ignore_errors=True)
         with self.server(*options, "--fault-path", subject.fault_path) as server:
             r = self.run(subject, server.url, timeout=300)
+        tally.fired += faults_fired(server.log)
         left = partial_leftovers(subject.output)
         if r.timed_out or "Traceback" in r.stderr:
             tally.corrupt += 1
@@ -274,21 +402,43 @@ class Campaign:
             tally.notes.append(f"{name} after {fault}: the retry exit {again.rc} / output differs")
 
 
-FAULTS: dict[str, tuple[str, ...]] = {
-    "drop after 100 kB (×3)": ("--drop-after-bytes", "100000", "--fault-times", "3"),
+ERRORS: dict[str, tuple[str, ...]] = {
     "HTTP 503 burst (×3)": ("--http-error", "503", "--fault-times", "3"),
     "HTTP 429 + Retry-After 1 s (×3)": ("--http-error", "429", "--retry-after", "1", "--fault-times", "3"),
+}
+FILE_FAULTS: dict[str, tuple[str, ...]] = {
+    "drop after 100 kB (×3)": ("--drop-after-bytes", "100000", "--fault-times", "3"), **ERRORS,
     "100 KB/s": ("--throttle", "100000", "--fault-times", "0"),
     "body short, lying Content-Length (×2)": ("--short-body", "100", "--fault-times", "2"),
 }
-NETWORK_SUBJECTS = ("hub_merge", "statistics", "data_build", "eval_data", "push", "results_upload")
+"""On downloads (GET): shards, dataset files, evaluation data."""
+API_FAULTS: dict[str, tuple[str, ...]] = {
+    "POST answer lost after the work is done (×2)": ("--drop-after-bytes", "0", "--fault-times", "2",
+                                                     "--fault-method", "POST"), **ERRORS,
+    "answer cut after 20 bytes (×3)": ("--drop-after-bytes", "20", "--fault-times", "3", "--fault-method", "*"),
+    "answer short, lying Content-Length (×2)": ("--short-body", "10", "--fault-times", "2", "--fault-method", "*"),
+}
+"""On API answers (JSON, any method): commits, repo creation, Job launches and status."""
+FIRED = re.compile(r"fault (error|throttle) fired on|fault: dropping|fault: serving .* short")
+"""The loopback Hub's log lines (``-v``) of a fault that took effect."""
+NETWORK_SUBJECTS = {"hub_merge": ("Hub merge (TIES)", FILE_FAULTS), "statistics": ("statistics", FILE_FAULTS),
+                    "data_build": ("data build", FILE_FAULTS), "eval_data": ("eval data", FILE_FAULTS),
+                    "push": ("push", API_FAULTS), "results_upload": ("results upload", API_FAULTS),
+                    "jobs_run": ("Jobs (the runner's hf-jobs executor)", API_FAULTS)}
 KILL_PLAN = {"merge:task_arithmetic": 4, "merge:ties": 3, "merge:dare": 3, "merge-hub:task_arithmetic": 10,
              "statistics": 10, "data_build": 12, "runner": 8}
+SPACE_KILLS = 6
+"""kill -9 of the Space process while one merge job is queued or running (each run a fresh Space: ~1 min)."""
+SPACE_LABEL = "kill -9: Space worker"
 
 
 def kill_label(name: str) -> str:
     label = name.replace("merge-hub:", "Hub merge, ").replace("merge:", "local merge, ")
     return f"kill -9: {label.replace('_', ' ')}"
+
+
+def faults_fired(log: list[str]) -> int:
+    return sum(bool(FIRED.search(line)) for line in log)
 
 
 def partial_leftovers(out: Path) -> list[str]:
@@ -330,14 +480,18 @@ def render(tallies: list[Tally], load: tuple[tuple[float, ...], tuple[float, ...
     lines = [f"`.venv/bin/python benchmarks/fault_campaign.py --write`, run {when} on {os.cpu_count()} CPUs; load "
              f"average {'/'.join(f'{x:.2f}' for x in load[0])} before, {'/'.join(f'{x:.2f}' for x in load[1])} after; "
              f"{minutes:.1f} min in all. What each column means is in the script's docstring.", "",
-             "| scenario | runs | recovered | identical | corrupt or partial visible | time lost (median s) |",
-             "|---|---|---|---|---|---|"]
+             f"Network faults on downloads: {'; '.join(FILE_FAULTS)}. On API answers: {'; '.join(API_FAULTS)}.", "",
+             "| scenario | runs | recovered | identical | corrupt or partial visible | faults fired | "
+             "time lost (median s) |",
+             "|---|---|---|---|---|---|---|"]
     for t in tallies:
         lost = f"{statistics.median(t.lost):.1f}" if t.lost else "–"
-        lines.append(f"| {t.scenario} | {t.runs} | {t.recovered} | {t.identical} | {t.corrupt} | {lost} |")
+        fired = "–" if t.fired is None else str(t.fired)
+        lines.append(f"| {t.scenario} | {t.runs} | {t.recovered} | {t.identical} | {t.corrupt} | {fired} | {lost} |")
     total = Tally("**total**", sum(t.runs for t in tallies), sum(t.recovered for t in tallies),
                   sum(t.identical for t in tallies), sum(t.corrupt for t in tallies))
-    lines.append(f"| {total.scenario} | {total.runs} | {total.recovered} | {total.identical} | {total.corrupt} | |")
+    lines.append(f"| {total.scenario} | {total.runs} | {total.recovered} | {total.identical} | {total.corrupt} | "
+                 f"{sum(t.fired or 0 for t in tallies)} | |")
     notes = [n for t in tallies for n in t.notes]
     lines += ["", "Notes:", ""] + ([f"- {n}" for n in notes] or ["None."])
     return "\n".join(lines)
@@ -358,6 +512,8 @@ def write_section(text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("kills", "network"))
+    parser.add_argument("--scenario", action="append", default=[], metavar="TEXT",
+                        help="only the scenarios whose label contains TEXT (repeatable), e.g. 'Space', 'Jobs'")
     parser.add_argument("--write", action="store_true", help="rewrite the campaign's section of RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (printed)")
     parser.add_argument("--state", type=Path, default=P.REPO / "benchmarks" / ".fault_campaign.json")
@@ -369,6 +525,9 @@ def main() -> int:
     done = {} if args.fresh or not args.state.is_file() else json.loads(args.state.read_text(encoding="utf-8"))
     tallies = [Tally(**t) for t in done.values()]
 
+    def skip(label: str) -> bool:
+        return label in done or (bool(args.scenario) and not any(text in label for text in args.scenario))
+
     def finished(tally: Tally) -> None:
         print(tally, flush=True)
         tallies.append(tally)
@@ -378,7 +537,7 @@ def main() -> int:
     try:
         if args.only != "network":
             for name, count in KILL_PLAN.items():
-                if kill_label(name) in done:
+                if skip(kill_label(name)):
                     continue
                 server = campaign.server() if name.startswith("merge-hub") or name == "data_build" else None
                 tally = Tally(kill_label(name))
@@ -389,13 +548,20 @@ def main() -> int:
                     if server:
                         server.stop()
                 finished(tally)
+            if not skip(SPACE_LABEL):
+                tally = Tally(SPACE_LABEL)
+                (root / "space-hub").mkdir()
+                with S.loopback_space_hub(root / "space-hub") as (url, hub_root, results):
+                    for _ in range(SPACE_KILLS):
+                        campaign.space_kill_once(SpaceHub(url, hub_root, results), tally)
+                finished(tally)
         if args.only != "kills":
-            for name in NETWORK_SUBJECTS:
-                label = f"network: {name.replace('hub_merge', 'Hub merge (TIES)').replace('_', ' ')}"
-                if label in done:
+            for name, (what, faults) in NETWORK_SUBJECTS.items():
+                label = f"network: {what}"
+                if skip(label):
                     continue
                 tally = Tally(label)
-                for fault, options in FAULTS.items():
+                for fault, options in faults.items():
                     campaign.fault_once(name, fault, options, tally)
                 finished(tally)
     finally:

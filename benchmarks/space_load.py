@@ -359,7 +359,7 @@ def leaderboard_rows(url: str) -> int:
     return len(table.get("value", table)["data"])  # the handler returns a gr.Dataframe: an update holding the value
 
 
-def _wait(predicate: Any, timeout: float, what: str, step: float = 0.2) -> Any:
+def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
@@ -368,7 +368,7 @@ def _wait(predicate: Any, timeout: float, what: str, step: float = 0.2) -> Any:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -578,7 +578,7 @@ def run(plan: Plan, *, hub_url: str, hub_root: Path, results_dir: Path, work: Pa
             done = sum(j["status"] == "done" for j in jobs)
             return (done >= plan.restart_after and running) or all(j["status"] in ENDED for j in jobs)
 
-        _wait(ready_to_kill, plan.timeout, f"{plan.restart_after} jobs to finish", step=0.05)
+        wait_for(ready_to_kill, plan.timeout, f"{plan.restart_after} jobs to finish", step=0.05)
         killed_at = time.monotonic()
         space.kill()
         left = [j for j in read_jobs(space.state / "jobs").values() if j["status"] == "running"]  # what the crash left
@@ -586,14 +586,14 @@ def run(plan: Plan, *, hub_url: str, hub_root: Path, results_dir: Path, work: Pa
         kill_stage = ", ".join(sorted({j.get("stage") or "starting" for j in left})) or None
         for job in left:  # no pipeline may outlive the Space and write into a job the next one resumes
             if job.get("pid"):
-                _wait(lambda job=job: not _alive(job["pid"]), 10, f"the pipeline of {job['id']} to die")
+                wait_for(lambda job=job: not alive(job["pid"]), 10, f"the pipeline of {job['id']} to die")
         restart_seconds = space.start()
         assert space.process is not None  # the grep's control: the needle is the token the Space runs with
         token_held = token.encode() in Path(f"/proc/{space.process.pid}/environ").read_bytes()
         submissions += submit_wave(space.url, users, plan.after, secret, "after", first=len(submissions))
         accepted = [s.job_id for s in submissions if s.job_id]
         try:
-            _wait(lambda: all(monitor.sample().get(j, {}).get("status") in ENDED for j in accepted),
+            wait_for(lambda: all(monitor.sample().get(j, {}).get("status") in ENDED for j in accepted),
                   max(1.0, plan.timeout - (time.monotonic() - started)), "every accepted job to end", step=0.5)
         except TimeoutError:
             timed_out = True
