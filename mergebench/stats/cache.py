@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,42 @@ def model_identity(source: ModelSource) -> str:
     assert folder is not None  # a resolved model is either pinned to a commit or a local folder
     names = sorted(name for name in model.file_list if "/" not in name and name.endswith(MODEL_FILE_SUFFIXES))
     return folder_fingerprint(folder, names)
+
+
+def prune_cache(cache_dir: Path, *, keep: Collection[Path], limit_bytes: int) -> list[Path]:
+    """Delete the least recently used statistics files under ``cache_dir`` until it holds at most
+    ``limit_bytes``, never one of ``keep`` (the files the running merge reads); returns the deleted paths.
+
+    Why: every new expert, validation set or parameter is a new key, so a cache that is never pruned grows by a
+    stage's statistics per merge (about 8 GB per MergeBench-Tiny run). A reused file is touched
+    (:func:`touch`), so the files deleted are those no recent merge read. Temporary files of a stage being
+    written (``.NAME.*.tmp``) are not statistics files and are left alone."""
+    files = []
+    for path in cache_dir.glob("*/[!.]*.safetensors"):
+        with contextlib.suppress(FileNotFoundError):  # another process may prune at the same time
+            stat = path.stat()
+            files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    protected = {Path(p).resolve() for p in keep}
+    removed = []
+    for _, size, path in sorted(files):
+        if total <= limit_bytes:
+            break
+        if path.resolve() in protected:
+            continue
+        path.unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+    if removed:
+        logger.info("statistics cache %s: deleted %d least recently used file(s) to stay within %.1f GB",
+                    cache_dir, len(removed), limit_bytes / 1e9)
+    return removed
+
+
+def touch(path: Path) -> None:
+    """Mark a cached file as just used (its modification time orders :func:`prune_cache`)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def cache_key(document: Mapping[str, Any]) -> str:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import Tensor
 from mergebench.errors import MergeBenchError, StatisticsError
 from mergebench.hub.models import ResolvedModel, resolve
 from mergebench.hub.refs import Ref
+from mergebench.paths import stats_cache_limit_bytes
 from mergebench.prompt import IGNORE_INDEX, encode_chat
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class StatsOptions:
     spill_bytes: int = 32 << 30
     """Disk for the activations a backward pass keeps (every layer's input of every row): rows are processed in
     groups that fit, each group reading the weights again."""
+    cache_limit_bytes: int = field(default_factory=stats_cache_limit_bytes)
+    """Bound of the statistics cache: after a stage, the least recently used files of other merges are deleted
+    until the cache fits (``$MERGEBENCH_STATS_CACHE_GB``, default 20 GB)."""
     progress: bool = True
 
 

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from mergebench.errors import StatisticsError
-from mergebench.stats.cache import cache_key, cache_path, model_identity, open_statistics, read_metadata
+from mergebench.stats.cache import (
+    cache_key,
+    cache_path,
+    model_identity,
+    open_statistics,
+    prune_cache,
+    read_metadata,
+    touch,
+)
 from mergebench.stats.data import (
     ModelSource,
     Row,
@@ -112,11 +120,13 @@ def run_stage(stage: str, experts: Sequence[ModelSource], rows: Mapping[str, Seq
         path = cache_path(cache_dir, stage, cache_key(document))
         if _readable(path, stage):
             logger.info("%s statistics of %s (%s): cached at %s", stage, expert.name, expert.domain, path)
+            touch(path)
         else:
             logger.info("%s statistics of %s on %d '%s' rows", stage, expert.name, len(expert_rows), expert.domain)
             job = Job(expert, base, expert_rows, options, path, {**document, "model_label": expert.name})
             COMPUTE[stage](job, config)
         paths.append(path)
+    prune_cache(cache_dir, keep=paths, limit_bytes=options.cache_limit_bytes)
     return paths
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mergebench.errors import StatisticsError
+from mergebench.errors import ConfigError, StatisticsError
 from mergebench.fixtures import DOMAINS, Family, validation_rows
 from mergebench.fixtures.tiny import read_tensors
 from mergebench.fixtures.tokenizer import build_tokenizer
@@ -346,3 +347,37 @@ def test_gradient_stages_work_with_grad_mode_switched_off_globally(stage: str, p
         torch.set_grad_enabled(previous)
     stats = load_statistics(path)
     assert stats and any(t.float().abs().sum() > 0 for t in stats.values())
+
+
+def test_the_cache_stays_within_its_bound_deleting_the_least_recently_used(tiny_llama: Family,
+                                                                           tmp_path: Path) -> None:
+    rows = rows_by_domain(3)
+
+    def gram(*domains: str, options: StatsOptions = OPTIONS) -> list[Path]:
+        experts = [ModelSource.at(tiny_llama.experts[d], domain=d) for d in domains]
+        return run_stage("gram", experts, rows, {"num_samples": 2}, cache_dir=tmp_path, options=options)
+
+    [math_file], [coding_file] = gram("math"), gram("coding")
+    os.utime(math_file, (1, 1))
+    os.utime(coding_file, (2, 2))
+    temporary = math_file.parent / f".{math_file.name}.x.tmp"  # a stage being written by another process
+    temporary.write_bytes(b"0" * 10)
+    assert gram("math") == [math_file] and math_file.stat().st_mtime > 2  # reused: now the most recently used
+
+    [safety_file] = gram("safety", options=dataclasses.replace(OPTIONS, cache_limit_bytes=2 * math_file.stat().st_size))
+    assert safety_file.exists() and math_file.exists() and not coding_file.exists() and temporary.exists()
+
+    paths = gram("math", "coding", options=dataclasses.replace(OPTIONS, cache_limit_bytes=0))
+    assert paths == [math_file, coding_file] and all(p.exists() for p in paths)  # a stage's own files stay
+    assert not safety_file.exists()
+
+
+def test_the_cache_bound_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MERGEBENCH_STATS_CACHE_GB", "0.5")
+    assert StatsOptions().cache_limit_bytes == 500_000_000
+    monkeypatch.delenv("MERGEBENCH_STATS_CACHE_GB")
+    assert StatsOptions().cache_limit_bytes == 20_000_000_000
+    monkeypatch.setenv("MERGEBENCH_STATS_CACHE_GB", "lots")
+    with pytest.raises(ConfigError, match="MERGEBENCH_STATS_CACHE_GB='lots'") as e:
+        StatsOptions()
+    assert "decimal GB" in (e.value.hint or "")
