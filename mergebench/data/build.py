@@ -15,7 +15,8 @@ Steps, in order, each failing before anything is written or pushed:
 5. push the folder in one commit (``--push-to``).
 
 No step holds a whole split in memory: the sources stay memory-mapped Arrow tables, the scratch files go in a
-temporary folder beside ``out_dir`` (removed at the end), and what is kept across batches is a few bytes per row
+temporary folder beside ``out_dir`` (removed at the end, or by the next build of ``out_dir`` if this one is killed:
+:func:`~mergebench.data.publish.exclusive_build`), and what is kept across batches is a few bytes per row
 (see :mod:`~mergebench.data.clean`; measured in ``benchmarks/data_scale.py``).
 """
 
@@ -41,7 +42,14 @@ from mergebench.data.decontaminate import DecontamConfig, NgramIndex
 from mergebench.data.dedup import DedupConfig
 from mergebench.data.evalsets import EvalCorpus
 from mergebench.data.load import LoadedSource, load_source
-from mergebench.data.publish import TableRows, atomic_folder, check_output, validate_card, write_parquet
+from mergebench.data.publish import (
+    TableRows,
+    atomic_folder,
+    check_output,
+    exclusive_build,
+    validate_card,
+    write_parquet,
+)
 from mergebench.data.sources import DomainSpec, SourceSpec, get_domain
 from mergebench.data.split import SplitReport, validation_mask
 from mergebench.errors import ConfigError, DataError
@@ -126,8 +134,8 @@ def build_domain(domain: str, out_dir: Path, *, options: BuildOptions = BuildOpt
                           api=api) for s in specs]
     logger.info("loaded %d rows of %d source(s) in %.1f s", sum(len(s.indices) for s in loaded), len(loaded),
                 time.perf_counter() - started)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.scratch-", dir=out_dir.parent) as scratch:
+    with exclusive_build(out_dir), tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.scratch-",
+                                                                dir=out_dir.parent) as scratch:
         cleaned = clean(loaded, domain=domain, dedup=options.dedup, index=NgramIndex(corpus.texts, options.decontam),
                         scratch=Path(scratch), batch_rows=options.batch_rows, progress=options.progress)
         if not cleaned.dedup.rows_in:

@@ -9,7 +9,10 @@ needed and uploads the folder as a *single* commit that also deletes stale shard
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import logging
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +89,38 @@ def check_output(out_dir: Path, *, overwrite: bool = False) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise OutputExistsError(f"Output folder '{out_dir}' exists and is not empty.",
                                 hint="Choose another --out, or pass --overwrite to replace it.")
+
+
+@contextlib.contextmanager
+def exclusive_build(out_dir: Path) -> Iterator[None]:
+    """Hold the lock ``.NAME.lock`` beside ``out_dir`` while building it, after deleting what builds of it killed
+    earlier left beside it (their scratch and temporary folders, ``.NAME.*``); the lock file goes at the end.
+
+    Why: a build's scratch files and its unfinished output live in hidden folders beside ``out_dir`` (same
+    filesystem, so the final rename is atomic). A build killed with SIGKILL cannot remove them, and they are
+    large; with the lock held no other build of ``out_dir`` is alive, so whatever else is there is stale.
+
+    Raises:
+        OutputExistsError: another build of ``out_dir`` holds the lock.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir.with_name(f".{out_dir.name}.lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputExistsError(f"Another build is writing '{out_dir}' (it holds {lock_path}).",
+                                    hint="Wait for it to finish, or build into another --out.") from None
+        stale = [p for p in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*") if p.is_dir()]
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        if stale:
+            logger.info("removed %d folder(s) left beside %s by an interrupted build", len(stale), out_dir)
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

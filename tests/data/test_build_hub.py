@@ -6,6 +6,8 @@ real id, exactly as a real build would, and every result is read back the way us
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -24,7 +26,7 @@ from mergebench.data.evalrepo import build_eval_repo
 from mergebench.data.fixture_sources import fixture_rows, planted, publish_fixture_sources, write_repo
 from mergebench.data.sources import get_domain
 from mergebench.domains import DOMAINS
-from mergebench.errors import DataError
+from mergebench.errors import DataError, OutputExistsError
 
 HF = str(Path(sys.executable).with_name("hf"))
 
@@ -207,3 +209,21 @@ def test_the_build_does_not_depend_on_its_batch_size(sources_hub, tmp_path: Path
                              "data/validation-00000-of-00001.parquet", "mergebench_build.json"]
     assert outs[2] == outs[10_000]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out-10000", "out-2"]  # no scratch folder left
+
+
+def test_a_build_clears_what_a_killed_build_left_and_refuses_to_run_beside_another(sources_hub, tmp_path: Path):
+    out = tmp_path / "math"
+    leftovers = [tmp_path / ".math.scratch-k1ll3d", tmp_path / ".math.a1b2c3"]  # scratch, unfinished output
+    for folder in leftovers:
+        folder.mkdir()
+        (folder / "converted.arrow").write_bytes(b"0" * 1000)
+    (tmp_path / ".math.lock").touch()  # the killed build's lock file: unlocked, since its process is gone
+    options = BuildOptions(cache_dir=tmp_path / "cache")
+    build_domain("math", out, options=options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "math"]  # nothing hidden beside the output
+
+    with open(tmp_path / ".math.lock", "a") as held:  # a build of the same folder in another process
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputExistsError, match="Another build is writing") as e:
+            build_domain("math", out, options=dataclasses.replace(options, overwrite=True))
+    assert "another --out" in (e.value.hint or "") and (out / "README.md").is_file()
