@@ -195,7 +195,8 @@ class Campaign:
                            env={"MERGEBENCH_CACHE": str(work / "cache")})  # statistics are computed, not reused
         if name == "data_build":
             return Subject(name, [P.MERGEBENCH, "data", "build", "math", "--out", "out"], out,
-                           lambda: P.tree_digest(out), ("--overwrite",), fault_path="/datasets/*", cwd=work)
+                           lambda: P.tree_digest(out), ("--overwrite",), fault_path="/datasets/*", cwd=work,
+                           env=own_caches(work))
         if name == "runner":
             (work / "bench.yaml").write_text(json.dumps(self.small_bench(out)))
             return Subject(name, [P.MERGEBENCH, "run", "bench.yaml"], out, lambda: leaderboard_digest(out), cwd=work)
@@ -211,7 +212,8 @@ class Campaign:
         if name == "eval_data":
             return Subject(name, [P.MERGEBENCH, "eval", self.ids["base"], "--tasks", "mb_mmlu", "--tasks",
                                   "mb_pubmedqa", "--eval-data", "fc/mergebench-eval", "--out", "out/results.json"],
-                           out, lambda: scores_digest(out / "results.json"), fault_path="/datasets/*", cwd=work)
+                           out, lambda: scores_digest(out / "results.json"), fault_path="/datasets/*", cwd=work,
+                           env=own_caches(work))
         if name == "push":
             repo = f"fc-push/{work.name}"
             (work / "recipe.yaml").write_text(P.recipe_text("task_arithmetic", str(self.family.base),
@@ -435,6 +437,12 @@ SPACE_LABEL = "kill -9: Space worker"
 def kill_label(name: str) -> str:
     label = name.replace("merge-hub:", "Hub merge, ").replace("merge:", "local merge, ")
     return f"kill -9: {label.replace('_', ' ')}"
+
+
+def own_caches(work: Path) -> dict[str, str]:
+    """Hub and MergeBench caches of this run only: a run reading a cache its reference filled downloads nothing,
+    and no network fault could reach it."""
+    return {"HF_HOME": str(work / "hf"), "MERGEBENCH_CACHE": str(work / "mbcache")}
 
 
 def faults_fired(log: list[str]) -> int:
