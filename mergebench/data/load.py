@@ -27,6 +27,7 @@ from mergebench.data.schema import check_columns
 from mergebench.data.sources import SourceSpec
 from mergebench.errors import DataError
 from mergebench.hub.refs import Ref, pin
+from mergebench.hub.retry import with_retries
 
 logger = logging.getLogger(__name__)
 _TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt")
@@ -79,8 +80,9 @@ def load_source(spec: SourceSpec, *, revision: str | None = None, cache_dir: str
     sha = resolve_revision(spec, revision, api=api)
     logger.info("loading %s", spec.label(sha))
     try:
-        ds = datasets.load_dataset(spec.repo_id, spec.config, split=spec.split, revision=sha,
-                                   cache_dir=str(cache_dir) if cache_dir else None, **dict(spec.load_kwargs))
+        ds = with_retries(lambda: datasets.load_dataset(spec.repo_id, spec.config, split=spec.split, revision=sha,
+                                                        cache_dir=str(cache_dir) if cache_dir else None,
+                                                        **dict(spec.load_kwargs)))
     except (DataFilesNotFoundError, datasets.data_files.EmptyDatasetError) as e:
         raise DataError(f"Source {spec.label(sha)} has no data files: {e}", source=spec.key,
                         hint="Check the repo's files and its README `configs:`.") from e

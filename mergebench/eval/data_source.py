@@ -3,7 +3,8 @@ packaged data (the default offline).
 
 * ``org/mergebench-eval[@rev]`` — a dataset repo written by ``mergebench data eval-sets --push-to``; the
   revision (default ``main``) is resolved to a commit sha *once*, before any task runs, and every task
-  reads that commit (``hf_revision``), so a run never mixes two versions of the data.
+  reads that commit (its config's files downloaded at that sha, sizes checked), so a run never mixes two
+  versions of the data.
 * a local folder — the same layout (``{config}/{split}-*.parquet``) or ``{config}/{split}.jsonl``;
   recorded with the sha-256 of the files read.
 * ``None`` — the packaged sets of :mod:`mergebench.data.evalsets` (real data from PyPI packages,
@@ -123,10 +124,31 @@ def _files_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _hub_config(source: EvalSource, eval_set: str) -> Path:
+    """The files of config ``eval_set`` of the pinned Hub repo, downloaded into the Hub cache (retried).
+
+    Why not let lighteval's ``load_dataset`` read the repo: nothing retries its downloads, so one answer cut short
+    by the network (``huggingface_hub`` finds the size wrong) failed every task of the pipeline, recorded as
+    failed while the run exited 0 (found by the fault campaign). Here each file is downloaded at the pinned sha,
+    its size checked, a transient failure retried (:func:`~mergebench.hub.retry.with_retries`), and lighteval
+    reads the local copy."""
+    from huggingface_hub import snapshot_download
+
+    from mergebench.hub.retry import with_retries
+
+    root = Path(with_retries(lambda: snapshot_download(source.location, repo_type="dataset", revision=source.revision,
+                                                       allow_patterns=[f"{eval_set}/*"])))
+    if not (root / eval_set).is_dir():
+        raise EvaluationError(f"Evaluation data {source.location}@{source.revision} has no config '{eval_set}'.",
+                              hint=f"Build it into the repo with `mergebench data eval-sets --push-to "
+                                   f"{source.location}`, or pick a task whose set the repo holds.")
+    return root / eval_set
+
+
 def task_data(source: EvalSource, eval_set: str) -> TaskData:
     """Materialise (packaged) or locate (local, Hub) the rows of ``eval_set`` for lighteval."""
     if source.kind == "hub":
-        return TaskData(source.location, eval_set, source.revision,
+        return TaskData(str(_hub_config(source, eval_set)), "default", None,
                         {"source": "hub", "repo": source.location, "revision": source.revision, "config": eval_set})
     if source.kind == "local":
         folder = Path(source.location) / eval_set

@@ -20,18 +20,28 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+CUT_SHORT = "Consistency check failed"
+"""How ``huggingface_hub`` reports a download whose size is not the file's (a plain ``OSError``)."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """A failure worth retrying: 5xx or 429, a dropped connection, an API answer that does not parse or a download
+    of the wrong size (both: a body cut short under a Content-Length that agrees with it)."""
+    if isinstance(error, HfHubHTTPError):
+        return getattr(error.response, "status_code", None) in RETRYABLE_STATUS
+    if isinstance(error, (httpx.TransportError, json.JSONDecodeError)):
+        return True
+    return isinstance(error, OSError) and CUT_SHORT in str(error)
 
 
 def with_retries(call: Callable[[], T], *, retries: int = 5, backoff: float = 0.2) -> T:
-    """Run a Hub call, retrying transient failures with back-off: 5xx, 429, a dropped connection, and an API
-    answer that does not parse (a body cut short under a Content-Length that agrees with it)."""
+    """Run a Hub call, retrying :func:`is_transient` failures with back-off."""
     for attempt in range(retries + 1):
         try:
             return call()
-        except (HfHubHTTPError, httpx.TransportError, json.JSONDecodeError) as e:
+        except (HfHubHTTPError, httpx.TransportError, json.JSONDecodeError, OSError) as e:
             status = getattr(getattr(e, "response", None), "status_code", None)
-            transient = isinstance(e, (httpx.TransportError, json.JSONDecodeError)) or status in RETRYABLE_STATUS
-            if not transient or attempt == retries:
+            if not is_transient(e) or attempt == retries:
                 raise
             headers = getattr(getattr(e, "response", None), "headers", None) or {}
             delay = max(backoff * 2**attempt, retry_after_seconds(headers) or 0.0)

@@ -227,3 +227,14 @@ def test_a_build_clears_what_a_killed_build_left_and_refuses_to_run_beside_anoth
         with pytest.raises(OutputExistsError, match="Another build is writing") as e:
             build_domain("math", out, options=dataclasses.replace(options, overwrite=True))
     assert "another --out" in (e.value.hint or "") and (out / "README.md").is_file()
+
+
+def test_source_files_cut_short_by_the_network_are_downloaded_again(sources_hub, tmp_path: Path):
+    short = sources_hub.faults.short_body(100, times=2, path_glob="/datasets/*")
+    faulted, clean = tmp_path / "faulted", tmp_path / "clean"
+    build_domain("math", faulted, options=BuildOptions(cache_dir=tmp_path / "cache-1"))
+    assert short.fired == 2
+    build_domain("math", clean, options=BuildOptions(cache_dir=tmp_path / "cache-2"))
+    files = {out: {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+             for out in (faulted, clean)}
+    assert files[faulted] == files[clean]

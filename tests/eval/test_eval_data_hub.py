@@ -40,3 +40,19 @@ def test_eval_data_that_is_neither_folder_nor_repo_id_is_a_clear_error(tmp_path)
     with pytest.raises(EvaluationError, match="neither an existing folder nor a Hub dataset id"):
         evaluate(ScriptedModel(lambda doc: ""), tasks=["mb_mmlu"], eval_data=str(tmp_path / "missing" / "x"),
                  progress=False)
+
+
+def test_eval_data_cut_short_by_the_network_is_downloaded_again_not_scored(hub, tmp_path):
+    from mergebench.data.evalrepo import build_eval_repo
+
+    build_eval_repo(tmp_path / "eval", names=["mmlu", "pubmedqa"], push_to="mergebench/mergebench-eval")
+    answer = ScriptedModel(lambda doc: "yes")
+    tasks = ["mb_mmlu", "mb_pubmedqa"]
+    short = hub.faults.short_body(100, times=2, path_glob="/datasets/*")  # Content-Length agrees: only sizes tell
+    faulted = evaluate(answer, tasks=tasks, eval_data="mergebench/mergebench-eval", progress=False)
+    assert short.fired == 2
+    clean = evaluate(answer, tasks=tasks, eval_data="mergebench/mergebench-eval", progress=False)
+    for task in tasks:
+        ran, want = faulted.tasks[task], clean.tasks[task]
+        assert (ran.status, ran.num_samples, ran.score) == (want.status, want.num_samples, want.score) and \
+            want.status == "ok", task
