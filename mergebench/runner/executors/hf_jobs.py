@@ -114,9 +114,9 @@ class HfJobsExecutor(Executor):
         jobs = self.settings.hf_jobs
         spec = unit.results.describe(f"units/{unit.id}.json")
         job = hub_jobs.launch_job(self.api, image=str(jobs.image), command=[*jobs.command, "unit", "run", spec],
-                         secrets={"HF_TOKEN": self.token}, flavor=jobs.flavors[unit.kind], timeout=jobs.timeout,
-                         labels={RUN_LABEL: self.run_label, UNIT_LABEL: unit.id},
-                         name=f"mergebench-{label_value(unit.kind)}-{unit.id}", namespace=self.namespace)
+                                  secrets={"HF_TOKEN": self.token}, flavor=jobs.flavors[unit.kind],
+                                  timeout=jobs.timeout, labels={RUN_LABEL: self.run_label, UNIT_LABEL: unit.id},
+                                  name=f"mergebench-{label_value(unit.kind)}-{unit.id}", namespace=self.namespace)
         return Attempt(unit, job.id)
 
     def wait(self, attempts: list[Attempt]) -> list[tuple[Attempt, Outcome]]:
