@@ -315,11 +315,8 @@ class Campaign:
                 with suppress(TimeoutError):
                     S.wait_for(ended, kill_after, f"job {job_id}", step=0.05)
                 if not ended():
-                    space.kill()
                     killed_after = time.monotonic() - submitted
-                    for pid in [j.get("pid") for j in S.read_jobs(jobs).values() if j["status"] == "running"]:
-                        if pid:  # no pipeline may outlive the Space and write into the job the next one resumes
-                            S.wait_for(lambda pid=pid: not S.alive(pid), 10, f"the pipeline of {job_id} to die")
+                    space.crash()
                     space.start()
             S.wait_for(ended, 600, f"job {job_id} to end")
             seconds = time.monotonic() - submitted

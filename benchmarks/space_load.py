@@ -198,6 +198,17 @@ class SpaceProcess:
         self.process.kill()
         self.process.wait()
 
+    def crash(self) -> list[dict[str, Any]]:
+        """:meth:`kill` the Space, then wait until the pipelines of the jobs it was running are gone too: no pipeline
+        may outlive the Space and write into a job the next start resumes. Returns those jobs as the crash left
+        their files."""
+        self.kill()
+        left = [j for j in read_jobs(self.state / "jobs").values() if j["status"] == "running"]
+        for job in left:
+            if job.get("pid"):
+                wait_for(lambda job=job: not alive(job["pid"]), 10, f"the pipeline of {job['id']} to die")
+        return left
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -580,13 +591,9 @@ def run(plan: Plan, *, hub_url: str, hub_root: Path, results_dir: Path, work: Pa
 
         wait_for(ready_to_kill, plan.timeout, f"{plan.restart_after} jobs to finish", step=0.05)
         killed_at = time.monotonic()
-        space.kill()
-        left = [j for j in read_jobs(space.state / "jobs").values() if j["status"] == "running"]  # what the crash left
+        left = space.crash()
         interrupted = [j["id"] for j in left]
         kill_stage = ", ".join(sorted({j.get("stage") or "starting" for j in left})) or None
-        for job in left:  # no pipeline may outlive the Space and write into a job the next one resumes
-            if job.get("pid"):
-                wait_for(lambda job=job: not alive(job["pid"]), 10, f"the pipeline of {job['id']} to die")
         restart_seconds = space.start()
         assert space.process is not None  # the grep's control: the needle is the token the Space runs with
         token_held = token.encode() in Path(f"/proc/{space.process.pid}/environ").read_bytes()
