@@ -39,7 +39,7 @@ def with_retries(call: Callable[[], T], *, retries: int = 5, backoff: float = 0.
     for attempt in range(retries + 1):
         try:
             return call()
-        except (HfHubHTTPError, httpx.TransportError, json.JSONDecodeError, OSError) as e:
+        except Exception as e:  # what to retry is is_transient's decision alone
             status = getattr(getattr(e, "response", None), "status_code", None)
             if not is_transient(e) or attempt == retries:
                 raise
