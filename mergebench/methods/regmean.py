@@ -13,12 +13,16 @@ Parameters: ``alpha`` α ∈ [0, 1] (0.5; α = 0 uses only the diagonals, a per-
 mean), ``num_samples`` ≥ 1 (1000, rows per expert for the Gram stage), ``scaling`` λ (1.0). Recipe
 weights wᵢ (default 1) weight each expert's regression term.
 
-Solving: ``A = Σᵢ wᵢG̃ᵢ``, ``B = Σᵢ wᵢG̃ᵢWᵢᵀ`` accumulated one expert at a time, then an LU solve. When A is
-singular or ill-conditioned (an LU pivot ratio min|uⱼⱼ| / max|uⱼⱼ| below :data:`RCOND`, e.g. an input
-feature that is always 0), a warning is logged and the least-squares solution closest to the experts'
-mean is used: ``Wᵀ = W̄ᵀ + A⁺(B − A W̄ᵀ)`` (A⁺ the symmetric pseudo-inverse), which equals the exact
-solution when A is invertible and keeps the experts' mean along directions the data never excites
-(plain ``A⁺B`` would set them to 0).
+Solving: ``A = Σᵢ wᵢG̃ᵢ``, ``B = Σᵢ wᵢG̃ᵢWᵢᵀ`` accumulated one expert at a time, then a Cholesky solve of the
+Jacobi-equilibrated system ``(SAS)·Y = SB``, ``Wᵀ = SY`` with ``S = diag(A)^-½``. Equilibrating matters: the
+diagonal of a Gram matrix spans many decades (an MLP's down-projection inputs: 10⁻⁸ to 1), so unscaled pivots
+look singular although ``SAS = α·C + (1 − α)·I`` (C a correlation matrix) is well conditioned for any α < 1.
+An input feature that is never active (``diag(A) = 0``; A is PSD, so its whole row and column are 0) is not
+constrained by the data: its column keeps the experts' mean. When the equilibrated matrix is still not
+positive definite or ill-conditioned (Cholesky pivot ratio ``(min lⱼⱼ / max lⱼⱼ)²`` below :data:`RCOND`, e.g.
+α = 1 with fewer tokens than features), a warning is logged and the least-squares solution closest to the
+experts' mean is used: ``Y = Ȳ + Ã⁺(SB − ÃȲ)`` (Ã = SAS, Ȳ = S⁻¹W̄ᵀ, Ã⁺ its symmetric pseudo-inverse), which
+keeps the experts' mean along directions the data never excites (plain ``A⁺B`` would set them to 0).
 
 Differences: the paper's code sums x xᵀ over tokens (we average, which only rescales G per expert — it
 changes the merge when experts saw different token counts: each expert gets equal say here) and inverts
@@ -41,7 +45,7 @@ from mergebench.methods.registry import MergeContext, Params, Range, param, regi
 logger = logging.getLogger(__name__)
 
 RCOND = 1e-6
-"""Smallest accepted LU pivot ratio before falling back to the pseudo-inverse (float32 keeps ~7 digits)."""
+"""Smallest accepted Cholesky pivot ratio of the equilibrated system before falling back to the pseudo-inverse."""
 
 
 @dataclass(frozen=True)
@@ -56,20 +60,32 @@ class RegMeanParams(Params):
 def solve_normal_equations(a: Tensor, b: Tensor, fallback: Tensor, name: str) -> Tensor:
     """``X`` with ``A X = B`` (A symmetric PSD ``[in, in]``, B ``[in, out]``); see the module docstring.
 
-    ``fallback`` (``[in, out]``, the experts' mean Wᵀ) anchors the least-squares solution when A is singular.
+    ``fallback`` (``[in, out]``, the experts' mean Wᵀ) fills the rows of never-active inputs and anchors the
+    least-squares solution when A is singular. ``a`` and ``b`` are overwritten (they can be 0.8 GB each at
+    Llama-3.1-8B's down-projection).
     """
-    lu, pivots, info = torch.linalg.lu_factor_ex(a)
-    pivot = lu.diagonal().abs()
-    rcond = (pivot.min() / pivot.max()).item() if pivot.numel() and pivot.max() > 0 else 0.0
-    if int(info) == 0 and rcond >= RCOND:
-        x: Tensor = torch.linalg.lu_solve(lu, pivots, b)
-        if bool(torch.isfinite(x).all()):
-            return x
-    logger.warning("RegMean: the Gram sum of '%s' is singular or ill-conditioned (LU pivot ratio %.3g < %g); "
-                   "using the least-squares solution closest to the experts' mean.", name, rcond, RCOND)
-    del lu, pivots
-    pinv: Tensor = torch.linalg.pinv(a, hermitian=True)
-    return fallback + pinv @ (b - a @ fallback)
+    diagonal = a.diagonal().clone()
+    live = diagonal > 0
+    scale = torch.where(live, diagonal.clamp_min(torch.finfo(a.dtype).tiny).rsqrt(), torch.zeros_like(diagonal))
+    a.mul_(scale[:, None]).mul_(scale[None, :])                        # Ã = SAS: unit diagonal on live inputs
+    a.diagonal().masked_fill_(~live, 1.0)                              # dead inputs: Ã row = eᵢ, so Yᵢ = 0
+    b.mul_(scale[:, None])                                             # SB (dead rows are 0 already)
+    factor, info = torch.linalg.cholesky_ex(a)
+    pivot = factor.diagonal()
+    rcond = float((pivot.min() / pivot.max()) ** 2) if int(info) == 0 else 0.0
+    if rcond >= RCOND:
+        y: Tensor = torch.cholesky_solve(b, factor)
+        del factor
+        if bool(torch.isfinite(y).all()):
+            return torch.where(live[:, None], y.mul_(scale[:, None]), fallback)
+    del factor
+    logger.warning("RegMean: the Gram sum of '%s' is singular or ill-conditioned (equilibrated Cholesky pivot "
+                   "ratio %.3g < %g); using the least-squares solution closest to the experts' mean.",
+                   name, rcond, RCOND)
+    anchor = fallback / torch.where(live, scale, torch.ones_like(scale))[:, None]   # Ȳ = S⁻¹W̄ᵀ on live rows
+    b.sub_(a @ anchor)
+    y = anchor.add_(torch.linalg.pinv(a, hermitian=True) @ b)
+    return torch.where(live[:, None], y.mul_(scale[:, None]), fallback)
 
 
 def regmean_linear(weights: Tensor, grams: Tensor, alpha: float, coefficients: tuple[float, ...], name: str) -> Tensor:

@@ -449,7 +449,7 @@ def test_regmean_identical_grams_give_the_mean_of_experts() -> None:
     torch.testing.assert_close(weighted, (experts[0] + 2 * experts[1] + experts[2]) / 4, rtol=1e-5, atol=1e-6)
 
 
-def test_regmean_singular_gram_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_regmean_never_active_input_keeps_the_mean_and_solves_the_rest(caplog: pytest.LogCaptureFixture) -> None:
     g = torch.Generator().manual_seed(6)
     experts = torch.randn(2, 3, 4, generator=g)
     x = torch.randn(10, 4, generator=g)
@@ -459,12 +459,53 @@ def test_regmean_singular_gram_falls_back_with_a_warning(caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="mergebench.methods.regmean"):
         out = spec.fn(torch.zeros(3, 4), experts.clone(), spec.make_params({"alpha": 0.5}),
                       _ctx(2, name="w", data={"gram": grams}))
-    assert "singular or ill-conditioned" in caplog.text and "'w'" in caplog.text
+    assert caplog.text == ""                          # not ill-conditioned: the data says nothing about feature 3
     # never-seen input: the experts' mean; seen inputs: the RegMean solution restricted to features 0..2
     torch.testing.assert_close(out[:, 3], experts[:, :, 3].mean(0))
     sub = ref_regmean(torch.zeros(3, 3), list(experts[:, :, :3]), {"alpha": 0.5, "scaling": 1.0}, (1.0, 1.0),
                       grams=list(grams[:, :3, :3]))
     torch.testing.assert_close(out[:, :3], sub, rtol=1e-4, atol=1e-5)
+
+
+def test_regmean_solves_a_gram_with_a_massive_activation_exactly(caplog: pytest.LogCaptureFixture) -> None:
+    """One input feature 10⁴× larger than the rest (SmolLM2's layer-11 down-projection: diag(A) from 0.03 to
+    1.6·10⁶) made unscaled LU pivots look singular, and the pseudo-inverse fallback truncated most of the
+    solution; the equilibrated system is well conditioned and solved exactly."""
+    g = torch.Generator().manual_seed(7)
+    experts = torch.randn(3, 5, 64, generator=g)
+    feature_scale = torch.full((64,), 0.03)
+    feature_scale[5] = 1000.0
+    xs = [torch.randn(40, 64, generator=g) * feature_scale for _ in range(3)]
+    grams = torch.stack([x.T @ x / 40 for x in xs])
+    a = 0.5 * grams.sum(0) + 0.5 * torch.diag(grams.sum(0).diagonal())
+    pivots = torch.linalg.lu_factor(a)[0].diagonal().abs()
+    assert pivots.min() / pivots.max() < 1e-6         # what the unscaled LU check rejected
+    spec = get("regmean")
+    with caplog.at_level(logging.WARNING, logger="mergebench.methods.regmean"):
+        out = spec.fn(torch.zeros(5, 64), experts.clone(), spec.make_params({"alpha": 0.5}),
+                      _ctx(3, name="w", data={"gram": grams}))
+    assert caplog.text == ""
+    reference = ref_regmean(torch.zeros(5, 64), list(experts), {"alpha": 0.5, "scaling": 1.0}, (1.0, 1.0, 1.0),
+                            grams=list(grams))
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_regmean_rank_deficient_gram_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """α = 1 with fewer tokens than features: A is singular even equilibrated; the least-squares solution
+    closest to the experts' mean is used (it reproduces every expert's outputs on the tokens seen)."""
+    g = torch.Generator().manual_seed(8)
+    experts = torch.randn(2, 3, 8, generator=g)
+    x = torch.randn(3, 8, generator=g)                # 3 tokens, 8 features: rank 3
+    grams = (x.T @ x / 3).expand(2, 8, 8)
+    spec = get("regmean")
+    with caplog.at_level(logging.WARNING, logger="mergebench.methods.regmean"):
+        out = spec.fn(torch.zeros(3, 8), experts.clone(), spec.make_params({"alpha": 1.0}),
+                      _ctx(2, name="w", data={"gram": grams}))
+    assert "singular or ill-conditioned" in caplog.text and "'w'" in caplog.text
+    mean = experts.mean(0)
+    torch.testing.assert_close(x @ out.T, x @ mean.T, rtol=1e-4, atol=1e-4)   # same outputs on the data
+    null = torch.linalg.svd(x)[2][3:]                 # directions the data never excites: the mean is kept
+    torch.testing.assert_close(out @ null.T, mean @ null.T, rtol=1e-4, atol=1e-4)
 
 
 def test_regmean_rejects_mismatched_grams() -> None:
