@@ -82,6 +82,8 @@ class MethodSpec(Generic[P]):
     """The exact formula this implementation computes (Unicode maths, several lines), shown verbatim on cards."""
     inputs: Literal["deltas", "weights"]
     version: int
+    """Bumped when a fix changes the method's numbers: part of a merge's and a runner grid point's fingerprint,
+    so neither ``--resume`` nor a re-run reuses what the older code computed."""
     grid: Mapping[str, tuple[Any, ...]]
     """This project's validation search grid (``{}``: the method has none)."""
     data_stats: str | None

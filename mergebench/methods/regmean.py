@@ -123,6 +123,7 @@ def regmean_linear(weights: Tensor, grams: Tensor, alpha: float, coefficients: t
         Then θ = θ₀ + λ·(θ_merged − θ₀)   (λ = 1 returns θ_merged exactly)
     """,
     inputs="weights",
+    version=2,  # 2: the equilibrated Cholesky solve (version 1 fell back to a truncating pseudo-inverse)
     grid={"alpha": (0.1, 0.5, 0.9)},
     data_stats="gram",
     normalises_weights=True,

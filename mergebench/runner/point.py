@@ -21,6 +21,7 @@ from typing import Any
 
 from mergebench.domains import Domain
 from mergebench.eval.results import Results, results_from_dict
+from mergebench.methods import get
 from mergebench.work import Stage, fingerprint_of, is_current, read_record, write_atomic, write_record
 
 logger = logging.getLogger(__name__)
@@ -49,10 +50,11 @@ class GridPoint:
     @property
     def fingerprint(self) -> str:
         """Everything the point is built from (:func:`mergebench.work.fingerprint_of`): its record is reused
-        only when the record carries this fingerprint."""
+        only when the record carries this fingerprint. The method's ``version`` (bumped when a fix changes its
+        numbers) is part of it, so a resumed run never keeps a merge made by the method's older code."""
         return fingerprint_of({"recipe": self.recipe, "validation": self.validation_tasks,
                                "settings": self.eval_settings, "inputs": self.fingerprints,
-                               "version": RECORD_VERSION})
+                               "method_version": get(self.recipe["method"]).version, "version": RECORD_VERSION})
 
     @property
     def id(self) -> str:

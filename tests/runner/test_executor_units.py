@@ -3,6 +3,7 @@ a folder or a Hub dataset (the loopback Hub), and does nothing the second time."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from mergebench.domains import DOMAINS
 from mergebench.errors import ConfigError
 from mergebench.eval import evaluate
 from mergebench.eval.results import load_results
+from mergebench.methods import REGISTRY, get
 from mergebench.runner.point import GridPoint, PointRecord
 from mergebench.runner.units import (
     EvaluationUnit,
@@ -103,6 +105,21 @@ def test_a_grid_point_unit_leaves_the_record_the_driver_reuses(tiny_llama, tmp_p
     assert record is not None and record.score is None and record.merge_seconds > 0
     assert "@" not in record.recipe["base_model"] and record.parameters == {}
     assert run_unit(unit) == "skipped"
+
+
+def test_a_new_method_version_makes_a_finished_grid_point_stale(tiny_llama, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fix that changes a method's numbers bumps its version: the run merges again instead of reusing."""
+    recipe = {"method": "model_soup", "base_model": str(tiny_llama.base),
+              "models": [{"model": str(tiny_llama.experts[d]), "domain": d} for d in DOMAINS], "parameters": {}}
+    spec = PointSpec(base="tiny", method_key="model_soup", recipe=recipe, validation_tasks=())
+    unit = GridPointUnit(label="model_soup merge", results=ResultsLocation(folder=str(tmp_path)),
+                         path="grid/tiny/model_soup/point.json", point=spec)
+    assert run_unit(unit) == "done"
+    assert run_unit(unit) == "skipped"
+    method = get("model_soup")
+    monkeypatch.setitem(REGISTRY._specs, "model_soup", dataclasses.replace(method, version=method.version + 1))
+    assert run_unit(unit) == "done"
 
 
 def test_bad_specs_name_every_problem(tmp_path: Path) -> None:
