@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mergebench.errors import StatisticsError
 from mergebench.methods.common import expert_weights, f32, rescale_from_base, weighted_mean
-from mergebench.methods.registry import MergeContext, Params, Range, param, register
+from mergebench.methods.registry import MergeContext, Params, PerExpert, Range, param, register
 
 EPSILON = 1e-10
 """Added to every Fᵢ in the denominator."""
@@ -41,11 +41,12 @@ class FisherParams(Params):
     scaling: float = param(1.0, "λ: θ = θ₀ + λ·(θ_fisher − θ₀).")
 
 
-def fisher_average(experts: Tensor, fishers: Tensor, coefficients: tuple[float, ...]) -> Tensor:
-    """``Σᵢ cᵢFᵢθᵢ / Σᵢ cᵢ(Fᵢ + ε)`` for ``[n, *shape]`` weights and Fisher diagonals."""
+def fisher_average(experts: Tensor, fishers: PerExpert, coefficients: tuple[float, ...]) -> Tensor:
+    """``Σᵢ cᵢFᵢθᵢ / Σᵢ cᵢ(Fᵢ + ε)`` for ``[n, *shape]`` weights and Fisher diagonals (one expert's at a time)."""
     numerator = torch.zeros(experts.shape[1:], dtype=torch.float32, device=experts.device)
     denominator = torch.zeros_like(numerator)
-    for theta, fisher, c in zip(experts, f32(fishers), coefficients, strict=True):
+    for theta, row, c in zip(experts, fishers, coefficients, strict=True):
+        fisher = f32(row)
         numerator.addcmul_(fisher, theta, value=c)
         denominator.add_(fisher.add(EPSILON), alpha=c)
     return numerator.div_(denominator)

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from mergebench.errors import StatisticsError
 from mergebench.methods.common import expert_weights, f32, rescale_from_base, weighted_mean
-from mergebench.methods.registry import MergeContext, Params, Range, param, register
+from mergebench.methods.registry import MergeContext, Params, PerExpert, Range, param, register
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,11 @@ def solve_normal_equations(a: Tensor, b: Tensor, fallback: Tensor, name: str) ->
     return torch.where(live[:, None], y.mul_(scale[:, None]), fallback)
 
 
-def regmean_linear(weights: Tensor, grams: Tensor, alpha: float, coefficients: tuple[float, ...], name: str) -> Tensor:
-    """RegMean of one linear weight: ``weights`` ``[n, out, in]``, ``grams`` ``[n, in, in]`` → ``[out, in]``."""
+def regmean_linear(weights: Tensor, grams: PerExpert, alpha: float, coefficients: tuple[float, ...],
+                   name: str) -> Tensor:
+    """RegMean of one linear weight: ``weights`` ``[n, out, in]``, ``grams`` ``[n, in, in]`` → ``[out, in]``.
+
+    The Gram matrices are consumed one expert at a time (a lazy ``grams`` is read one row per step)."""
     n, _, d_in = weights.shape
     if grams.shape != (n, d_in, d_in):
         raise StatisticsError(f"Tensor '{name}': Gram statistics are {tuple(grams.shape)} but the weights "
@@ -98,12 +101,14 @@ def regmean_linear(weights: Tensor, grams: Tensor, alpha: float, coefficients: t
     a = torch.zeros(d_in, d_in, dtype=torch.float32, device=weights.device)
     b = torch.zeros(d_in, weights.shape[1], dtype=torch.float32, device=weights.device)
     diagonal = torch.zeros(d_in, dtype=torch.float32, device=weights.device)
-    for w_i, g_i, c in zip(weights, f32(grams), coefficients, strict=True):
+    for w_i, gram, c in zip(weights, grams, coefficients, strict=True):
+        g_i = f32(gram)
         d_i = g_i.diagonal()
         a.add_(g_i, alpha=alpha * c)                                   # Σ α·wᵢGᵢ
         b.addmm_(g_i, w_i.T, alpha=alpha * c)                          # Σ α·wᵢGᵢWᵢᵀ
         b.addcmul_(d_i[:, None], w_i.T, value=(1.0 - alpha) * c)       # Σ (1−α)·wᵢ diag(Gᵢ) Wᵢᵀ
         diagonal.add_(d_i, alpha=(1.0 - alpha) * c)
+        del gram, g_i, d_i                                             # before the next expert's Gram is read
     a.diagonal().add_(diagonal)                                        # + Σ (1−α)·wᵢ diag(Gᵢ)
     mean = weighted_mean(weights, coefficients).T
     return solve_normal_equations(a, b, mean, name).T

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import weakref
 from pathlib import Path
 
 import pytest
@@ -309,6 +310,15 @@ def test_reader_checks_its_files(tiny_llama: Family, tmp_path: Path) -> None:
     assert torch.equal(stacked[1], load_statistics(paths[1])["model.layers.0.mlp.down_proj.weight"])
     assert reader.data_for("model.layers.0.input_layernorm.weight") == {}
     assert set(reader.data_for("model.layers.0.mlp.up_proj.weight")) == {"gram"}
+    rows = reader.data_for("model.layers.0.mlp.down_proj.weight")["gram"]
+    assert rows.shape == stacked.shape and len(rows) == 2
+    seen: list[weakref.ref] = []
+    for row in rows:  # one expert's row at a time: the previous one is gone once the consumer drops it
+        assert all(ref() is None for ref in seen)
+        assert torch.equal(row, stacked[len(seen)])
+        assert row.untyped_storage().nbytes() == row.numel() * row.element_size()  # its own memory, not a stack's
+        seen.append(weakref.ref(row))
+        del row
     with pytest.raises(StatisticsError, match="holds stage 'gram'"):
         StatisticsReader("fisher", paths)
     with pytest.raises(StatisticsError, match="does not exist"):
@@ -330,6 +340,9 @@ def test_regmean_merges_with_the_reader(tiny_llama: Family, tmp_path: Path) -> N
     out = spec.fn(base, weights.clone(), spec.make_params({}), MergeContext(name, (0, 1), data=reader.data_for(name)))
     assert out.shape == base.shape and torch.isfinite(out).all()
     assert not torch.allclose(out, weights.mean(0))
+    stacked = spec.fn(base, weights.clone(), spec.make_params({}), MergeContext(name, (0, 1),
+                                                                               data={"gram": reader.get(name)}))
+    assert torch.equal(out, stacked)  # rows read lazily or stacked: the same merge
 
 
 @pytest.mark.parametrize("stage, params", [("fisher", {"num_samples": 2}),
