@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     parser.add_argument("--repeat", type=int, default=3, help="statistics-stage runs per row (median time, max memory)")
     parser.add_argument("--merge-repeat", type=int, default=1,
-                        help="merge runs per row (RegMean's solve takes ~15 min per 8B layer on a shared machine)")
+                        help="merge runs per row (a RegMean merge takes ~2 min per 8B layer on 2 cores)")
     parser.add_argument("--rows", type=int, default=4, help="validation rows per expert")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "mergebench-bench-8b")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check the script, not the numbers")
@@ -261,8 +261,8 @@ def report(shape: Shape, results: dict[tuple[str, int, str], Run], tokens: list[
         f"{shape.heads}/{shape.kv_heads} heads, vocabulary {shape.vocab:,}), bf16, base + {len(DOMAINS)} experts "
         f"served by the loopback Hub; {args.rows} validation rows per expert ({min(tokens)}–{max(tokens)} tokens, "
         f"fixture tokenizer). Machine: {os.cpu_count()} vCPU, {platform.platform()}, torch {torch.__version__}; "
-        f"**shared with other jobs**: load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, so times "
-        f"are inflated and noisy. Median of {args.repeat} run(s) per statistics row, {args.merge_repeat} per merge "
+        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the benchmark's own children count). "
+        f"Median of {args.repeat} run(s) per statistics row, {args.merge_repeat} per merge "
         f"row (peak RSS: the highest). Whole benchmark: "
         f"{total / 60:.1f} min.",
         "",
