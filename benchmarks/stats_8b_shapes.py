@@ -7,11 +7,12 @@ loopback Hub. RegMean (Gram matrices) and Fisher merging (Fisher diagonals) each
 1. the statistics stage alone (cold statistics cache): every expert's statistics, layer by layer;
 2. the merge (statistics cached): the streaming merge pass that reads them;
 
-at depth 1 and at depth 2 (``--layers``): the same files, served with a ``config.json`` and shard index that
+at depth 1 and at depth 2: the same files, served with a ``config.json`` and shard index that
 stop after the first layer(s), so the difference between depths is the cost of one layer. Peak RSS is the
 sampled RSS of the child's process tree (:func:`measure.run_measured`); the Hub cache of every child is checked
 to stay at 0 bytes. The table extrapolates to 32 layers: time = fixed + 32 × per layer, memory = the measured
-peak (nothing held grows with depth), statistics disk = the files' exact size formula.
+peak, statistics disk = the files' exact size formula. The memory column holds only if nothing held grows with
+depth: ``--medium`` runs a smaller shape (:data:`MEDIUM`) at depths 1–4 to check that.
 
 Memory bound (the issue's): one layer's float32 weights + its statistics + the activations of the rows through
 one layer + 1 GB. For the statistics stage "its statistics" are one expert's (the stage holds one expert); for
@@ -21,7 +22,7 @@ of a tensor).
 Disk: the family takes 7.3 GB (experts' embedding and head shards are hard links of the base's: the merge and
 the statistics without ``merge_embeddings`` never read them), the RegMean statistics of two layers 12.3 GB.
 
-    python benchmarks/stats_8b_shapes.py [--write] [--repeat 3] [--rows 4] [--work-dir DIR]
+    python benchmarks/stats_8b_shapes.py [--write] [--repeat 3] [--rows 4] [--work-dir DIR] [--medium | --smoke]
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from mergebench.prompt import encode_chat
 SHAPE = Shape(hidden=4096, intermediate=14336, layers=2, vocab=128256, heads=32, kv_heads=8)
 SMOKE = Shape(hidden=256, intermediate=512, layers=2, vocab=1024, heads=4, kv_heads=2)
 """``--smoke``: the same benchmark in seconds, to check the script (not the numbers)."""
+MEDIUM = Shape(hidden=2048, intermediate=7168, layers=4, vocab=32000, heads=16, kv_heads=4)
+"""``--medium``: a quarter of a Llama-3.1-8B layer, four layers deep: does the peak grow with depth?"""
 ORG = "bench8b"
 TOKEN = "hf_loopbackBenchmarkToken000000000000"
 GB = 1e9
@@ -211,19 +214,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4, help="validation rows per expert")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "mergebench-bench-8b")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check the script, not the numbers")
+    parser.add_argument("--medium", action="store_true",
+                        help="a medium shape at depths 1-4 (memory against depth; not written to RESULTS.md)")
     args = parser.parse_args()
-    shape = SMOKE if args.smoke else SHAPE
+    shape = SMOKE if args.smoke else MEDIUM if args.medium else SHAPE
+    depths = range(1, shape.layers + 1) if args.medium else (1, shape.layers)
     started = time.perf_counter()
     load_before = os.getloadavg()
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    folders = write_family(work / ("family-smoke" if args.smoke else "family"), shape, len(DOMAINS))
+    folders = write_family(work / ("family-smoke" if args.smoke else "family-medium" if args.medium else "family"),
+                           shape, len(DOMAINS))
     data = write_validation_splits(work / "validation")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     results: dict[tuple[str, int, str], Run] = {}
     (work / "hub" / "models").mkdir(parents=True, exist_ok=True)
     with LoopbackHub(work / "hub") as hub:
-        for depth in (1, shape.layers):
+        for depth in depths:
             ids = hub_view(folders, shape, depth, work / "hub")
             for method, parameters in METHODS.items():
                 recipe = {"method": method, "base_model": ids[0],
@@ -246,7 +253,7 @@ def main() -> None:
     tokens = tokens_per_row(args.rows)
     table = report(shape, results, tokens, args, load_before, load_after, time.perf_counter() - started)
     print(table)
-    if args.write and not args.smoke:
+    if args.write and shape is SHAPE:
         write_section("stats_8b_shapes", "Statistics stages at Llama-3.1-8B shapes (`benchmarks/stats_8b_shapes.py`)",
                       table)
 
