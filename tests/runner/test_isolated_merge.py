@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
@@ -74,12 +73,18 @@ def test_ctrl_c_in_the_parent_kills_the_child(tmp_path: Path, monkeypatch: pytes
         real_stop(child)
         assert not child.is_alive() and child.exitcode is not None and child.exitcode < 0
 
+    real_receive = isolated._receive
+
+    def ctrl_c_while_waiting(receiver):
+        # A real SIGINT, sent once the child has started and the parent waits for its outcome (a timer could fire
+        # after a fast child had already finished: seen once on a loaded machine)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_receive(receiver)
+
     monkeypatch.setattr(isolated, "_stop", remember)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))  # the child is still starting then
-    timer.start()
+    monkeypatch.setattr(isolated, "_receive", ctrl_c_while_waiting)
     with pytest.raises(KeyboardInterrupt):
         merge_in_child(recipe(base_dir, experts), tmp_path / "out", options=QUIET)
-    timer.join()
     assert started
     with pytest.raises(ProcessLookupError):
         os.kill(started[0], 0)                                       # gone
