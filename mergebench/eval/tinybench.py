@@ -333,7 +333,7 @@ TINY_DOMAINS: dict[str, TinyDomain] = {d.name: d for d in (
                "world knowledge the base has: capitals, currencies, science, books, paintings, numbers "
                "(forgetting; 4 plausible choices)."),
 )}
-"""The five domains and ``general`` (the forgetting task; evaluation only). Coding shares its eight kinds of
+"""The five domains and ``general`` (the forgetting task; evaluation only). Coding shares its seven kinds of
 expression between splits (the lists and numbers differ): holding a kind out would test a skill never taught."""
 ITEMS_VERSION = 4
 """The ``version`` of every ``mb_tinybench_*`` task: bump when the items change (2: 71 distinct items per task,
