@@ -286,9 +286,10 @@ class StatisticsReader:
         """Tensor ``name``'s statistics, read one expert at a time when iterated, or ``None``."""
         if name not in self.names:
             return None
+        entry = self._layouts[0][1].tensors[name]
         return ExpertRows([(path, start + header.tensors[name].begin)
                            for path, (start, header) in zip(self.paths, self._layouts, strict=True)],
-                          self._layouts[0][1].tensors[name].shape, self._layouts[0][1].tensors[name].torch_dtype)
+                          entry.shape, entry.torch_dtype)
 
     def data_for(self, name: str) -> dict[str, ExpertRows]:
         """``{stage: rows}`` for :attr:`MergeContext.data`, or ``{}`` when the tensor has no statistics."""
