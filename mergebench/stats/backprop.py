@@ -166,28 +166,35 @@ class _Pass:
         bar = self._bar(n_layers, "backward")
         layers = self.weights.layers(order)
         for i in order:
-            layer = self.lm.load_layer(i, next(layers), requires_grad=True)
-            sums, handles = self._hook_parameters(layer, f"{self.lm.prefix}.{i}.")
-            below = spill()
-            try:
-                for row in rows:
-                    hidden = acts.get((i, row.index)).to(self.device).requires_grad_(True)
-                    with torch.enable_grad():
-                        out = self.lm.run_layer(i, hidden, self.lm.embed(row.batch).calls[i])
-                        out.backward(down.get(row.index).to(self.device))
-                    assert hidden.grad is not None
-                    below.put(row.index, hidden.grad)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            for name, total in sums.items():
-                self.out.add(name, total)
-            self.lm.free_layer(i)
-            down.close()
-            down = below
+            down = self._backward_layer(i, next(layers), rows, acts, down, spill())
             bar.update()
         bar.close()
         return down
+
+    def _backward_layer(self, i: int, tensors: dict[str, Tensor], rows: Sequence[_Row], acts: Spill, down: Spill,
+                        below: Spill) -> Spill:
+        """Layer ``i`` (``tensors``): its statistics into the file, ∂ℓ/∂(its input) into ``below`` (returned;
+        ``down`` is closed). A method of its own so that nothing of this layer (weights, accumulators) outlives
+        it: the caller reads the next layer only after this returns."""
+        layer = self.lm.load_layer(i, tensors, requires_grad=True)
+        del tensors
+        sums, handles = self._hook_parameters(layer, f"{self.lm.prefix}.{i}.")
+        try:
+            for row in rows:
+                hidden = acts.get((i, row.index)).to(self.device).requires_grad_(True)
+                with torch.enable_grad():
+                    out = self.lm.run_layer(i, hidden, self.lm.embed(row.batch).calls[i])
+                    out.backward(down.get(row.index).to(self.device))
+                assert hidden.grad is not None
+                below.put(row.index, hidden.grad)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name in list(sums):
+            self.out.add(name, sums.pop(name))
+        self.lm.free_layer(i)
+        down.close()
+        return below
 
     def _hook_parameters(self, layer: nn.Module, prefix: str
                          ) -> tuple[dict[str, Tensor], list[torch.utils.hooks.RemovableHandle]]:

@@ -93,15 +93,19 @@ class GramAccumulator:
             for handle in handles:
                 handle.remove()
 
-    def means(self) -> dict[str, Tensor]:
-        """Σ x xᵀ / T per layer. Raises :class:`StatisticsError` when a layer saw no token."""
+    def mean(self, name: str) -> Tensor:
+        """Σ x xᵀ / T of layer ``name``, handed over (the accumulator keeps no reference to it).
+
+        Raises:
+            StatisticsError: a layer of this accumulator saw no token.
+        """
         missing = [name for name, count in self.counts.items() if count == 0]
         if missing:
             raise StatisticsError(f"No token reached {len(missing)} of {len(self.linears)} linear layers (e.g. "
                                   f"'{missing[0]}'), so they have no Gram matrix.",
                                   hint="Give the domain validation rows with text (num_samples ≥ 1); layers that "
                                        "only some tokens reach (mixture-of-experts) need more rows.")
-        return {name: self.sums.pop(name).div_(self.counts[name]) for name in self.linears}
+        return self.sums.pop(name).div_(self.counts[name])
 
 
 def compute_gram(lm: LayeredModel, weights: Weights, batches: Sequence[Batch], out: StatisticsFile,
@@ -118,23 +122,8 @@ def compute_gram(lm: LayeredModel, weights: Weights, batches: Sequence[Batch], o
         bar = tqdm(total=n_layers, desc="Gram layers", unit="layer", disable=not lm.options.progress, leave=False)
         layers = weights.layers(range(n_layers))
         for i in range(n_layers):
-            layer = lm.load_layer(i, next(layers))
-            last = i == n_layers - 1
-            following = None if last else Spill(spill_dir)
-            acc = GramAccumulator(block_linears(layer, f"{lm.prefix}.{i}."))
-
-            def forward(i: int = i, acc: GramAccumulator = acc, source: Spill = spill,
-                        following: Spill | None = following) -> None:
-                for b, batch in enumerate(batches):
-                    acc.mask = batch.attention_mask.bool().to(lm.device)
-                    hidden = lm.run_layer(i, source.get(b).to(lm.device), lm.embed(batch).calls[i])
-                    if following is not None:
-                        following.put(b, hidden)
-
-            acc.run(forward)
-            for name, gram in acc.means().items():
-                out.write(name, gram)
-            lm.free_layer(i)
+            following = None if i == n_layers - 1 else Spill(spill_dir)
+            _layer_grams(lm, i, next(layers), batches, spill, following, out)
             spill.close()
             if following is not None:
                 spill = following
@@ -142,3 +131,25 @@ def compute_gram(lm: LayeredModel, weights: Weights, batches: Sequence[Batch], o
         bar.close()
     finally:
         spill.close()
+
+
+def _layer_grams(lm: LayeredModel, i: int, tensors: dict[str, Tensor], batches: Sequence[Batch], source: Spill,
+                 following: Spill | None, out: StatisticsFile) -> None:
+    """Decoder layer ``i`` (``tensors``) on the rows parked in ``source``: its Grams into ``out``, its outputs into
+    ``following``. A function of its own so that nothing of this layer (weights, Grams) outlives it: the caller
+    reads the next layer only after this returns."""
+    layer = lm.load_layer(i, tensors)
+    del tensors
+    acc = GramAccumulator(block_linears(layer, f"{lm.prefix}.{i}."))
+
+    def forward() -> None:
+        for b, batch in enumerate(batches):
+            acc.mask = batch.attention_mask.bool().to(lm.device)
+            hidden = lm.run_layer(i, source.get(b).to(lm.device), lm.embed(batch).calls[i])
+            if following is not None:
+                following.put(b, hidden)
+
+    acc.run(forward)
+    for name in acc.linears:
+        out.write(name, acc.mean(name))
+    lm.free_layer(i)

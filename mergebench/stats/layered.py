@@ -363,10 +363,14 @@ class LayeredModel:
         Nothing here keeps a block once the next is asked for (callers drop theirs before that, too)."""
         vocabulary = self.model.tensor(self.head_name).shape[0]
         step = self.block_rows(self.head_name)
-        for begin in range(0, vocabulary, step):
-            end = min(begin + step, vocabulary)
-            yield begin, end, self._leaf(rows(self.head_name, begin, end)), (
-                self._leaf(rows(self.head_bias_name, begin, end)) if self.head_bias_name else None)
+        empty = self.head.weight, self.head.bias
+        try:
+            for begin in range(0, vocabulary, step):
+                end = min(begin + step, vocabulary)
+                yield begin, end, self._leaf(rows(self.head_name, begin, end)), (
+                    self._leaf(rows(self.head_bias_name, begin, end)) if self.head_bias_name else None)
+        finally:  # the head module would otherwise keep the last block (head_logits sets it) for the whole stage
+            self.head.weight, self.head.bias = empty
 
     def _leaf(self, values: Tensor) -> nn.Parameter:
         return nn.Parameter(values.to(self.device), requires_grad=False)
