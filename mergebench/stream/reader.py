@@ -148,40 +148,44 @@ class TensorStream:
         next_submit = 0
         finished: list[_Chunk] = []
         n_models = len(self._models)
-        with ThreadPoolExecutor(self._threads, thread_name_prefix="mergebench-read") as pool:
-            try:
-                for name, needed in self._order:
-                    while next_submit < len(self._chunks) and (
-                        inflight == 0 or inflight + self._chunks[next_submit].size <= self._max_inflight
-                    ):
-                        c = self._chunks[next_submit]
+        pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mergebench-read")
+        done = False
+        try:
+            for name, needed in self._order:
+                while next_submit < len(self._chunks) and (
+                    inflight == 0 or inflight + self._chunks[next_submit].size <= self._max_inflight
+                ):
+                    c = self._chunks[next_submit]
+                    c.future = pool.submit(self._read, c)
+                    inflight += c.size
+                    next_submit += 1
+                raw: list[memoryview | None] = [None] * n_models
+                for m in needed:
+                    c = chunk_of[(m, name)]
+                    if c.future is None:  # not yet submitted: the budget is taken by earlier chunks
                         c.future = pool.submit(self._read, c)
                         inflight += c.size
-                        next_submit += 1
-                    raw: list[memoryview | None] = [None] * n_models
-                    for m in needed:
-                        c = chunk_of[(m, name)]
-                        if c.future is None:  # not yet submitted: the budget is taken by earlier chunks
-                            c.future = pool.submit(self._read, c)
-                            inflight += c.size
-                            next_submit = max(next_submit, self._chunks.index(c) + 1)
-                        view = c.future.result()
-                        entry = self._models[m].tensor(name)
-                        raw[m] = view[entry.begin - c.begin: entry.end - c.begin]
-                        remaining[id(c)] -= 1
-                        if remaining[id(c)] == 0:
-                            inflight -= c.size
-                            c.future = None  # drop our reference; the slice keeps what is still used
-                            finished.append(c)
-                            if self.progress is not None:
-                                self.progress.update(c.size)
-                    yield StreamItem(name, tuple(raw))
-                    for c in finished:  # the consumer is done with the previous item's bytes
-                        self._source(c.model, c.filename).release(c.begin, c.end)
-                    finished.clear()
-            finally:
-                for c in self._chunks:
-                    if c.future is not None:
-                        c.future.cancel()
-                for source in self._sources.values():
-                    source.close()
+                        next_submit = max(next_submit, self._chunks.index(c) + 1)
+                    view = c.future.result()
+                    entry = self._models[m].tensor(name)
+                    raw[m] = view[entry.begin - c.begin: entry.end - c.begin]
+                    remaining[id(c)] -= 1
+                    if remaining[id(c)] == 0:
+                        inflight -= c.size
+                        c.future = None  # drop our reference; the slice keeps what is still used
+                        finished.append(c)
+                        if self.progress is not None:
+                            self.progress.update(c.size)
+                yield StreamItem(name, tuple(raw))
+                for c in finished:  # the consumer is done with the previous item's bytes
+                    self._source(c.model, c.filename).release(c.begin, c.end)
+                finished.clear()
+            done = True
+        finally:
+            # Stopped early (an error in the consumer, or the iterator dropped): do not wait for reads in flight.
+            # This may run as a finalizer in any thread, at any point (a generator in a reference cycle is closed
+            # by the garbage collector), where joining the read threads can deadlock with the interpreter's own
+            # thread locks; an abandoned read ends on its own (sources time out) and its bytes are dropped.
+            pool.shutdown(wait=done, cancel_futures=True)
+            for source in self._sources.values():
+                source.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,37 @@ def test_reader_coalesces_adjacent_tensors_and_bounds_reads(tmp_path: Path, monk
     assert all(torch.equal(got[k], tensors[k]) for k in tensors)
     assert len(reads) == 5 and all(end - begin == 4096 for begin, end in reads)
     assert stream.bytes_to_read == 20 * 1024
+
+
+def test_a_stream_stopped_early_does_not_wait_for_reads_in_flight(tmp_path: Path, monkeypatch) -> None:
+    """Closing a stream (an error in the consumer, or the garbage collector finalizing a dropped one in whatever
+    thread it runs) must not join its read threads: that join deadlocked against the interpreter's thread locks
+    when the collector ran inside a new thread's start-up. A read still in flight ends on its own."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({f"t{i}": torch.full((256,), float(i)) for i in range(4)}, folder / "model.safetensors")
+    model = resolve(Ref.parse(str(folder)))
+    original = reader_module.LocalSource.read
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(self, begin, end):
+        if begin > 0:  # every read after the first waits until the test lets it go
+            started.set()
+            release.wait(30)
+        return original(self, begin, end)
+
+    monkeypatch.setattr(reader_module.LocalSource, "read", slow)
+    stream = iter(TensorStream([model], [(f"t{i}", (0,)) for i in range(4)], chunk_bytes=1024, threads=2))
+    assert next(stream).name == "t0"
+    assert started.wait(10), "the next tensor's read is in flight"
+    closer = threading.Thread(target=stream.close)  # type: ignore[attr-defined]
+    closer.start()
+    closer.join(5)
+    stopped = not closer.is_alive()
+    release.set()
+    closer.join()
+    assert stopped, "closing the stream waited for a read in flight"
 
 
 def test_writer_enforces_plan_order_and_sizes(tmp_path: Path) -> None:
