@@ -285,8 +285,8 @@ def report(shape: Shape, results: dict[tuple[str, int, str], Run], tokens: list[
                      f"| {'yes' if r.peak_rss <= bound else 'NO'} | {r.fetched / GB:.2f} | {r.stats_disk / GB:.2f} "
                      f"| {r.cache_left} |")
     lines += ["", f"Extrapolated to {FULL_DEPTH} layers (8B): time = t(1 layer) + {FULL_DEPTH - 1} × "
-              f"(t({depth}) − t(1)) / {depth - 1}; memory: the measured peak (what is held does not grow with "
-              "depth); disk: the statistics files' size for five experts.", "",
+              f"(t({depth}) − t(1)) / {depth - 1}; memory: the measured peak (assumed to level off with depth: "
+              "see --medium); disk: the statistics files' size for five experts.", "",
               "| method | statistics stage (min) | merge (min) | peak RSS (GB) | statistics on disk (GB) |",
               "|---|---|---|---|---|"]
     for method in METHODS:
