@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,6 @@ class _Run:
     def label(self, base: BaseEntry, text: str) -> str:
         """A stage's name in the stage log, prefixed with the base when the run has several."""
         return f"{base.label}: {text}" if len(self.config.bases) > 1 else text
-
-    def tasks_of(self, tasks: list[str], domains: set[str]) -> list[str]:
-        from mergebench.eval.tasks import TASKS
-
-        return [t for t in tasks if TASKS[t].domain in domains]
 
     def evaluation_stage(self, weights: str, tasks: list[str], model_info: dict, *, section: str) -> Stage:
         """What an evaluation's results are built from: the weights (a commit sha, a local fingerprint, or the
@@ -156,18 +152,25 @@ class Evaluation:
     weights: str | None = None
 
 
-def _reference_evaluations(run: _Run, base: BaseEntry) -> dict[str, Evaluation]:
-    """The base's, each expert's (by domain) and the multi-task model's evaluations.
+def expert_tasks(evaluation: Sequence[str], validation: Sequence[str], domain: str) -> list[str]:
+    """The tasks an expert is scored on: its own domain's evaluation and validation tasks, and the general
+    (forgetting) tasks, which say what its fine-tune forgot of the base, the reference a merge's forgetting is read
+    against. The run's stages and its plan (:func:`plan_benchmark`) both take them from here."""
+    from mergebench.eval.tasks import TASKS
 
-    An expert is scored on its own domain's tasks and on the general (forgetting) tasks: the latter say what its
-    fine-tune forgot of the base, the reference a merge's forgetting is read against."""
+    return ([t for t in evaluation if TASKS[t].domain in (domain, GENERAL)]
+            + [t for t in validation if TASKS[t].domain == domain])
+
+
+def _reference_evaluations(run: _Run, base: BaseEntry) -> dict[str, Evaluation]:
+    """The base's, each expert's (by domain, :func:`expert_tasks`) and the multi-task model's evaluations."""
     config, folder = run.config, run.results_dir / base.label
     base_id = config.base_id(base)
     evaluations = {"base": Evaluation(config.model_ref(base.model), folder / "base.json", run.evaluation_tasks,
                                       {"role": "base", "base_model": base_id, "label": "base"},
                                       run.label(base, "base evaluation"))}
     for domain in DOMAINS:
-        tasks = run.tasks_of(run.evaluation_tasks, {domain, GENERAL}) + run.tasks_of(run.validation_tasks, {domain})
+        tasks = expert_tasks(run.evaluation_tasks, run.validation_tasks, domain)
         evaluations[domain] = Evaluation(config.model_ref(base.experts[domain]), folder / f"expert_{domain}.json",
                                          tasks, {"role": "expert", "domain": domain, "base_model": base_id},
                                          run.label(base, f"{domain} expert evaluation"))
@@ -307,8 +310,6 @@ def plan_benchmark(config: BenchConfig, stages: StageLog, entries: list[MethodEn
     """Announce every stage of a run to ``stages`` (reference evaluations, grid points, final evaluations) so
     that the bar and ETA count them; once per output folder (:func:`run_benchmark` calls it too, so a caller
     only calls it to announce the run before stages of its own, as MergeBench-Tiny does)."""
-    from mergebench.eval.tasks import TASKS
-
     key = f"benchmark:{config.output_dir}"
     if key in stages.planned:
         return
@@ -318,7 +319,7 @@ def plan_benchmark(config: BenchConfig, stages: StageLog, entries: list[MethodEn
     for base in config.bases:
         stages.plan(eval_weight(evaluation))
         for domain in DOMAINS:
-            stages.plan(eval_weight([t for t in evaluation + validation if TASKS[t].domain == domain]))
+            stages.plan(eval_weight(expert_tasks(evaluation, validation, domain)))
         if base.multitask:
             stages.plan(eval_weight(evaluation + validation))
         for entry in config.methods if entries is None else entries:

@@ -20,6 +20,7 @@ from mergebench.errors import ConfigError
 from mergebench.eval.results import load_results
 from mergebench.fixtures import write_family_to_hub_root
 from mergebench.runner import BenchConfig, run_benchmark
+from mergebench.runner.progress import StageLog
 
 VOLATILE = ["merge_seconds", "validation_seconds", "total_seconds", "eval_seconds", "peak_memory_bytes", "run_id",
             "finished_at", "model", "model_url", "card_url"]
@@ -44,10 +45,23 @@ def _bench(family, validation_dir: Path, out: Path, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_llama, validation_dir, tmp_path_factory):
+def stage_log() -> StageLog:
+    return StageLog(enabled=False)  # silent, but it still counts the stages and their weights
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_llama, validation_dir, tmp_path_factory, stage_log):
     out = tmp_path_factory.mktemp("run") / "bench"
-    summary = run_benchmark(BenchConfig.from_dict(_bench(tiny_llama, validation_dir, out)), progress=False)
+    summary = run_benchmark(BenchConfig.from_dict(_bench(tiny_llama, validation_dir, out)), progress=False,
+                            stages=stage_log)
     return summary
+
+
+def test_the_plan_announces_exactly_the_stages_that_ran(finished, stage_log: StageLog) -> None:
+    """The progress bar's weights come from the plan: an expert's evaluation planned without the general
+    (forgetting) tasks it runs took MergeBench-Tiny's bar to 103 % before its last line."""
+    assert stage_log.done_stages == stage_log.total_stages
+    assert stage_log.done_weight == pytest.approx(stage_log.total_weight)
 
 
 def test_every_method_has_a_scored_row_matching_an_independent_computation(finished) -> None:
