@@ -177,7 +177,6 @@ class _Pass:
         ``down`` is closed). A method of its own so that nothing of this layer (weights, accumulators) outlives
         it: the caller reads the next layer only after this returns."""
         layer = self.lm.load_layer(i, tensors, requires_grad=True)
-        del tensors
         sums, handles = self._hook_parameters(layer, f"{self.lm.prefix}.{i}.")
         try:
             for row in rows:

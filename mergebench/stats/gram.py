@@ -20,7 +20,7 @@ worth of hidden states while it runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +93,11 @@ class GramAccumulator:
             for handle in handles:
                 handle.remove()
 
-    def mean(self, name: str) -> Tensor:
-        """Σ x xᵀ / T of layer ``name``, handed over (the accumulator keeps no reference to it).
+    def means(self) -> Iterator[tuple[str, Tensor]]:
+        """``(name, Σ x xᵀ / T)`` per layer, each handed over as it is asked for (the accumulator keeps none).
 
         Raises:
-            StatisticsError: a layer of this accumulator saw no token.
+            StatisticsError: a layer saw no token (before the first is handed over).
         """
         missing = [name for name, count in self.counts.items() if count == 0]
         if missing:
@@ -105,7 +105,8 @@ class GramAccumulator:
                                   f"'{missing[0]}'), so they have no Gram matrix.",
                                   hint="Give the domain validation rows with text (num_samples ≥ 1); layers that "
                                        "only some tokens reach (mixture-of-experts) need more rows.")
-        return self.sums.pop(name).div_(self.counts[name])
+        for name in self.linears:
+            yield name, self.sums.pop(name).div_(self.counts[name])
 
 
 def compute_gram(lm: LayeredModel, weights: Weights, batches: Sequence[Batch], out: StatisticsFile,
@@ -139,7 +140,6 @@ def _layer_grams(lm: LayeredModel, i: int, tensors: dict[str, Tensor], batches: 
     ``following``. A function of its own so that nothing of this layer (weights, Grams) outlives it: the caller
     reads the next layer only after this returns."""
     layer = lm.load_layer(i, tensors)
-    del tensors
     acc = GramAccumulator(block_linears(layer, f"{lm.prefix}.{i}."))
 
     def forward() -> None:
@@ -150,6 +150,6 @@ def _layer_grams(lm: LayeredModel, i: int, tensors: dict[str, Tensor], batches: 
                 following.put(b, hidden)
 
     acc.run(forward)
-    for name in acc.linears:
-        out.write(name, acc.mean(name))
+    for name, gram in acc.means():
+        out.write(name, gram)
     lm.free_layer(i)
