@@ -58,10 +58,12 @@ def push_files(repo_id: str, files: Mapping[str, bytes], *, repo_type: RepoType 
 
     Args:
         parent_commit: the head the files were computed from; the Hub refuses the commit (HTTP 412) if the repo
-            moved since, so a read-modify-write never loses a concurrent commit.
+            moved since, so a read-modify-write never loses a concurrent commit. The caller read that head, so
+            the repo exists and is not created again.
     """
     api = _api(api, token)
-    with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
+    if parent_commit is None:
+        with_retries(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files.items()]
     info = with_retries(lambda: api.create_commit(repo_id, operations, repo_type=repo_type,
                                                   commit_message=commit_message, parent_commit=parent_commit))
