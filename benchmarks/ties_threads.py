@@ -4,9 +4,11 @@ intra-op threads, at several chunk sizes.
 Why: per-tensor TIES barely speeds up with the pool's second thread (issue 19). This isolates the arithmetic — the
 registered ``ties`` function on float32 chunks of five task vectors already in memory, no I/O, no top-k counting —
 so the table shows what the threading model costs, not what the inputs do. Each configuration merges the same
-number of entries; every Python thread owns its buffers, as a pool thread does.
+number of entries; every Python thread owns its buffers, as a pool thread does. The table is measured twice: on an
+idle machine, then with ``--busy`` processes spinning on the CPU beside it (a machine shared with other work, as a
+runner's or a Space's often is).
 
-    python benchmarks/ties_threads.py [--repeat 3] [--no-write]
+    python benchmarks/ties_threads.py [--repeat 3] [--busy 1] [--no-write]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -66,28 +69,48 @@ def throughput(chunk: int, python_threads: int, torch_threads: int) -> float:
     return ENTRIES / (time.perf_counter() - start) / 1e6
 
 
+def measure(repeat: int) -> dict[tuple[int, str], float]:
+    """Median throughput of every (chunk, set-up), the configurations interleaved so a drift hits them all."""
+    rates: dict[tuple[int, str], list[float]] = {}
+    for _ in range(repeat):
+        for chunk in CHUNKS:
+            for label, python_threads, torch_threads in SETUPS:
+                rates.setdefault((chunk, label), []).append(throughput(chunk, python_threads, torch_threads))
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
+def table(medians: dict[tuple[int, str], float]) -> str:
+    lines = ["| chunk (entries per model) | " + " | ".join(label for label, _, _ in SETUPS) + " |",
+             "|---|" + "---|" * len(SETUPS)]
+    for chunk in CHUNKS:
+        lines.append(f"| {chunk // 1024} Ki | " + " | ".join(f"{medians[(chunk, label)]:.0f} M/s"
+                                                          for label, _, _ in SETUPS) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--busy", type=int, default=1, help="CPU-spinning processes beside the second measurement")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     load_before, started = os.getloadavg()[0], time.perf_counter()
     _merge_chunks(CHUNKS[0], 4)  # warm-up: allocator, kernels
-    rates: dict[tuple[int, str], list[float]] = {}
-    for _ in range(args.repeat):  # configurations interleaved, so a drift of the machine hits them all
-        for chunk in CHUNKS:
-            for label, python_threads, torch_threads in SETUPS:
-                rates.setdefault((chunk, label), []).append(throughput(chunk, python_threads, torch_threads))
-    header = "| chunk (entries per model) | " + " | ".join(label for label, _, _ in SETUPS) + " |"
-    lines = [header, "|---|" + "---|" * len(SETUPS)]
-    for chunk in CHUNKS:
-        cells = [f"{statistics.median(rates[(chunk, label)]):.0f} M/s" for label, _, _ in SETUPS]
-        lines.append(f"| {chunk // 1024} Ki | " + " | ".join(cells) + " |")
+    idle = measure(args.repeat)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        time.sleep(1)
+        busy = measure(args.repeat)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     body = (f"TIES arithmetic alone (per-tensor thresholds given, mean of agreeing signs), {EXPERTS} float32 task "
             f"vectors, {ENTRIES >> 20} Mi entries per model per measurement; entries per model merged per second, "
             f"median of {args.repeat}. Machine: {machine()}; load average {load_before:.1f} before, "
             f"{os.getloadavg()[0]:.1f} after. Whole benchmark {time.perf_counter() - started:.0f} s.\n\n"
-            + "\n".join(lines))
+            f"Idle machine:\n\n{table(idle)}\n\n"
+            f"With {args.busy} other process(es) spinning on the CPU:\n\n{table(busy)}")
     print(body)
     if not args.no_write:
         write_section("ties_threads", "TIES arithmetic over two cores (`benchmarks/ties_threads.py`)", body)
