@@ -104,7 +104,7 @@ def test_readers_count_a_row_once_the_latest_wins_and_read_a_pinned_revision(hub
         read_results(REPO, revision="0" * 40)
 
 
-def test_a_push_creates_the_dataset_once_and_never_again(hub) -> None:
+def test_a_push_asks_the_hub_to_create_the_dataset_once_not_twice(hub) -> None:
     push_results(REPO, _results({"mb_tinybench_math": 0.5}))
     push_results(REPO, _results({"mb_tinybench_math": 0.75}))
-    assert hub.stats.count("POST", "/api/repos/create") == 2  # one per push (a no-op once it exists), not two
+    assert hub.stats.count("POST", "/api/repos/create") == 2  # one per push (a no-op once the dataset exists), not two
