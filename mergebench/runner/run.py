@@ -152,32 +152,38 @@ class Evaluation:
     weights: str | None = None
 
 
-def expert_tasks(evaluation: Sequence[str], validation: Sequence[str], domain: str) -> list[str]:
-    """The tasks an expert is scored on: its own domain's evaluation and validation tasks, and the general
+def reference_tasks(evaluation: Sequence[str], validation: Sequence[str], *, multitask: bool) -> dict[str, list[str]]:
+    """The tasks of each reference model, keyed as :func:`_reference_evaluations` keys them: the base on the
+    evaluation tasks; each expert (by domain) on its own domain's evaluation and validation tasks and on the general
     (forgetting) tasks, which say what its fine-tune forgot of the base, the reference a merge's forgetting is read
-    against. The run's stages and its plan (:func:`plan_benchmark`) both take them from here."""
+    against; the multi-task model on everything. The run's stages and its plan (:func:`plan_benchmark`) both take
+    them from here, so the progress bar weighs exactly what runs."""
     from mergebench.eval.tasks import TASKS
 
-    return ([t for t in evaluation if TASKS[t].domain in (domain, GENERAL)]
-            + [t for t in validation if TASKS[t].domain == domain])
+    tasks = {"base": list(evaluation)}
+    for domain in DOMAINS:
+        tasks[domain] = ([t for t in evaluation if TASKS[t].domain in (domain, GENERAL)]
+                         + [t for t in validation if TASKS[t].domain == domain])
+    if multitask:
+        tasks["multitask"] = [*evaluation, *validation]
+    return tasks
 
 
 def _reference_evaluations(run: _Run, base: BaseEntry) -> dict[str, Evaluation]:
-    """The base's, each expert's (by domain, :func:`expert_tasks`) and the multi-task model's evaluations."""
+    """The base's, each expert's (by domain) and the multi-task model's evaluations (:func:`reference_tasks`)."""
     config, folder = run.config, run.results_dir / base.label
     base_id = config.base_id(base)
-    evaluations = {"base": Evaluation(config.model_ref(base.model), folder / "base.json", run.evaluation_tasks,
+    tasks = reference_tasks(run.evaluation_tasks, run.validation_tasks, multitask=bool(base.multitask))
+    evaluations = {"base": Evaluation(config.model_ref(base.model), folder / "base.json", tasks["base"],
                                       {"role": "base", "base_model": base_id, "label": "base"},
                                       run.label(base, "base evaluation"))}
     for domain in DOMAINS:
-        tasks = expert_tasks(run.evaluation_tasks, run.validation_tasks, domain)
         evaluations[domain] = Evaluation(config.model_ref(base.experts[domain]), folder / f"expert_{domain}.json",
-                                         tasks, {"role": "expert", "domain": domain, "base_model": base_id},
+                                         tasks[domain], {"role": "expert", "domain": domain, "base_model": base_id},
                                          run.label(base, f"{domain} expert evaluation"))
     if base.multitask:
         evaluations["multitask"] = Evaluation(config.model_ref(base.multitask), folder / "multitask.json",
-                                              run.evaluation_tasks + run.validation_tasks,
-                                              {"role": "multitask", "base_model": base_id},
+                                              tasks["multitask"], {"role": "multitask", "base_model": base_id},
                                               run.label(base, "multi-task model evaluation"))
     return evaluations
 
@@ -317,11 +323,8 @@ def plan_benchmark(config: BenchConfig, stages: StageLog, entries: list[MethodEn
 
     evaluation, validation = config.evaluation.task_names(), config.validation.task_names()
     for base in config.bases:
-        stages.plan(eval_weight(evaluation))
-        for domain in DOMAINS:
-            stages.plan(eval_weight(expert_tasks(evaluation, validation, domain)))
-        if base.multitask:
-            stages.plan(eval_weight(evaluation + validation))
+        for tasks in reference_tasks(evaluation, validation, multitask=bool(base.multitask)).values():
+            stages.plan(eval_weight(tasks))
         for entry in config.methods if entries is None else entries:
             count = len(entry.points())
             stages.plan(count * point_weight(validation if count > 1 else []), stages=count)
