@@ -1,5 +1,6 @@
 """TIES before and after issue 19, on the same inputs in the same run: per-tensor and global top-k, from local
-folders and from the loopback Hub (against one plain download of the inputs).
+folders and from the loopback Hub (against one plain download of the inputs), each timed as a whole process
+and as the merge call alone.
 
 The baseline is another source tree of MergeBench (e.g. ``git worktree add /tmp/before <commit>``), run with
 ``PYTHONPATH`` pointing at it; the current tree is this checkout. Each case runs ``--repeat`` times with the
@@ -35,10 +36,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHAPE = Shape(hidden=1024, intermediate=4096, layers=4, vocab=32000)
 N_EXPERTS = 5
-MERGE = ("import json, shutil, sys\nfrom mergebench.merge.engine import merge\n"
+MERGE = ("import json, shutil, sys, time\nfrom mergebench.merge.engine import merge\n"
          "from mergebench.merge.options import MergeOptions\nshutil.rmtree(sys.argv[2], ignore_errors=True)\n"
+         "t = time.perf_counter()\n"
          "r = merge(json.loads(sys.argv[1]), sys.argv[2], options=MergeOptions(progress=False))\n"
-         "print(json.dumps({'bytes_read': r.bytes_read, 'peak_rss': r.peak_rss_bytes}))")
+         "print(json.dumps({'bytes_read': r.bytes_read, 'peak_rss': r.peak_rss_bytes, "
+         "'merge_seconds': time.perf_counter() - t}))")
 DOWNLOAD = "import sys\nfrom huggingface_hub import snapshot_download\nfor r in sys.argv[1:]: snapshot_download(r)"
 
 
@@ -80,19 +83,20 @@ def main() -> None:
     with LoopbackHub(work / "hub") as hub:
         home = work / "home"
         hub_env = {**env, **endpoint_env(hub.url, home, token=TOKEN)}
-        config = recipe(ids[0], ids[1:], "global")
         for _ in range(args.repeat):
             warm(family)
             shutil.rmtree(home, ignore_errors=True)
             downloads.append(run_measured([sys.executable, "-c", DOWNLOAD, *ids], env=hub_env).seconds)
             shutil.rmtree(home, ignore_errors=True)
-            for label, tree in trees.items():
-                warm(family)
-                hub.stats.reset()
-                result = run_merge(tree, config, work / "out", hub_env)
-                result.update(fetched=hub.stats.bytes_for("*"), cache=folder_bytes(home))
-                times.setdefault(("hub", "global", label), []).append(result)
-                shutil.rmtree(home, ignore_errors=True)
+            for scope in ("tensor", "global"):
+                config = recipe(ids[0], ids[1:], scope)
+                for label, tree in trees.items():
+                    warm(family)
+                    hub.stats.reset()
+                    result = run_merge(tree, config, work / "out", hub_env)
+                    result.update(fetched=hub.stats.bytes_for("*"), cache=folder_bytes(home))
+                    times.setdefault(("hub", scope, label), []).append(result)
+                    shutil.rmtree(home, ignore_errors=True)
     doc = {"machine": machine(), "load": [load_before, os.getloadavg()], "downloads": downloads,
            "runs": {"/".join(k): v for k, v in times.items()}, "minutes": (time.perf_counter() - started) / 60}
     (work / "results.json").write_text(json.dumps(doc, indent=1))
@@ -111,17 +115,20 @@ def render(doc: dict, repeat: int) -> str:
              f"threads count); medians of {repeat} runs, before/after alternating. "
              f"Downloading all inputs once from the loopback Hub with `snapshot_download`: {download:.1f} s "
              f"(median). Whole benchmark {doc['minutes']:.0f} min.", "",
-             "| source | top-k | before (s) | after (s) | speed-up | after / one download | GB read before → after "
-             "| peak RSS after (GB) | Hub cache left (bytes) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for source, scope in (("local", "tensor"), ("local", "global"), ("hub", "global")):
+             "Whole process: `python -c` of a merge, imports included; in process: the `merge()` call alone.", "",
+             "| source | top-k | whole process before → after (s) | speed-up | in process before → after (s) "
+             "| speed-up | after / one download | GB read before → after | peak RSS after (GB) "
+             "| Hub cache left (bytes) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for source, scope in (("local", "tensor"), ("local", "global"), ("hub", "tensor"), ("hub", "global")):
         before, after = (doc["runs"][f"{source}/{scope}/{label}"] for label in ("before", "after"))
         b, a = (statistics.median(r["seconds"] for r in runs) for runs in (before, after))
+        bm, am = (statistics.median(r["merge_seconds"] for r in runs) for runs in (before, after))
         read = f"{before[-1]['bytes_read'] / 1e9:.2f} → {after[-1]['bytes_read'] / 1e9:.2f}"
         versus = f"{a / download:.2f}×" if source == "hub" else "—"
         cache = str(max(r["cache"] for r in after)) if source == "hub" else "—"
-        lines.append(f"| {source} | {scope} | {b:.1f} | {a:.1f} | {b / a:.2f}× | {versus} | {read} "
-                     f"| {max(r['peak_rss'] for r in after) / 1e9:.2f} | {cache} |")
+        lines.append(f"| {source} | {scope} | {b:.1f} → {a:.1f} | {b / a:.2f}× | {bm:.1f} → {am:.1f} | {bm / am:.2f}× "
+                     f"| {versus} | {read} | {max(r['peak_rss'] for r in after) / 1e9:.2f} | {cache} |")
     return "\n".join(lines)
 
 

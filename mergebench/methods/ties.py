@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
 from mergebench.methods.common import expert_weights, f32
+from mergebench.methods.kernels import DROP_ALL, KEEP_ALL, SHRINK, ties_delta
 from mergebench.methods.registry import MergeContext, Params, Range, param, register
 from mergebench.methods.topk import tensor_thresholds
 
@@ -75,19 +74,6 @@ def thresholds_for(deltas: Tensor, fraction: float, scope: str, ctx: MergeContex
     return ctx.thresholds
 
 
-def expert_sum(stack: Sequence[Tensor]) -> Tensor:
-    """``Σᵢ stack[i]`` added in expert order, from ``+0`` (what ``stack.sum(0)`` computes for up to four experts).
-
-    With five experts or more ``torch.sum`` adds columns in blocks whose order depends on the tensor's width,
-    the CPU's vector width and the thread split (the tail of a row is summed as ``(x₀ + x₄) + x₁ + …``), so
-    an entry's result would depend on where it sits; here it depends on its own inputs only, which lets the
-    engine merge any subset of positions again and get the same bits."""
-    total = torch.add(stack[0], 0.0)
-    for row in stack[1:]:
-        total.add_(row)
-    return total
-
-
 def shrink_level(threshold: float) -> float | None:
     """The ``λ`` for which ``|x| > λ`` is ``|x| ≥ t``: the largest float32 below ``t`` (one less in its bit
     pattern, which orders like the value); ``None`` where ``t ≤ 0`` (everything is kept)."""
@@ -98,14 +84,15 @@ def shrink_level(threshold: float) -> float | None:
     return level
 
 
-def trim(row: Tensor, threshold: float) -> Tensor:
-    """``row ⊙ [|row| ≥ t]`` in one float pass: ``hardshrink`` keeps ``|x| > λ`` and writes ``+0`` elsewhere (the
-    product with the mask would write a zero with the entry's sign; no sum below can tell them apart). A NaN
-    threshold (only from NaN inputs merged with ``check_finite: false``) keeps nothing, as the product does."""
+def trim_rule(threshold: float) -> tuple[int, float]:
+    """How :func:`~mergebench.methods.kernels.ties_delta` trims to ``τ ⊙ [|τ| ≥ t]``: ``hardshrink`` at
+    :func:`shrink_level` (it keeps ``|x| > λ`` and writes ``+0`` elsewhere; the product with the mask would write
+    a zero with the entry's sign, which no sum below can tell apart); everything for ``t ≤ 0``; nothing for a
+    NaN threshold (only from NaN inputs merged with ``check_finite: false``), as the product does."""
     if math.isnan(threshold):
-        return row.mul(0.0)
+        return DROP_ALL, 0.0
     level = shrink_level(threshold)
-    return row if level is None else F.hardshrink(row, level)
+    return (KEEP_ALL, 0.0) if level is None else (SHRINK, level)
 
 
 @register(
@@ -124,32 +111,22 @@ def trim(row: Tensor, threshold: float) -> Tensor:
     grid={"top_k": (0.1, 0.2, 0.3), "scaling": (0.4, 0.6, 0.8, 1.0)},
 )
 def ties(base: Tensor, deltas: Tensor, p: TiesParams, ctx: MergeContext) -> Tensor:
-    """Float operations only, five per expert and entry (bool masks, and products with them, were most of the
-    time of a merge), giving the bits of the textbook form (``tests/methods/test_ties_exact.py``):
+    """One fused loop (:func:`~mergebench.methods.kernels.ties_delta`) of float operations only, five per expert
+    and entry (bool masks, and products with them, were most of the time of a merge), giving the bits of the
+    textbook form (``tests/methods/test_ties_exact.py``):
 
-    - trim: ``hardshrink(τᵢ, λᵢ)`` keeps ``|τᵢ| > λᵢ``, i.e. ``|τᵢ| ≥ tᵢ`` (:func:`trim`);
+    - trim: ``hardshrink(τᵢ, λᵢ)`` keeps ``|τᵢ| > λᵢ``, i.e. ``|τᵢ| ≥ tᵢ`` (:func:`trim_rule`);
     - disjoint merge: ``relu(τ̂ᵢ·γ) = aᵢ·|τ̂ᵢ|``, so ``Δ = γ·Σᵢ relu(τ̂ᵢ·γ)`` (negating a sum is exact) and
-      ``Σᵢ aᵢ = Σᵢ sign(relu(τ̂ᵢ·γ))``.
+      ``Σᵢ aᵢ = Σᵢ [relu(τ̂ᵢ·γ) > 0]``.
 
-    The sign of a zero never reaches the result: both sums start from ``+0`` (:func:`expert_sum`), and
-    ``+0 + (−0) = +0``. Temporaries: one float32 stack like ``deltas`` (the engine passes cache-sized chunks).
+    The sign of a zero never reaches the result: both sums start from ``+0`` and add in expert order (``+0 +
+    (−0) = +0``), so an entry depends on its own inputs only and the engine can merge any subset of positions
+    again and get the same bits (``torch.sum`` over five experts or more adds in an order that depends on the
+    tensor's width). ``deltas`` is overwritten (the engine passes cache-sized chunks).
     """
     base, deltas = f32(base), f32(deltas)
     thresholds = thresholds_for(deltas, p.top_k, p.topk_scope, ctx).tolist()
-    trimmed = [trim(row, t) for row, t in zip(deltas, thresholds, strict=True)]
-    for row, w in zip(trimmed, expert_weights(ctx.weights, len(trimmed)), strict=True):
-        if w != 1.0:
-            row.mul_(w)                                    # wᵢ·τ̂ᵢ
-    gamma = expert_sum(trimmed).sign_()                    # γ ∈ {-1, 0, 1}
-    magnitude: Tensor | None = None                        # Σᵢ aᵢ|τ̂ᵢ|, in expert order from +0
-    agreeing: Tensor | None = None                         # Σᵢ aᵢ
-    for row in trimmed:
-        kept = row.mul_(gamma).relu_()
-        if p.aggregate == "mean":
-            agreeing = kept.sign() if agreeing is None else agreeing.add_(kept.sign())
-        magnitude = kept.add_(0.0) if magnitude is None else magnitude.add_(kept)
-    assert magnitude is not None
-    delta = magnitude.mul_(gamma)
-    if agreeing is not None:
-        delta.div_(agreeing.clamp_(min=1))
-    return torch.add(base, delta, alpha=p.scaling)
+    flat = deltas.reshape(deltas.shape[0], -1).contiguous()
+    delta = ties_delta(flat, [trim_rule(t) for t in thresholds], expert_weights(ctx.weights, len(thresholds)),
+                       mean=p.aggregate == "mean")
+    return torch.add(base, delta.view(base.shape), alpha=p.scaling)  # θ₀ + λ·Δ

@@ -21,9 +21,10 @@ histogram row, without ever holding the model (:class:`GlobalTopK`):
   while it merges everything else and resolves them afterwards from the values it kept
   (:meth:`Selection.resolve`), which saves a whole pass over the inputs.
 
-Counting is one ``abs``, four integer operations and an ``index_add_`` per entry into a histogram owned
-by the calling thread (no per-chunk allocation, no lock), so feeding order, tensor boundaries, chunking
-and threads do not change the result. ``N`` is counted in the bucket pass and checked afterwards.
+Counting is one fused loop per chunk (:func:`mergebench.methods.kernels.count_buckets`: a mask, three integer
+operations and an increment per entry) into an int64 histogram owned by the calling thread (no lock, no
+overflow), so feeding order, tensor boundaries, chunking and threads do not change the result. ``N`` is
+counted in the bucket pass and checked afterwards.
 
 Per tensor (:func:`tensor_thresholds`): the same definition over one tensor, with ``torch.kthvalue``.
 
@@ -33,7 +34,6 @@ keeps 3, not ``⌈3.0000000000000004⌉ = 4``.
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -44,14 +44,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mergebench.methods.kernels import count_buckets, in_open_buckets
+
 BINS = 1 << 16
 """Values of the high (and of the low) 16 bits of a float32 bit pattern."""
 BUCKETS = 2 * BINS
 """Ordered buckets per expert in the bucket pass (see the module docstring)."""
-CHUNK_ENTRIES = 1 << 18
-"""Entries per expert counted at once (bounds the per-thread scratch buffers)."""
-FLUSH_ENTRIES = 1 << 30
-"""A thread's int32 histogram is added to the int64 total before it could overflow."""
 
 
 def keep_count(fraction: float, total: int) -> int:
@@ -154,25 +152,14 @@ class Selection:
         b = torch.tensor(self.bucket, dtype=torch.int64)
         return _as_float(((b // 2) << 16) + b % 2)
 
-    @functools.cached_property
-    def _open_edges(self) -> tuple[list[int], Tensor, Tensor]:
-        """Open experts and ``[r, 1]`` float edges of their buckets: the values ``h·2¹⁶`` and ``(h+1)·2¹⁶``."""
-        rows = list(self.open_rows)
-        h = torch.tensor([self.bucket[i] // 2 for i in rows], dtype=torch.int64)[:, None]
-        return rows, _as_float(h << 16), _as_float((h + 1) << 16)
-
     def in_open_bucket(self, stack: Tensor) -> Tensor:
         """``[m]`` bool: positions of a float32 ``[n, m]`` task-vector stack where an open expert's ``|τ|``
-        lies in its open bucket (the entries :meth:`resolve` needs).
-
-        Strictly between the bucket's edges ``a < b`` is ``min(|τ| − a, b − |τ|) > 0`` (a float difference
-        has the sign of the exact one): five float passes over the open experts, no bool tensor but the result."""
-        rows, lower, upper = self._open_edges
+        lies in its open bucket ``2h + 1`` (a bit pattern strictly between ``h·2¹⁶`` and ``(h+1)·2¹⁶``): the
+        entries :meth:`resolve` needs."""
+        rows = self.open_rows
         if not rows:
             return torch.zeros(stack.shape[1:], dtype=torch.bool, device=stack.device)
-        magnitude = (stack if len(rows) == stack.shape[0] else stack[rows]).abs()
-        below = torch.rsub(magnitude, upper)
-        return torch.minimum(magnitude.sub_(lower), below, out=below).amax(0) > 0
+        return in_open_buckets(stack, rows, [(self.bucket[i] // 2) << 16 for i in rows])
 
     def resolve(self, magnitudes: Sequence[Tensor]) -> Tensor:
         """Exact ``[n]`` thresholds from ``magnitudes[i]``: every ``|τᵢ|`` of expert ``i`` that lies in its open
@@ -202,21 +189,10 @@ class Selection:
 
 
 class _Partial:
-    """One thread's buffers and partial histogram (its int32 counts are flushed before they could overflow)."""
+    """One thread's int64 histogram of the bucket pass (no lock while counting; added to the total at the end)."""
 
     def __init__(self, n_experts: int) -> None:
-        self.hist = torch.zeros(n_experts * BUCKETS, dtype=torch.int32)
-        self.counted = 0
-        self._buffers: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
-
-    def scratch(self, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Float32 magnitudes, int32 keys and scratch shaped like a chunk, and as many int32 ones (reused)."""
-        size = math.prod(shape)
-        if self._buffers is None or self._buffers[0].numel() < size:
-            self._buffers = (torch.empty(size, dtype=torch.float32), torch.empty(size, dtype=torch.int32),
-                             torch.empty(size, dtype=torch.int32), torch.ones(size, dtype=torch.int32))
-        magnitude, keys, scratch, ones = self._buffers
-        return (magnitude[:size].view(shape), keys[:size].view(shape), scratch[:size].view(shape), ones[:size])
+        self.hist = torch.zeros(n_experts * BUCKETS, dtype=torch.int64)
 
 
 class GlobalTopK:
@@ -251,8 +227,7 @@ class GlobalTopK:
         self.fraction = float(fraction)
         self.total = 0
         self._seen = [0, 0]
-        self._hist: Tensor | None = None  # int64 totals of the threads' partial histograms
-        self._offsets = (torch.arange(n_experts, dtype=torch.int32) * BUCKETS)[:, None]
+        self._hist: Tensor | None = None  # int64 sum of the threads' histograms
         self._finished = [False, False]
         self._selection: Selection | None = None
         self._low_hist = torch.zeros(0, dtype=torch.int64)
@@ -271,32 +246,19 @@ class GlobalTopK:
         flat = stack.reshape(self.n, -1)
         m = flat.shape[1]
         if pass_index == 0:
-            for start in range(0, m, CHUNK_ENTRIES):
-                self._count_buckets(flat[:, start:start + CHUNK_ENTRIES])
+            self._count_buckets(flat)
         elif m:
             self._count_low_bits(flat)
         with self._lock:
             self._seen[pass_index] += m
 
-    def _count_buckets(self, part: Tensor) -> None:
+    def _count_buckets(self, flat: Tensor) -> None:
         local: _Partial | None = getattr(self._local, "partial", None)
         if local is None:
             local = self._local.partial = _Partial(self.n)
             with self._lock:
                 self._partials.append(local)
-        magnitude, keys, scratch, ones = local.scratch(part.shape)
-        bucket_of(magnitude_bits(part, out=magnitude), keys, scratch, self._offsets)
-        local.hist.index_add_(0, keys.view(-1), ones)
-        local.counted += part.numel()
-        if local.counted >= FLUSH_ENTRIES:
-            self._flush(local)
-
-    def _flush(self, local: _Partial, *, last: bool = False) -> None:
-        with self._lock:
-            self._hist = local.hist.to(torch.int64) if self._hist is None else self._hist.add_(local.hist)
-        if not last:
-            local.hist.zero_()
-            local.counted = 0
+        count_buckets(flat, local.hist, BUCKETS)
 
     def _count_low_bits(self, flat: Tensor) -> None:
         """Pass 1: the low 16 bits of the entries in each open bucket ``2h + 1`` (patterns strictly between
@@ -315,7 +277,7 @@ class GlobalTopK:
         self._check_pass(pass_index)
         if pass_index == 0:
             for local in self._partials:
-                self._flush(local, last=True)
+                self._hist = local.hist if self._hist is None else self._hist.add_(local.hist)
             self._partials.clear()
             self._selection = self._select()
             self._hist = None

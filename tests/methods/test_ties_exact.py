@@ -16,7 +16,8 @@ from torch import Tensor
 
 from mergebench.methods import MergeContext
 from mergebench.methods.common import f32, scale_experts_
-from mergebench.methods.ties import TiesParams, expert_sum, shrink_level, ties, trim
+from mergebench.methods.kernels import DROP_ALL, KEEP_ALL, SHRINK
+from mergebench.methods.ties import TiesParams, shrink_level, ties, trim_rule
 
 ALPHABET = torch.tensor([0.0, -0.0, 1e-3, -1e-3, 2e-3, -2e-3, 5e-4, -5e-4, 1e-45, -1e-45, 3.0, -3.0,
                          1e-3 + 1e-9, 3e38, -3e38])
@@ -92,7 +93,7 @@ def same_bits(a: Tensor, b: Tensor, *, nan_payloads: bool = False) -> bool:
 def test_bits_equal_the_textbook_formulation(n: int) -> None:
     g = torch.Generator().manual_seed(n)
     for trial in range(150):
-        # a multiple of 64 entries: torch.sum over ≥ 5 experts adds those in expert order (see expert_sum)
+        # a multiple of 64 entries: the textbook form's torch.sum over ≥ 5 experts adds those in expert order
         base, deltas, thresholds, weights = random_case(g, n, 256)
         p = TiesParams(aggregate=("sum", "mean")[trial % 2], scaling=(1.0, 0.6, -0.5, 0.0, 3.0)[trial % 5])
         ctx = MergeContext(name="w", expert_ids=tuple(range(n)), thresholds=thresholds, weights=weights)
@@ -143,28 +144,38 @@ def test_any_subset_of_positions_merges_to_the_same_bits(n: int) -> None:
             assert same_bits(part, whole[at]), (aggregate, k)
 
 
-def test_expert_sum_adds_in_order_from_positive_zero() -> None:
-    stack = torch.tensor([[-0.0, 1e8, 1.0], [-0.0, 1.0, 1e8], [-0.0, -1e8, -1e8]])
-    assert expert_sum(stack).tolist() == [0.0, 0.0, 0.0]
-    assert not torch.signbit(expert_sum(stack)).any()                     # +0, never −0
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 33, generator=g)
-    expected = torch.zeros(33)
-    for row in x:
+def test_the_sums_add_in_expert_order_from_positive_zero() -> None:
+    """Where every expert agrees the disjoint sum is the plain sum of the trimmed vectors: added in expert order
+    from +0 (big values cancel only in that order), and never −0."""
+    p = TiesParams(scaling=1.0)
+    deltas = torch.tensor([[-0.0, 1e8, 3.0], [-0.0, 1.0, 1e8], [-0.0, 2.0, 1.0]])
+    ctx = MergeContext(name="w", expert_ids=(0, 1, 2), thresholds=torch.zeros(3))
+    got = ties(torch.zeros(3), deltas.clone(), p, ctx)
+    expected = torch.zeros(3)
+    for row in deltas:
         expected = expected + row
-    assert same_bits(expert_sum(x), expected)
+    assert same_bits(got, expected) and not torch.signbit(got).any()
+    assert got[1] == 1e8 + 4  # 1e8 + 1 + 2 in float32, in that order
 
 
 def test_trim_keeps_exactly_the_entries_at_or_above_the_threshold() -> None:
+    """One expert with ``sum``: the merge is the trimmed vector itself, so its entries show the trim."""
     just_below = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0)).item()
     just_above = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0)).item()
     row = torch.tensor([0.5, -0.5, just_below, -just_above, 0.0, -0.0, 1e-45, math.inf])
-    assert trim(row, 0.5).tolist() == [0.5, -0.5, 0.0, -just_above, 0.0, 0.0, 0.0, math.inf]
-    assert trim(row, 0.0) is row and trim(row, -1.0) is row                  # t ≤ 0 keeps everything
-    assert torch.equal(trim(row, row[6].item()), torch.cat([row[:4], torch.tensor([0.0, 0.0]), row[6:]]))
-    assert trim(row, math.inf).tolist() == [0.0] * 7 + [math.inf]
-    dropped = trim(row, math.nan)                                             # a NaN threshold keeps nothing
+
+    def trimmed(threshold: float) -> Tensor:
+        ctx = MergeContext(name="w", expert_ids=(0,), thresholds=torch.tensor([threshold]))
+        return ties(torch.zeros(8), row[None].clone(), TiesParams(), ctx)
+
+    assert trimmed(0.5).tolist() == [0.5, -0.5, 0.0, -just_above, 0.0, 0.0, 0.0, math.inf]
+    assert torch.equal(trimmed(0.0), row) and torch.equal(trimmed(-1.0), row)  # t ≤ 0 keeps everything
+    assert torch.equal(trimmed(row[6].item()), torch.cat([row[:4], torch.tensor([0.0, 0.0]), row[6:]]))
+    assert trimmed(math.inf).tolist() == [0.0] * 7 + [math.inf]
+    dropped = trimmed(math.nan)                                               # a NaN threshold keeps nothing
     assert dropped[:7].abs().sum() == 0 and dropped[7].isnan()
+    assert trim_rule(0.0) == (KEEP_ALL, 0.0) and trim_rule(math.nan) == (DROP_ALL, 0.0)
+    assert trim_rule(0.5) == (SHRINK, just_below)
 
 
 def test_shrink_level_is_the_largest_float32_below() -> None:

@@ -1,0 +1,86 @@
+"""The fused bucket count against torch's form of the same count (:func:`mergebench.methods.topk.bucket_of`
+and ``bincount``), on the bit patterns where an off-by-one would show: signed zeros, denormals, pure bucket
+values (low 16 bits 0) and their neighbours, infinities and NaNs of either sign."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from mergebench.methods.kernels import count_buckets, in_open_buckets, ties_delta
+from mergebench.methods.topk import BUCKETS, bucket_of, magnitude_bits
+
+PATTERNS = torch.tensor([0, 1, 2, 0xFFFF, 0x10000, 0x10001, 0x1FFFF, 0x3F800000, 0x3F800001, 0x3F80FFFF,
+                         0x3F810000, 0x7F7FFFFF, 0x7F800000, 0x7FC00000, 0x7FFFFFFF], dtype=torch.int32)
+SIGN_BIT = torch.tensor(-(1 << 31), dtype=torch.int32)
+
+
+def torch_count(stack: torch.Tensor) -> torch.Tensor:
+    n = stack.shape[0]
+    flat = stack.reshape(n, -1)
+    offsets = (torch.arange(n, dtype=torch.int32) * BUCKETS)[:, None]
+    keys = bucket_of(magnitude_bits(flat), torch.empty(flat.shape, dtype=torch.int32),
+                     torch.empty(flat.shape, dtype=torch.int32), offsets)
+    return torch.bincount(keys.reshape(-1).to(torch.int64), minlength=n * BUCKETS)
+
+
+def adversarial(g: torch.Generator, n: int, m: int) -> torch.Tensor:
+    """``[n, m]`` float32 values drawn from :data:`PATTERNS`, each with its sign bit set half of the time."""
+    bits = PATTERNS[torch.randint(len(PATTERNS), (n, m), generator=g)]
+    negative = torch.rand(n, m, generator=g) < 0.5
+    return torch.where(negative, bits | SIGN_BIT, bits).view(torch.float32)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_count_matches_torch_on_every_corner(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    stack = torch.cat([adversarial(g, n, 3000), torch.randn(n, 5000, generator=g) * 1e-3], dim=1)
+    assert stack.isnan().any() and torch.signbit(stack[stack.isnan()]).any()  # NaNs with the sign bit set too
+    hist = torch.zeros(n * BUCKETS, dtype=torch.int64)
+    count_buckets(stack, hist, BUCKETS)
+    assert torch.equal(hist, torch_count(stack))
+    count_buckets(stack[:, ::2], hist, BUCKETS)  # a strided view is counted as its values, and adds up
+    assert torch.equal(hist, torch_count(stack) + torch_count(stack[:, ::2]))
+
+
+def test_threads_counting_at_once_into_their_own_histograms_add_up() -> None:
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(3, 50_000, generator=g) for _ in range(8)]
+    hists = [torch.zeros(3 * BUCKETS, dtype=torch.int64) for _ in parts]
+    threads = [threading.Thread(target=count_buckets, args=(p, h, BUCKETS)) for p, h in zip(parts, hists, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.equal(sum(hists), torch_count(torch.cat(parts, dim=1)))
+
+
+def test_bad_arguments_are_refused_before_any_work() -> None:
+    hist = torch.zeros(2 * BUCKETS, dtype=torch.int64)
+    with pytest.raises(TypeError, match="float32"):
+        count_buckets(torch.zeros(2, 4, dtype=torch.float64), hist, BUCKETS)
+    with pytest.raises(ValueError, match="buckets"):
+        count_buckets(torch.zeros(3, 4), hist, BUCKETS)
+    with pytest.raises(ValueError, match="3 experts"):
+        ties_delta(torch.zeros(3, 4), [(0, 0.0)] * 2, [1.0] * 3, mean=False)
+    with pytest.raises(TypeError, match="contiguous"):
+        ties_delta(torch.zeros(4, 3).t(), [(0, 0.0)] * 3, [1.0] * 3, mean=False)
+
+
+def test_open_bucket_positions_are_the_entries_the_count_put_there() -> None:
+    """A position is set aside iff some open expert's entry has that expert's open bucket in the count: the
+    same bucket function, NaNs of an other expert included (they must not hide it)."""
+    g = torch.Generator().manual_seed(3)
+    stack = adversarial(g, 4, 4000)
+    stack[2, :50] = math.nan
+    keys = bucket_of(magnitude_bits(stack), torch.empty(stack.shape, dtype=torch.int32),
+                     torch.empty(stack.shape, dtype=torch.int32))
+    opened = {0: 2 * 0x3F80 + 1, 2: 1, 3: 2 * 0x7F80 + 1}  # expert → an odd (open) bucket
+    expected = torch.zeros(4000, dtype=torch.bool)
+    for row, bucket in opened.items():
+        expected |= keys[row] == bucket
+    got = in_open_buckets(stack, list(opened), [(b // 2) << 16 for b in opened.values()])
+    assert expected.any() and not expected.all() and torch.equal(got, expected)
