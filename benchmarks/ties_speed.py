@@ -36,12 +36,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHAPE = Shape(hidden=1024, intermediate=4096, layers=4, vocab=32000)
 N_EXPERTS = 5
-MERGE = ("import json, shutil, sys, time\nfrom mergebench.merge.engine import merge\n"
+MERGE = ("import json, shutil, sys, time\nimport mergebench\nfrom mergebench.merge.engine import merge\n"
          "from mergebench.merge.options import MergeOptions\nshutil.rmtree(sys.argv[2], ignore_errors=True)\n"
          "t = time.perf_counter()\n"
          "r = merge(json.loads(sys.argv[1]), sys.argv[2], options=MergeOptions(progress=False))\n"
          "print(json.dumps({'bytes_read': r.bytes_read, 'peak_rss': r.peak_rss_bytes, "
-         "'merge_seconds': time.perf_counter() - t}))")
+         "'merge_seconds': time.perf_counter() - t, 'tree': mergebench.__file__}))")
 DOWNLOAD = "import sys\nfrom huggingface_hub import snapshot_download\nfor r in sys.argv[1:]: snapshot_download(r)"
 
 
@@ -52,9 +52,15 @@ def recipe(base: str, experts: list[str], scope: str) -> dict:
 
 
 def run_merge(source: Path, config: dict, out: Path, env: dict[str, str]) -> dict:
-    measured = run_measured([sys.executable, "-c", MERGE, json.dumps(config), str(out)],
+    """One merge in a fresh process importing MergeBench from ``source``. ``-P``: without it ``python -c`` puts
+    the working directory first on ``sys.path``, and run from a checkout it imports that checkout's code
+    whatever ``PYTHONPATH`` says (this benchmark's first run, 2026-12-06 06:15, timed the same code twice so)."""
+    measured = run_measured([sys.executable, "-P", "-c", MERGE, json.dumps(config), str(out)],
                             env={**env, "PYTHONPATH": str(source)})
-    return {"seconds": measured.seconds, **json.loads(measured.stdout.strip().splitlines()[-1])}
+    result = json.loads(measured.stdout.strip().splitlines()[-1])
+    if not Path(result.pop("tree")).is_relative_to(source):
+        raise RuntimeError(f"the merge imported MergeBench from outside {source}: the comparison would be void")
+    return {"seconds": measured.seconds, **result}
 
 
 def main() -> None:
