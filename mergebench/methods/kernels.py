@@ -13,15 +13,18 @@ the same operands (no fast-math, so no reassociation and no fused multiply-add),
 ``tests/methods/test_ties_exact.py`` compares TIES with the textbook torch formulation and an entry-by-entry
 reading of the formula, ``tests/methods/test_kernels.py`` the bucket count with torch's.
 
-The compiled code is cached on disk by numba (``cache=True``: next to this file, or in the user's cache
-directory when that is read-only), so a process pays the compilation (about half a second per loop) once.
+The loops are plain Python functions compiled on first use (:func:`_compiled`), so importing this module costs
+nothing (numba itself takes 0.2 s to import). numba caches the machine code on disk (``cache=True``: next to this
+file, or in the user's cache directory when that is read-only): the first process compiles each loop (about half
+a second), later ones load it (about 0.3 s for numba's own start-up, once per process).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -34,14 +37,22 @@ DROP_ALL = 2
 """Trim rule: keep nothing, as a product with an all-false mask does (``x·0``: ``±0``, NaN for NaN and ±inf)."""
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _count_buckets(bits: np.ndarray, hist: np.ndarray, buckets: int) -> None:  # pragma: no cover - compiled
+def _count_buckets(bits: np.ndarray, hist: np.ndarray, buckets: int) -> None:
     n, m = bits.shape
     for i in range(n):
         offset = i * buckets
         for j in range(m):
             b = bits[i, j] & 0x7FFFFFFF  # |x|: the sign bit cleared, NaN patterns included
             hist[offset + (b >> 16) + ((b - 1) >> 16) + 1] += 1
+
+
+@functools.cache
+def _compiled(loop: Callable[..., None]) -> Callable[..., None]:
+    """``loop`` compiled by numba: no GIL, no fast-math (IEEE float semantics), NumPy's division by zero."""
+    import numba
+
+    compiled: Any = numba.njit(nogil=True, cache=True, error_model="numpy")(loop)
+    return compiled  # type: ignore[no-any-return]
 
 
 def count_buckets(stack: Tensor, hist: Tensor, buckets: int) -> None:
@@ -54,12 +65,11 @@ def count_buckets(stack: Tensor, hist: Tensor, buckets: int) -> None:
                         f"got {stack.dtype} and {hist.dtype}")
     if hist.numel() < stack.shape[0] * buckets:
         raise ValueError(f"a histogram of {hist.numel()} bins for {stack.shape[0]} × {buckets} buckets")
-    _count_buckets(stack.contiguous().view(torch.int32).numpy(), hist.numpy(), buckets)
+    _compiled(_count_buckets)(stack.contiguous().view(torch.int32).numpy(), hist.numpy(), buckets)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _in_open_buckets(bits: np.ndarray, rows: np.ndarray, starts: np.ndarray,
-                     out: np.ndarray) -> None:  # pragma: no cover - compiled
+                     out: np.ndarray) -> None:
     out[:] = False
     for k in range(rows.shape[0]):
         row = bits[rows[k]]
@@ -75,14 +85,13 @@ def in_open_buckets(stack: Tensor, rows: Sequence[int], starts: Sequence[int]) -
     if stack.dtype != torch.float32 or stack.dim() != 2:
         raise TypeError(f"in_open_buckets needs a float32 [n, m] stack, got {stack.dtype} {tuple(stack.shape)}")
     out = torch.empty(stack.shape[1], dtype=torch.bool)
-    _in_open_buckets(stack.contiguous().view(torch.int32).numpy(), np.array(rows, dtype=np.int64),
+    _compiled(_in_open_buckets)(stack.contiguous().view(torch.int32).numpy(), np.array(rows, dtype=np.int64),
                      np.array(starts, dtype=np.int64), out.numpy())
     return out
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _ties_delta(deltas: np.ndarray, rule: np.ndarray, level: np.ndarray, weight: np.ndarray, mean: bool,
-                out: np.ndarray, agreeing: np.ndarray) -> None:  # pragma: no cover - compiled
+                out: np.ndarray, agreeing: np.ndarray) -> None:
     n, m = deltas.shape
     zero = np.float32(0.0)
     one = np.float32(1.0)
@@ -146,6 +155,6 @@ def ties_delta(deltas: Tensor, trims: Sequence[tuple[int, float]], weights: Sequ
     level = np.array([lam for _, lam in trims], dtype=np.float32)
     out = torch.empty(deltas.shape[1], dtype=torch.float32)
     agreeing = torch.empty_like(out)
-    _ties_delta(deltas.numpy(), rule, level, np.array(weights, dtype=np.float32), mean, out.numpy(),
+    _compiled(_ties_delta)(deltas.numpy(), rule, level, np.array(weights, dtype=np.float32), mean, out.numpy(),
                 agreeing.numpy())
     return out
