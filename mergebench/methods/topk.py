@@ -21,8 +21,8 @@ histogram row, without ever holding the model (:class:`GlobalTopK`):
   while it merges everything else and resolves them afterwards from the values it kept
   (:meth:`Selection.resolve`), which saves a whole pass over the inputs.
 
-Counting is one fused loop per chunk (:func:`mergebench.methods.kernels.count_buckets`: a mask, three integer
-operations and an increment per entry) into an int64 histogram owned by the calling thread (no lock, no
+Counting is one compiled function per chunk (:func:`mergebench.methods.kernels.count_buckets`: a mask, three
+integer operations and an increment per entry) into an int64 histogram owned by the calling thread (no lock, no
 overflow), so feeding order, tensor boundaries, chunking and threads do not change the result. ``N`` is
 counted in the bucket pass and checked afterwards.
 
