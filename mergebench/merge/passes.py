@@ -39,7 +39,6 @@ from mergebench.merge.inputs import MergeInputs
 from mergebench.merge.options import MergeOptions
 from mergebench.merge.plan import TensorPlan
 from mergebench.methods import MergeContext
-from mergebench.methods.kernels import subtract_and_check
 from mergebench.methods.topk import GlobalTopK, Selection
 from mergebench.stats import StatisticsReader
 from mergebench.stream.format import DTYPES, element_size
@@ -84,31 +83,28 @@ def _flat_views(inputs: MergeInputs, t: TensorPlan, raw: Raw) -> list[torch.Tens
 
 
 def _load_into(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tensor], base: torch.Tensor,
-               stack: torch.Tensor, start: int, *, check_finite: bool, deltas: bool) -> None:
+               stack: torch.Tensor, start: int, *, check_finite: bool) -> None:
     """Fill float32 ``base [m]`` and ``stack [n, m]`` with entries ``[start, start + m)`` of every model's
-    tensor (the experts' minus the base's when ``deltas``: task vectors), checking that each model's entries
-    are finite."""
+    tensor, checking that each model's entries are finite."""
     end = start + base.numel()
     base.copy_(flats[0][start:end])
     for i in range(len(inputs.experts)):
         stack[i].copy_(flats[i + 1][start:end])
-    culprit = subtract_and_check(base, stack, subtract=deltas)
-    if check_finite and culprit >= 0:
-        model = (inputs.base, *inputs.experts)[culprit]
-        raise NonFiniteError(
-            f"Tensor '{t.name}' of '{model.label}' holds NaN or Inf values.",
-            model=model.label, filename=model.weight_map[t.name], tensor=t.name,
-            hint="Fix the checkpoint, or set 'check_finite: false' in the recipe to merge it as is.")
+    if check_finite and not (_all_finite(base) and _all_finite(stack)):  # then name the culprit
+        for model, values in [(inputs.base, base), *zip(inputs.experts, stack, strict=True)]:
+            if not _all_finite(values):
+                raise NonFiniteError(
+                    f"Tensor '{t.name}' of '{model.label}' holds NaN or Inf values.",
+                    model=model.label, filename=model.weight_map[t.name], tensor=t.name,
+                    hint="Fix the checkpoint, or set 'check_finite: false' in the recipe to merge it as is.")
 
 
 def _load_stack(inputs: MergeInputs, t: TensorPlan, raw: Raw, *,
                 check_finite: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole-tensor fp32 base and ``[n, *shape]`` fp32 stack of the experts' weights, or of their task vectors when
-    the method takes deltas (methods that are not elementwise)."""
+    """Whole-tensor fp32 base and ``[n, *shape]`` fp32 stack of expert weights (methods that are not elementwise)."""
     base = torch.empty(t.numel, dtype=torch.float32)
     stack = torch.empty((len(inputs.experts), t.numel), dtype=torch.float32)
-    _load_into(inputs, t, _flat_views(inputs, t, raw), base, stack, 0, check_finite=check_finite,
-               deltas=inputs.spec.inputs == "deltas")
+    _load_into(inputs, t, _flat_views(inputs, t, raw), base, stack, 0, check_finite=check_finite)
     return base.view(t.shape), stack.view(len(inputs.experts), *t.shape)
 
 
@@ -116,8 +112,8 @@ def _count_chunk(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tenso
                  pass_index: int, check_finite: bool, start: int, end: int) -> None:
     """Feed the task vectors of one chunk to a top-k counting pass."""
     base, stack = pool.buffers(end - start)
-    _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite, deltas=True)
-    acc.update(pass_index, stack)
+    _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
+    acc.update(pass_index, stack.sub_(base))
 
 
 def _compute_pool(inputs: MergeInputs, options: MergeOptions) -> ChunkPool:
@@ -330,6 +326,8 @@ def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapp
                             pending[t.name] = kept
                     else:
                         base, stack = _load_stack(inputs, t, item.raw, check_finite=inputs.recipe.check_finite)
+                        if inputs.spec.inputs == "deltas":
+                            stack.sub_(base)
                         merged = inputs.spec.fn(base, stack, inputs.params, ctx)
                         del stack
                         payload = merged.to(DTYPES[t.out_dtype])
@@ -390,8 +388,9 @@ def _merge_chunk(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tenso
                  ctx: MergeContext, out: torch.Tensor, check_finite: bool, selection: Selection | None,
                  records: Records | None, start: int, end: int) -> None:
     base, stack = pool.buffers(end - start)
-    _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite,
-               deltas=inputs.spec.inputs == "deltas")
+    _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
+    if inputs.spec.inputs == "deltas":
+        stack.sub_(base)
     aside = selection.in_open_bucket(stack).nonzero().squeeze(1) if records is not None and selection else None
     target = out[start:end]
     target.copy_(inputs.spec.fn(base, stack, inputs.params, ctx))

@@ -1,6 +1,5 @@
-"""Fused loops for the hot spots of merging, compiled by numba: the task vectors of a chunk with the finiteness
-check of its inputs, the top-k bucket count, the test of which positions an open threshold bucket leaves
-undecided, and TIES' arithmetic.
+"""Fused loops for the hot spots of top-k merging, compiled by numba: the top-k bucket count, the test of which
+positions an open threshold bucket leaves undecided, and TIES' arithmetic.
 
 Why: through torch, a chunk of TIES was about 45 calls, each a pass over the chunk and a release and re-take of
 the GIL, and the bucket count an ``index_add_`` scattering one entry at a time. Here each is one compiled loop
@@ -52,7 +51,7 @@ def _count_buckets(bits: np.ndarray, hist: np.ndarray, buckets: int) -> None:
 
 
 @functools.cache
-def _compiled(loop: Callable[..., Any]) -> Callable[..., Any]:
+def _compiled(loop: Callable[..., None]) -> Callable[..., None]:
     """``loop`` compiled by numba: no GIL, no fast-math (IEEE float semantics), NumPy's division by zero."""
     import numba
 
@@ -78,47 +77,6 @@ def count_buckets(stack: Tensor, hist: Tensor, buckets: int) -> None:
     _compiled(_count_buckets)(stack.contiguous().view(torch.int32).numpy(), hist.numpy(), buckets)
 
 
-def _subtract_and_check(base: np.ndarray, stack: np.ndarray, subtract: bool) -> int:
-    n, m = stack.shape
-    zero = np.float32(0.0)
-    bad = 0
-    for j in range(m):  # x − x is NaN exactly for NaN and ±inf; an integer sum vectorises, a float one would not
-        x = base[j]
-        bad += x - x != zero
-    culprit = 0 if bad else -1
-    for i in range(n):
-        row = stack[i]
-        bad = 0
-        if subtract:
-            for j in range(m):
-                x = row[j]
-                bad += x - x != zero
-                row[j] = x - base[j]
-        else:
-            for j in range(m):
-                x = row[j]
-                bad += x - x != zero
-        if bad and culprit < 0:
-            culprit = i + 1
-    return culprit
-
-
-def subtract_and_check(base: Tensor, stack: Tensor, *, subtract: bool) -> int:
-    """``stack[i] −= base`` (float32, when ``subtract``) for a float32 ``base [m]`` and contiguous ``stack [n, m]``,
-    and the first model holding NaN or ±inf: ``0`` for the base, ``i + 1`` for ``stack[i]``, ``−1`` for none.
-
-    One pass instead of a subtraction and two reductions (a finite sum, and ``isfinite`` to confirm a non-finite
-    one), with the GIL released. The check reads each entry before it is overwritten, so it sees the inputs, not
-    their differences (two huge finite weights may differ by more than float32 holds: that is the merge's
-    overflow, which the output check reports)."""
-    if base.dtype != torch.float32 or stack.dtype != torch.float32 or stack.dim() != 2 \
-            or not stack.is_contiguous() or base.shape != stack.shape[1:]:
-        raise TypeError(f"subtract_and_check needs float32 base [m] and contiguous stack [n, m], got {base.dtype} "
-                        f"{tuple(base.shape)} and {stack.dtype} {tuple(stack.shape)}")
-    culprit: int = _compiled(_subtract_and_check)(base.contiguous().numpy(), stack.numpy(), subtract)
-    return culprit
-
-
 def _in_open_buckets(bits: np.ndarray, rows: np.ndarray, starts: np.ndarray,
                      out: np.ndarray) -> None:
     out[:] = False
@@ -137,7 +95,7 @@ def in_open_buckets(stack: Tensor, rows: Sequence[int], starts: Sequence[int]) -
         raise TypeError(f"in_open_buckets needs a float32 [n, m] stack, got {stack.dtype} {tuple(stack.shape)}")
     out = torch.empty(stack.shape[1], dtype=torch.bool)
     _compiled(_in_open_buckets)(stack.contiguous().view(torch.int32).numpy(), np.array(rows, dtype=np.int64),
-                                np.array(starts, dtype=np.int64), out.numpy())
+                     np.array(starts, dtype=np.int64), out.numpy())
     return out
 
 
@@ -207,5 +165,5 @@ def ties_delta(deltas: Tensor, trims: Sequence[tuple[int, float]], weights: Sequ
     out = torch.empty(deltas.shape[1], dtype=torch.float32)
     agreeing = torch.empty_like(out)
     _compiled(_ties_delta)(deltas.numpy(), rule, level, np.array(weights, dtype=np.float32), mean, out.numpy(),
-                           agreeing.numpy())
+                agreeing.numpy())
     return out
