@@ -95,7 +95,7 @@ def in_open_buckets(stack: Tensor, rows: Sequence[int], starts: Sequence[int]) -
         raise TypeError(f"in_open_buckets needs a float32 [n, m] stack, got {stack.dtype} {tuple(stack.shape)}")
     out = torch.empty(stack.shape[1], dtype=torch.bool)
     _compiled(_in_open_buckets)(stack.contiguous().view(torch.int32).numpy(), np.array(rows, dtype=np.int64),
-                     np.array(starts, dtype=np.int64), out.numpy())
+                                np.array(starts, dtype=np.int64), out.numpy())
     return out
 
 
@@ -165,5 +165,5 @@ def ties_delta(deltas: Tensor, trims: Sequence[tuple[int, float]], weights: Sequ
     out = torch.empty(deltas.shape[1], dtype=torch.float32)
     agreeing = torch.empty_like(out)
     _compiled(_ties_delta)(deltas.numpy(), rule, level, np.array(weights, dtype=np.float32), mean, out.numpy(),
-                agreeing.numpy())
+                           agreeing.numpy())
     return out
