@@ -16,7 +16,11 @@ reading of the formula, ``tests/methods/test_kernels.py`` the bucket count with 
 The loops are plain Python functions compiled on first use (:func:`_compiled`), so importing this module costs
 nothing (numba itself takes 0.2 s to import). numba caches the machine code on disk (``cache=True``: next to this
 file, or in the user's cache directory when that is read-only): the first process compiles each loop (about half
-a second), later ones load it (about 0.3 s for numba's own start-up, once per process).
+a second), later ones load it. Either way a process pays numba's start-up once, about 0.55 s: the import, then on
+the first call about 0.3 s of numba importing ``scipy.linalg`` to see whether a BLAS is there. That is a third
+of a 126M per-tensor TIES merge, and as much as a whole Task Arithmetic one, which is why the loops are kept to
+top-k merging and the rest of the engine stays in torch (a loop fusing the subtraction of the base with the
+finiteness check made every merge of a 126M family 0.55 s slower, and was reverted).
 """
 
 from __future__ import annotations
