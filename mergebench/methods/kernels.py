@@ -4,9 +4,10 @@ positions an open threshold bucket leaves undecided, and TIES' arithmetic.
 Why: through torch, a chunk of TIES was about 45 calls, each a pass over the chunk and a release and re-take of
 the GIL, and the bucket count an ``index_add_`` scattering one entry at a time. Here each is one compiled loop
 (TIES': a few passes over a cache-sized chunk) that runs without the GIL, so the engine's chunk threads
-(:mod:`mergebench.merge.compute`) compute on every core. Per-tensor TIES of a 126M family takes 2.9 s in process
-instead of 5.8 s, and the TIES arithmetic alone runs at 192 instead of 124 M entries/s on one thread, 253 instead
-of 126 on two (``benchmarks/RESULTS.md``: "TIES before and after issue 19", "TIES arithmetic over two cores").
+(:mod:`mergebench.merge.compute`) compute on every core. Per-tensor TIES of a 126M family took 2.9 s in process
+instead of 5.8 s on an Intel Xeon, and the TIES arithmetic alone runs at 192 instead of 124 M entries/s on one
+thread, 253 instead of 126 on two (``benchmarks/RESULTS.md``: "TIES before and after issue 19", "TIES arithmetic
+over two cores").
 
 Exactness: each loop performs the float32 operations of the torch form it replaced, in the same order and on
 the same operands (no fast-math, so no reassociation and no fused multiply-add), so results are bit-identical:
@@ -17,10 +18,10 @@ The loops are plain Python functions compiled on first use (:func:`_compiled`), 
 nothing (numba itself takes 0.2 s to import). numba caches the machine code on disk (``cache=True``: next to this
 file, or in the user's cache directory when that is read-only): the first process compiles each loop (about half
 a second), later ones load it. Either way a process pays numba's start-up once, about 0.55 s: the import, then on
-the first call about 0.3 s of numba importing ``scipy.linalg`` to see whether a BLAS is there. That is a third
-of a 126M per-tensor TIES merge, and as much as a whole Task Arithmetic one, which is why the loops are kept to
+the first call about 0.3 s of numba importing ``scipy.linalg`` to see whether a BLAS is there. That is about a
+quarter of a 126M per-tensor TIES merge, and as much as a whole Task Arithmetic one, which is why the loops are kept to
 top-k merging and the rest of the engine stays in torch (a loop fusing the subtraction of the base with the
-finiteness check made every merge of a 126M family 0.55 s slower, and was reverted).
+finiteness check made every Task Arithmetic merge of a 126M family about 0.6 s slower, and was reverted).
 """
 
 from __future__ import annotations
