@@ -120,6 +120,30 @@ def test_a_timed_stall_pauses_then_sends_the_rest(hub, blob) -> None:
     assert time.monotonic() - start >= 0.3
 
 
+def test_a_file_that_shrinks_while_served_cuts_the_connection_and_counts_only_what_was_sent(hub, blob) -> None:
+    """File bodies leave by ``sendfile``: a file cut short under the server ends in a cut connection, never in
+    a body padded or misaligned, and the byte count stays exact."""
+    hub.faults.stall_after_bytes(4000, seconds=0.5, times=1, path_glob="*.safetensors")
+    path = hub.repo_dir(REPO) / "weights.safetensors"
+    received = bytearray()
+
+    def truncate() -> None:
+        time.sleep(0.2)  # inside the stall: 4000 bytes sent, the rest not yet
+        with path.open("r+b") as f:
+            f.truncate(6000)
+
+    cutter = threading.Thread(target=truncate)
+    with pytest.raises(httpx.RemoteProtocolError), \
+            httpx.stream("GET", hf_hub_url(REPO, "weights.safetensors", endpoint=hub.url)) as r:
+        assert r.headers["Content-Length"] == str(len(blob))
+        cutter.start()
+        for chunk in r.iter_bytes():
+            received += chunk
+    cutter.join()
+    assert bytes(received) == blob[:6000]
+    assert hub.stats.bytes_for("*.safetensors") == 6000
+
+
 def test_stopping_the_server_ends_a_stall(blob_repo_root) -> None:
     outcome: list[BaseException | bytes] = []
     with LoopbackHub(blob_repo_root) as hub:
