@@ -95,6 +95,10 @@ def serve_command(
     host: Annotated[str, typer.Option("--host", help="Interface to bind; keep 127.0.0.1 (no authentication).")] = (
         "127.0.0.1"),
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")] = 8000,
+    link_rate: Annotated[float | None, typer.Option(
+        "--link-rate", min=1, metavar="BYTES_PER_S", show_default="unlimited",
+        help="A network link of BYTES_PER_S shared by every answer at once (125000000: 1 Gbit/s), to see what a "
+             "client costs on a real link rather than on 127.0.0.1.")] = None,
     drop_after_bytes: Annotated[int | None, typer.Option(
         "--drop-after-bytes", min=0, metavar="N", rich_help_panel=_FAULTS,
         help="Cut the connection after N body bytes of an answer (a dropped connection).")] = None,
@@ -159,8 +163,11 @@ def serve_command(
         raise typer.BadParameter("--retry-after needs --http-error.", param_hint="--retry-after")
 
     def ready(hub: LoopbackHub) -> None:
+        hub.link.rate = link_rate
         for line in faults.arm(hub.faults):
             typer.echo(line, err=True)
+        if link_rate is not None:
+            typer.echo(f"Link: {link_rate:g} bytes/s shared by every answer", err=True)
         typer.echo(f"Loopback Hub serving {hub.root} at {hub.url}", err=True)
         typer.echo(f"export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1", err=True)
 

@@ -4,8 +4,8 @@ MergeBench is Hub-native, and its tests, demo and air-gapped runs need a Hub tha
 reads, repo creation and commits offline. ``ROOT/{models,datasets,spaces}/{org}/{name}/`` are repos whose
 ``main`` is the folder's current content (see :mod:`.store`); :mod:`.routes` answers the endpoints the
 client uses, :mod:`.validate` the card checks, :mod:`.evals` the benchmark ``eval.yaml`` check and a model's
-``evalResults``, :mod:`.faults` injects failures and counts bytes, :mod:`.jobs` serves the Jobs API (each Job a
-local process).
+``evalResults``, :mod:`.faults` injects failures and counts bytes, :mod:`.link` limits every body to one shared
+rate (a network link), :mod:`.jobs` serves the Jobs API (each Job a local process).
 
 >>> from mergebench.hubserver import LoopbackHub                    # doctest: +SKIP
 >>> with LoopbackHub(Path("hub")) as hub:                             # doctest: +SKIP

@@ -185,6 +185,7 @@ DEFAULTS: dict[str, dict[str, Api | CliOnly]] = {
     "methods show": {"format": OUTPUT},
     "tasks ls": {"format": OUTPUT},
     "hub serve": {"host": Api(SERVE, "host"), "port": Api(SERVE, "port"),
+                  "link_rate": Api("mergebench.hubserver.link:Link", "rate"),
                   "drop_after_bytes": Api(FAULTS, "drop_after_bytes"),
                   "stall_after_bytes": Api(FAULTS, "stall_after_bytes"),
                   "stall_seconds": Api(FAULTS, "stall_seconds"), "http_error": Api(FAULTS, "http_error"),
