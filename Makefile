@@ -45,8 +45,8 @@ demo: venv
 	$(BIN)/mergebench tiny
 
 # The suite on two workers (pytest-xdist): a good part of it waits on subprocesses, servers and sockets, so two
-# processes on 2 cores took it from 17 to 10.5 min. loadscope keeps each module (and its module fixtures) on one
-# worker. `make test PYTEST_WORKERS=0` runs it in this process, as a bare `pytest` does.
+# processes on 2 cores took it from 17 to 10.5–11.3 min. loadscope keeps each module (and its module fixtures) on
+# one worker. `make test PYTEST_WORKERS=0` runs it in this process, as a bare `pytest` does.
 PYTEST_WORKERS ?= 2
 test: lint
 	$(BIN)/pytest --numprocesses $(PYTEST_WORKERS) --dist loadscope
