@@ -177,12 +177,13 @@ class _Handler(BaseHTTPRequestHandler):
         drop, stall, throttle = ((faults.take("drop", method, path), faults.take("stall", method, path),
                                   faults.take("throttle", method, path)) if body_faults else (None, None, None))
         source.seek(start)
-        sent, stats, link, started = 0, self.server.hub.stats, self.server.hub.link, time.monotonic()
+        # the Hub's shared link, and a throttled answer's own link at the fault's rate: slices paced the same way
+        links = [self.server.hub.link, *([Link(throttle.rate)] if throttle is not None else [])]
+        sent, stats = 0, self.server.hub.stats
         while sent < length:
-            n = link.slice_bytes(min(CHUNK, length - sent))
-            if throttle is not None:  # tenth-of-a-second slices, each sent when the rate allows it
-                n = min(n, max(1, int(throttle.rate / 10)))
-                time.sleep(max(0.0, sent / throttle.rate - (time.monotonic() - started)))
+            n = min(CHUNK, length - sent)
+            for link in links:
+                n = link.slice_bytes(n)
             if drop is not None:
                 n = min(n, drop.after_bytes - sent)
                 if n <= 0:
@@ -196,7 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
                     n = min(n, stall.after_bytes - sent)
             if delay is not None:
                 time.sleep(delay.seconds)
-            link.wait(n)
+            for link in links:
+                link.wait(n)
             if response.file is not None:
                 stats.record_bytes(path, n)  # before the write: a client never has bytes not yet counted
                 done = self.connection.sendfile(source, start + sent, n)
