@@ -80,6 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     timeout = 300  # idle keep-alive connections end eventually even if nobody stops the server
+    disable_nagle_algorithm = True
+    """TCP_NODELAY, as web servers set it: with Nagle's algorithm a small body written after its headers waits for
+    the client's delayed ACK of them, about 40 ms per answer (a 64 KiB Range read took 11 ms on four threads)."""
 
     def do_GET(self) -> None:
         self._handle()
