@@ -26,6 +26,11 @@ class MergeOptions:
     """Read-ahead budget in bytes, 512 MiB (binary; not a CLI option): tensors read but not yet merged."""
     chunk_bytes: int = 64 << 20
     """Largest coalesced read in bytes, 64 MiB (binary; not a CLI option): one HTTP Range request."""
+    topk_sample: bool | None = None
+    """Global top-k: bound the thresholds from a sample and merge while counting, reading the inputs once
+    (:mod:`mergebench.merge.passes`); else count first and read them twice. ``None``: when an input is on the Hub,
+    where a second read is a second download (a local one comes from the page cache and costs less than the
+    sample and the set-aside positions)."""
     resume: bool = False
     progress: bool = True
     stats_device: str = "cpu"

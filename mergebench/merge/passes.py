@@ -7,13 +7,19 @@ Elementwise methods (``Params.elementwise()``) and the counting passes instead w
 chunks of every tensor on all cores (:mod:`mergebench.merge.compute`): the same float32 operations per
 entry, so the same bytes, several times faster and without whole-tensor float32 stacks.
 
-Top-k thresholds (:mod:`mergebench.methods.topk`) take one counting pass. When a threshold is still open
-after it (its ``K``-th largest ``|τ|`` shares a bucket with other values), an elementwise method does not
-read the inputs a third time: the merge pass merges every position the open bucket does not touch, keeps
-the few it does aside (each model's raw value there: :class:`Records`), writes the base's value in their
-place, and once the pass is over, resolves the exact thresholds from those values and patches the merged
-entries into the written output. A method that is not elementwise, or a set-aside larger than one float32
-stack of the largest tensor, falls back to a second counting pass (three reads of the inputs in all).
+Global top-k thresholds (:mod:`mergebench.methods.topk`) need every entry counted before any entry is decided.
+An elementwise method reads the inputs once all the same: a small sample (:mod:`mergebench.merge.sample`) bounds
+each threshold to a run of buckets (:class:`Interval`), and the merge pass counts every task vector as it merges
+it with thresholds that decide every entry outside those runs. The positions where some ``|τᵢ|`` lies inside its
+run are kept aside (each model's raw value there: :class:`Records`, written beside their shard with the shard's
+counts) and hold the base's value; once the pass is over, the counts give the exact buckets, the set-aside values
+resolve an open one, and the merged entries are patched into the written output. Should an exact bucket lie
+outside its run (the sample misled), the output is merged again, as below.
+
+Otherwise (a method that is not elementwise, or a sample that leaves more positions undecided than fit in one
+float32 stack of the largest tensor) a counting pass comes first. When a threshold is still open after it (its
+``K``-th largest ``|τ|`` shares a bucket with other values), the merge pass sets the few positions the open
+bucket touches aside in the same way, else a second counting pass resolves it (three reads in all).
 """
 
 from __future__ import annotations
@@ -22,11 +28,10 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
@@ -38,10 +43,11 @@ from mergebench.merge.compute import ChunkPool
 from mergebench.merge.inputs import MergeInputs
 from mergebench.merge.options import MergeOptions
 from mergebench.merge.plan import TensorPlan
+from mergebench.merge.sample import plan_slices, sample_task_vectors
 from mergebench.methods import MergeContext
-from mergebench.methods.topk import GlobalTopK, Selection
+from mergebench.methods.topk import GlobalTopK, Interval, Selection, select_buckets
 from mergebench.stats import StatisticsReader
-from mergebench.stream.format import DTYPES, element_size
+from mergebench.stream.format import DTYPES, element_size, tensor_view
 from mergebench.stream.reader import TensorStream
 from mergebench.stream.writer import BackgroundWriter, ShardWriter, patch_shard
 from mergebench.work import atomic_file
@@ -54,6 +60,14 @@ SET_ASIDE_FLOOR_BYTES = 64 << 20
 """Set-aside positions may always take this much memory (a small model's largest tensor may be smaller)."""
 RECORDS_SUFFIX = ".deferred.safetensors"
 """Set-aside positions of a finished shard, ``.NAME.deferred.safetensors`` beside it until it is patched."""
+HISTOGRAM_KEY = "__topk_histogram__"
+"""The shard's top-k bucket counts in its records file, when the merge pass counts (a one-pass global top-k)."""
+
+
+class SetAside(Protocol):
+    """What the merge pass cannot decide yet (:class:`Selection`'s open buckets, an :class:`Interval`'s runs)."""
+
+    def undecided(self, stack: torch.Tensor) -> torch.Tensor: ...
 
 
 def _bar(options: MergeOptions, total: int, desc: str, unit: str = "B") -> tqdm:
@@ -70,16 +84,14 @@ def _open_stream(inputs: MergeInputs, order: Sequence[tuple[str, Sequence[int]]]
     return stream, bar
 
 
-def _to_tensor(raw: memoryview | None, entry_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _requested(raw: memoryview | None) -> memoryview:
     assert raw is not None  # only tensors requested from the stream for this model are converted
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only buffers: we only ever copy out of them
-        return torch.frombuffer(raw, dtype=DTYPES[entry_dtype]).view(shape)
+    return raw
 
 
 def _flat_views(inputs: MergeInputs, t: TensorPlan, raw: Raw) -> list[torch.Tensor]:
     """Each model's raw bytes of ``t`` as a flat tensor in its stored dtype (zero-copy)."""
-    return [_to_tensor(r, t.in_dtype, (t.numel,)) for r in raw[: len(inputs.experts) + 1]]
+    return [tensor_view(_requested(r), t.in_dtype, (t.numel,)) for r in raw[: len(inputs.experts) + 1]]
 
 
 def _load_into(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tensor], base: torch.Tensor,
@@ -169,12 +181,16 @@ def _record_bytes(inputs: MergeInputs) -> int:
     return 8 + (len(inputs.experts) + 1) * widest
 
 
+def _set_aside_budget(inputs: MergeInputs) -> int:
+    """Bytes set-aside positions may take: :data:`SET_ASIDE_FLOOR_BYTES`, or one float32 stack of the largest
+    tensor (which the plan's memory bound counts, and an elementwise merge pass does not use)."""
+    return max(SET_ASIDE_FLOOR_BYTES, (len(inputs.experts) + 1) * inputs.plan.largest_numel * 4)
+
+
 def _can_set_aside(inputs: MergeInputs, selection: Selection, *, elementwise: bool) -> bool:
     """Whether the open buckets' positions may be set aside in the merge pass: the method merges each position on
-    its own, and holding them takes at most :data:`SET_ASIDE_FLOOR_BYTES` or one float32 stack of the largest
-    tensor (which the plan's memory bound counts, and an elementwise merge pass does not use)."""
-    budget = max(SET_ASIDE_FLOOR_BYTES, (len(inputs.experts) + 1) * inputs.plan.largest_numel * 4)
-    return elementwise and selection.pending * _record_bytes(inputs) <= budget
+    its own, and holding them fits :func:`_set_aside_budget`."""
+    return elementwise and selection.pending * _record_bytes(inputs) <= _set_aside_budget(inputs)
 
 
 def _as_float32(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +204,7 @@ def _open_magnitudes(inputs: MergeInputs, selection: Selection, values: torch.Te
     bucket holds (anything else is ignored by :meth:`Selection.resolve`; this keeps what is held small)."""
     base, stack = _as_float32(values)
     stack.sub_(base)
-    inside = selection.in_open_bucket(stack) if selection.open_rows else torch.zeros(0, dtype=torch.bool)
+    inside = selection.undecided(stack) if selection.open_rows else torch.zeros(0, dtype=torch.bool)
     return [stack[i][inside] for i in range(stack.shape[0])]
 
 
@@ -210,36 +226,33 @@ def run_passes(inputs: MergeInputs, out: Path, options: MergeOptions, state: dic
     """Everything between the statistics stage and the finished shards; returns the input bytes read.
 
     ``state`` is the engine's resume record of ``out`` (``shards``: verified shards and their checksums) and
-    ``save_state`` writes it. Added here: ``thresholds`` (exact global top-k thresholds, once known) and
-    ``topk_selection`` (the counting pass's result while the merge pass sets positions aside), so an interrupted
-    merge keeps its verified shards and never counts again.
+    ``save_state`` writes it. Added here: ``thresholds`` (exact global top-k thresholds, once known),
+    ``topk_interval`` (a sample's bounds while a one-pass merge counts) and ``topk_selection`` (the count's result
+    while the merge pass sets positions aside), so an interrupted merge keeps its verified shards and never
+    counts again.
     """
     bytes_read = 0
-    thresholds: torch.Tensor | None = None
-    selection: Selection | None = None
     fraction = inputs.params.global_topk()
-    if "thresholds" in state:  # exact floats survive JSON
-        thresholds = torch.tensor(state["thresholds"], dtype=torch.float32)
-    elif "topk_selection" in state:
-        selection = Selection.from_json(state["topk_selection"])
-    elif fraction is not None:
-        acc = GlobalTopK(len(inputs.experts), fraction)
-        bytes_read += _counting_pass(inputs, options, acc, 0)
-        selection = acc.selection()
-        if selection.is_exact:
-            thresholds, selection = selection.thresholds(), None
-        elif not _can_set_aside(inputs, selection, elementwise=_chunked(inputs, statistics)):
-            bytes_read += _counting_pass(inputs, options, acc, 1)
-            thresholds, selection = acc.thresholds(), None
-        if thresholds is not None:
-            state["thresholds"] = thresholds.tolist()
+    if fraction is not None and not state.keys() & {"thresholds", "topk_selection", "topk_interval"}:
+        interval = None
+        sample = options.topk_sample
+        if sample is None:
+            sample = not all(model.is_local for model in [inputs.base, *inputs.experts])
+        if sample and _chunked(inputs, statistics):
+            interval, sampled = _estimate_interval(inputs, options, fraction)
+            bytes_read += sampled
+        if interval is not None:
+            state["topk_interval"] = interval.to_json()
         else:
-            assert selection is not None
-            state["topk_selection"] = selection.to_json()
-            logger.info("Top-k: thresholds of experts %s are open; %d entries set aside in the merge pass.",
-                        selection.open_rows, selection.pending)
+            bytes_read += _count(inputs, options, state, statistics, fraction)
         save_state()
     _forget_unverified_records(inputs, out, state)
+    if "topk_interval" in state:
+        assert fraction is not None
+        bytes_read += _one_pass(inputs, out, options, state, statistics, save_state, fraction)
+
+    thresholds = torch.tensor(state["thresholds"], dtype=torch.float32) if "thresholds" in state else None
+    selection = Selection.from_json(state["topk_selection"]) if "topk_selection" in state else None
 
     def shard_done(filename: str, checksum: str) -> None:  # a finished shard survives an interruption
         state["shards"][filename] = checksum
@@ -247,13 +260,96 @@ def run_passes(inputs: MergeInputs, out: Path, options: MergeOptions, state: dic
 
     provisional = selection.provisional() if selection is not None else thresholds
     bytes_read += merge_pass(inputs, out, options, dict(state["shards"]), provisional, statistics, shard_done,
-                             selection=selection)
+                             set_aside=selection)
     if selection is not None:
         thresholds = _resolve(inputs, out, selection)
         state["thresholds"] = thresholds.tolist()
+        del state["topk_selection"]
         save_state()
     if thresholds is not None:
         _patch_shards(inputs, out, options, thresholds, state, save_state)
+    return bytes_read
+
+
+def _count(inputs: MergeInputs, options: MergeOptions, state: dict[str, Any], statistics: StatisticsReader | None,
+           fraction: float, selection: Selection | None = None) -> int:
+    """Find where the global top-k thresholds lie — from a counting pass, or the given ``selection`` of a count
+    already made — and record in ``state`` either the ``thresholds`` (exact) or the ``topk_selection`` whose open
+    buckets the merge pass will set aside; when those are too many to hold, count their low bits in one more
+    pass. Returns the bytes read."""
+    acc = GlobalTopK(len(inputs.experts), fraction)
+    bytes_read = 0
+    if selection is None:
+        bytes_read += _counting_pass(inputs, options, acc, 0)
+        selection = acc.selection()
+    if selection.is_exact:
+        state["thresholds"] = selection.thresholds().tolist()
+    elif _can_set_aside(inputs, selection, elementwise=_chunked(inputs, statistics)):
+        state["topk_selection"] = selection.to_json()
+        logger.info("Top-k: thresholds of experts %s are open; %d entries set aside in the merge pass.",
+                    selection.open_rows, selection.pending)
+    else:
+        if not bytes_read:  # the low bits need this accumulator's own bucket pass
+            bytes_read += _counting_pass(inputs, options, acc, 0)
+        bytes_read += _counting_pass(inputs, options, acc, 1)
+        state["thresholds"] = acc.thresholds().tolist()
+    return bytes_read
+
+
+def _estimate_interval(inputs: MergeInputs, options: MergeOptions, fraction: float) -> tuple[Interval | None, int]:
+    """Bounds of each global threshold from a sample of the task vectors (:mod:`mergebench.merge.sample`), or
+    ``None`` when the positions they leave undecided would not fit :func:`_set_aside_budget`; and the bytes read."""
+    mergeable = [t for t in inputs.plan.tensors if t.mergeable]
+    slices = plan_slices(mergeable)
+    sample, sampled = sample_task_vectors(inputs, slices, threads=options.threads)
+    interval = Interval.estimate(sample, fraction, [id(s.tensor) for s in slices], [s.represents for s in slices])
+    if interval is None:
+        return None, sampled
+    share = float(interval.undecided(torch.cat(sample, dim=1)).double().mean())
+    expected = share * sum(t.numel for t in mergeable) * _record_bytes(inputs)
+    if expected > _set_aside_budget(inputs):
+        logger.info("Top-k: a sample puts %.1f%% of the positions near the thresholds (%.0f MB to set aside, more "
+                    "than %.0f MB): counting first.", 100 * share, expected / 1e6, _set_aside_budget(inputs) / 1e6)
+        return None, sampled
+    logger.info("Top-k: one pass; a sample of %d entries per expert bounds the thresholds, about %.2f%% of the "
+                "positions set aside.", sum(part.shape[1] for part in sample), 100 * share)
+    return interval, sampled
+
+
+def _one_pass(inputs: MergeInputs, out: Path, options: MergeOptions, state: dict[str, Any],
+              statistics: StatisticsReader | None, save_state: Callable[[], None], fraction: float) -> int:
+    """Merge with an :class:`Interval`'s provisional thresholds while counting, then settle the thresholds.
+
+    Each shard's bucket counts are saved with its set-aside positions, so a resumed merge adds up every shard's.
+    When the exact bucket of some expert lies outside its run (the sample misled), the pass is thrown away and
+    the merge goes on as after a counting pass: the shards are merged again (two reads in all, as without a
+    sample)."""
+    interval = Interval.from_json(state["topk_interval"])
+
+    def shard_done(filename: str, checksum: str) -> None:
+        state["shards"][filename] = checksum
+        save_state()
+
+    bytes_read = merge_pass(inputs, out, options, dict(state["shards"]), interval.provisional(), statistics,
+                            shard_done, set_aside=interval, counts=GlobalTopK(len(inputs.experts), fraction))
+    hist = _saved_histograms(inputs, out)
+    total = sum(t.numel for t in inputs.plan.tensors if t.mergeable)
+    if not torch.equal(hist.sum(1), torch.full((len(inputs.experts),), total, dtype=torch.int64)):
+        raise RuntimeError(f"Top-k: the shards' counts add up to {hist.sum(1).tolist()} entries per expert, not "
+                           f"{total}; the inputs changed while merging.")
+    selection = select_buckets(hist, fraction, total)
+    del state["topk_interval"]
+    if interval.covers(selection):
+        state["thresholds"] = (selection.thresholds() if selection.is_exact
+                               else _resolve(inputs, out, selection)).tolist()
+    else:
+        logger.warning("Top-k: the thresholds lie outside the bounds the sample gave (buckets %s, bounds %s to %s); "
+                       "merging again with the exact counts.", selection.bucket, interval.first, interval.last)
+        for shard in inputs.plan.shards:
+            _records_path(out, shard.filename).unlink(missing_ok=True)
+        state["shards"] = {}
+        bytes_read += _count(inputs, options, state, statistics, fraction, selection)
+    save_state()
     return bytes_read
 
 
@@ -281,13 +377,16 @@ def _counting_pass(inputs: MergeInputs, options: MergeOptions, acc: GlobalTopK, 
 
 def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapping[str, str],
                thresholds: torch.Tensor | None, statistics: StatisticsReader | None,
-               on_shard_done: Callable[[str, str], None], *, selection: Selection | None = None) -> int:
+               on_shard_done: Callable[[str, str], None], *, set_aside: SetAside | None = None,
+               counts: GlobalTopK | None = None) -> int:
     """Merge every tensor not in the finished shards ``done`` into ``out``; returns the input bytes read.
 
     ``on_shard_done(filename, checksum)`` is called as each shard is complete (the engine records it for
-    resuming). With a ``selection`` whose buckets are open, ``thresholds`` are its provisional ones and the
-    positions they cannot decide are set aside: each shard's records are written next to it before the shard
-    is complete (:data:`RECORDS_SUFFIX`), and its entries there hold the base's value until patched."""
+    resuming). With ``set_aside`` (an open :class:`Selection`, or an :class:`Interval`), ``thresholds`` are its
+    provisional ones and the positions they cannot decide are set aside: each shard's records are written next
+    to it before the shard is complete (:data:`RECORDS_SUFFIX`), and its entries there hold the base's value
+    until patched. With ``counts``, every task vector is also counted (pass 0), and each shard's records hold
+    its counts (:data:`HISTOGRAM_KEY`)."""
     plan = inputs.plan
     by_name = {t.name: t for t in plan.tensors}
     skip = {name for shard in plan.shards if shard.filename in done for name in shard.tensors}
@@ -306,8 +405,10 @@ def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapp
     weights = inputs.recipe.weights
     expert_ids = tuple(range(len(inputs.experts)))
     chunked = _chunked(inputs, statistics)
-    open_selection = selection if selection is not None and not selection.is_exact else None
+    if (set_aside is not None or counts is not None) and not chunked:
+        raise ValueError("set-aside positions and counting need an elementwise method without statistics")
     pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # set aside in the shard being written
+    counted = torch.zeros(0, dtype=torch.int64)  # counts of the shards before the one being written
     try:
         with bar, _bar(options, len(order), "tensors written", unit="tensor") as written, \
                 _compute_pool(inputs, options) if chunked else contextlib.nullcontext() as pool:
@@ -318,9 +419,9 @@ def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapp
                                        seed=inputs.recipe.seed, thresholds=thresholds,
                                        data=statistics.data_for(t.name) if statistics else {})
                     if pool is not None:
-                        records = Records() if open_selection is not None else None
+                        records = Records() if set_aside is not None else None
                         payload: torch.Tensor | memoryview = _merge_chunked(inputs, t, item.raw, ctx, pool,
-                                                                            open_selection, records)
+                                                                            set_aside, records, counts)
                         kept = records.tensors() if records is not None else None
                         if kept is not None:
                             pending[t.name] = kept
@@ -333,12 +434,17 @@ def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapp
                         payload = merged.to(DTYPES[t.out_dtype])
                         _check_output(inputs, t, payload)
                 elif t.out_dtype != t.in_dtype:
-                    payload = _to_tensor(item.raw[0], t.in_dtype, t.shape).to(DTYPES[t.out_dtype])
+                    payload = tensor_view(_requested(item.raw[0]), t.in_dtype, t.shape).to(DTYPES[t.out_dtype])
                 else:
                     assert item.raw[0] is not None
                     payload = item.raw[0]
-                if t.name in last_of and pending:  # before the shard can be recorded as complete
-                    _save_records(out, last_of[t.name], pending)
+                if t.name in last_of and (pending or counts is not None):  # before the shard is complete
+                    histogram = None
+                    if counts is not None:
+                        now = counts.histogram()
+                        histogram = now - counted if counted.numel() else now
+                        counted = now
+                    _save_records(out, last_of[t.name], pending, histogram)
                     pending = {}
                 writer.write(t.name, payload)
                 written.update()
@@ -348,13 +454,14 @@ def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapp
 
 
 def _merge_chunked(inputs: MergeInputs, t: TensorPlan, raw: Raw, ctx: MergeContext, pool: ChunkPool,
-                   selection: Selection | None, records: Records | None) -> torch.Tensor:
+                   set_aside: SetAside | None, records: Records | None, counts: GlobalTopK | None) -> torch.Tensor:
     """An elementwise method over the chunks of one tensor, written straight into the output dtype.
 
     With per-tensor top-k (``Params.tensor_topk()``) a counting pass over the same chunks comes first (the only
     finiteness check of the inputs); its open buckets, if any, are resolved from the positions set aside while
-    merging, which are then merged again in place. With an open global ``selection``, the positions it cannot
-    decide go to ``records`` and hold the base's value."""
+    merging, which are then merged again in place. With a global ``set_aside``, the positions it cannot decide
+    go to ``records`` and hold the base's value; with ``counts``, the task vectors are counted as they are
+    merged."""
     out = torch.empty(t.numel, dtype=DTYPES[t.out_dtype])
     flats = _flat_views(inputs, t, raw)
     check_finite = inputs.recipe.check_finite
@@ -366,18 +473,19 @@ def _merge_chunked(inputs: MergeInputs, t: TensorPlan, raw: Raw, ctx: MergeConte
         acc.finish_pass(0)
         check_finite = False  # the same bytes were just checked
         selection = acc.selection()
+        set_aside = None
         if selection.is_exact:
-            ctx, selection = dataclasses.replace(ctx, thresholds=selection.thresholds()), None
+            ctx = dataclasses.replace(ctx, thresholds=selection.thresholds())
         elif _can_set_aside(inputs, selection, elementwise=True):
             ctx, records = dataclasses.replace(ctx, thresholds=selection.provisional()), Records()
-            local = records
+            set_aside, local = selection, records
         else:
             pool.run(t.numel, partial(_count_chunk, inputs, t, flats, pool, acc, 1, False))
             acc.finish_pass(1)
-            ctx, selection = dataclasses.replace(ctx, thresholds=acc.thresholds()), None
-    pool.run(t.numel, partial(_merge_chunk, inputs, t, flats, pool, ctx, out, check_finite, selection, records))
+            ctx = dataclasses.replace(ctx, thresholds=acc.thresholds())
+    pool.run(t.numel, partial(_merge_chunk, inputs, t, flats, pool, ctx, out, check_finite, set_aside, records,
+                              counts))
     if local is not None and (kept := local.tensors()) is not None:
-        assert selection is not None
         index, values = kept
         exact = selection.resolve(_open_magnitudes(inputs, selection, values))
         out[index] = _merge_positions(inputs, t, values, dataclasses.replace(ctx, thresholds=exact))
@@ -385,13 +493,15 @@ def _merge_chunked(inputs: MergeInputs, t: TensorPlan, raw: Raw, ctx: MergeConte
 
 
 def _merge_chunk(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tensor], pool: ChunkPool,
-                 ctx: MergeContext, out: torch.Tensor, check_finite: bool, selection: Selection | None,
-                 records: Records | None, start: int, end: int) -> None:
+                 ctx: MergeContext, out: torch.Tensor, check_finite: bool, set_aside: SetAside | None,
+                 records: Records | None, counts: GlobalTopK | None, start: int, end: int) -> None:
     base, stack = pool.buffers(end - start)
     _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
     if inputs.spec.inputs == "deltas":
         stack.sub_(base)
-    aside = selection.in_open_bucket(stack).nonzero().squeeze(1) if records is not None and selection else None
+    if counts is not None:
+        counts.update(0, stack)
+    aside = set_aside.undecided(stack).nonzero().squeeze(1) if records is not None and set_aside else None
     target = out[start:end]
     target.copy_(inputs.spec.fn(base, stack, inputs.params, ctx))
     if aside is not None and aside.numel():
@@ -408,9 +518,10 @@ def _records_path(out: Path, filename: str) -> Path:
     return out / f".{filename}{RECORDS_SUFFIX}"
 
 
-def _save_records(out: Path, filename: str, pending: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Write a shard's set-aside positions (atomically, before the shard is recorded as complete)."""
-    tensors = {}
+def _save_records(out: Path, filename: str, pending: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                  histogram: torch.Tensor | None = None) -> None:
+    """Write a shard's set-aside positions and counts (atomically, before the shard is recorded as complete)."""
+    tensors = {} if histogram is None else {HISTOGRAM_KEY: histogram}
     for name, (index, values) in pending.items():
         tensors[f"{name}::index"] = index
         tensors[f"{name}::values"] = values
@@ -422,7 +533,7 @@ def _load_records(path: Path) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]
     """``(tensor name, index, values)`` for each tensor of a records file."""
     with safe_open(str(path), framework="pt") as f:
         keys: list[str] = f.keys()
-        names = sorted({key.rpartition("::")[0] for key in keys})
+        names = sorted({key.rpartition("::")[0] for key in keys if key != HISTOGRAM_KEY})
         for name in names:
             yield name, f.get_tensor(f"{name}::index"), f.get_tensor(f"{name}::values")
 
@@ -432,6 +543,17 @@ def _forget_unverified_records(inputs: MergeInputs, out: Path, state: Mapping[st
     for shard in inputs.plan.shards:
         if shard.filename not in state["shards"]:
             _records_path(out, shard.filename).unlink(missing_ok=True)
+
+
+def _saved_histograms(inputs: MergeInputs, out: Path) -> torch.Tensor:
+    """``[n, BUCKETS]``: the counts of every shard, added up from their records files."""
+    total: torch.Tensor | None = None
+    for shard in inputs.plan.shards:
+        with safe_open(str(_records_path(out, shard.filename)), framework="pt") as f:
+            hist = f.get_tensor(HISTOGRAM_KEY)
+        total = hist if total is None else total.add_(hist)
+    assert total is not None  # a plan has at least one shard
+    return total
 
 
 def _resolve(inputs: MergeInputs, out: Path, selection: Selection) -> torch.Tensor:
@@ -462,6 +584,7 @@ def _patch_shards(inputs: MergeInputs, out: Path, options: MergeOptions, thresho
             ctx = MergeContext(name=name, expert_ids=expert_ids, weights=inputs.recipe.weights,
                                seed=inputs.recipe.seed, thresholds=thresholds)
             patches[name] = (index, _merge_positions(inputs, t, values, ctx))
-        state["shards"][filename] = patch_shard(out / filename, patches)
-        save_state()
+        if patches:  # else only counts were kept: the shard is final as written
+            state["shards"][filename] = patch_shard(out / filename, patches)
+            save_state()
         path.unlink()

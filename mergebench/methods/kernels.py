@@ -1,5 +1,5 @@
 """Fused loops for the hot spots of top-k merging, compiled by numba: the top-k bucket count, the test of which
-positions an open threshold bucket leaves undecided, and TIES' arithmetic.
+positions a provisional threshold leaves undecided, and TIES' arithmetic.
 
 Why: through torch, a chunk of TIES was about 45 calls, each a pass over the chunk and a release and re-take of
 the GIL, and the bucket count an ``index_add_`` scattering one entry at a time. Here each is one compiled loop
@@ -82,25 +82,24 @@ def count_buckets(stack: Tensor, hist: Tensor, buckets: int) -> None:
     _compiled(_count_buckets)(stack.contiguous().view(torch.int32).numpy(), hist.numpy(), buckets)
 
 
-def _in_open_buckets(bits: np.ndarray, rows: np.ndarray, starts: np.ndarray,
-                     out: np.ndarray) -> None:
+def _in_ranges(bits: np.ndarray, rows: np.ndarray, lows: np.ndarray, highs: np.ndarray, out: np.ndarray) -> None:
     out[:] = False
     for k in range(rows.shape[0]):
         row = bits[rows[k]]
-        low, high = starts[k], starts[k] + 0x10000
+        low, high = lows[k], highs[k]
         for j in range(row.shape[0]):
             b = row[j] & 0x7FFFFFFF
-            out[j] |= (b > low) & (b < high)
+            out[j] |= (b >= low) & (b < high)
 
 
-def in_open_buckets(stack: Tensor, rows: Sequence[int], starts: Sequence[int]) -> Tensor:
+def in_ranges(stack: Tensor, rows: Sequence[int], lows: Sequence[int], highs: Sequence[int]) -> Tensor:
     """``[m]`` bool: where, for some ``k``, the magnitude of ``stack[rows[k]]`` (float32 ``[n, m]``) has a bit
-    pattern strictly between ``starts[k]`` and ``starts[k] + 2¹⁶`` (an open bucket of the top-k count)."""
+    pattern in ``[lows[k], highs[k])`` (top-k entries its provisional threshold cannot decide yet)."""
     if stack.dtype != torch.float32 or stack.dim() != 2:
-        raise TypeError(f"in_open_buckets needs a float32 [n, m] stack, got {stack.dtype} {tuple(stack.shape)}")
+        raise TypeError(f"in_ranges needs a float32 [n, m] stack, got {stack.dtype} {tuple(stack.shape)}")
     out = torch.empty(stack.shape[1], dtype=torch.bool)
-    _compiled(_in_open_buckets)(stack.contiguous().view(torch.int32).numpy(), np.array(rows, dtype=np.int64),
-                                np.array(starts, dtype=np.int64), out.numpy())
+    _compiled(_in_ranges)(stack.contiguous().view(torch.int32).numpy(), np.array(rows, dtype=np.int64),
+                          np.array(lows, dtype=np.int64), np.array(highs, dtype=np.int64), out.numpy())
     return out
 
 

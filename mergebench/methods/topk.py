@@ -20,6 +20,10 @@ histogram row, without ever holding the model (:class:`GlobalTopK`):
   ``c`` (:meth:`GlobalTopK.update` with ``pass_index=1``), or the engine keeps those few entries aside
   while it merges everything else and resolves them afterwards from the values it kept
   (:meth:`Selection.resolve`), which saves a whole pass over the inputs.
+- **before any count**, a sample of the task vectors bounds each threshold to a run of buckets
+  (:class:`Interval`), so that the merge itself can be the bucket pass: entries above the run are kept, entries
+  below it dropped, entries inside it set aside until the counts (added up with :func:`select_buckets`) give
+  the exact bucket. If that bucket lies outside the run, the merge made with it is thrown away.
 
 Counting is one compiled function per chunk (:func:`mergebench.methods.kernels.count_buckets`: a mask, three
 integer operations and an increment per entry) into an int64 histogram owned by the calling thread (no lock, no
@@ -44,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mergebench.methods.kernels import count_buckets, in_open_buckets
+from mergebench.methods.kernels import count_buckets, in_ranges
 
 BINS = 1 << 16
 """Values of the high (and of the low) 16 bits of a float32 bit pattern."""
@@ -152,14 +156,15 @@ class Selection:
         b = torch.tensor(self.bucket, dtype=torch.int64)
         return _as_float(((b // 2) << 16) + b % 2)
 
-    def in_open_bucket(self, stack: Tensor) -> Tensor:
+    def undecided(self, stack: Tensor) -> Tensor:
         """``[m]`` bool: positions of a float32 ``[n, m]`` task-vector stack where an open expert's ``|τ|``
         lies in its open bucket ``2h + 1`` (a bit pattern strictly between ``h·2¹⁶`` and ``(h+1)·2¹⁶``): the
-        entries :meth:`resolve` needs."""
+        entries :meth:`provisional` cannot decide and :meth:`resolve` needs."""
         rows = self.open_rows
         if not rows:
             return torch.zeros(stack.shape[1:], dtype=torch.bool, device=stack.device)
-        return in_open_buckets(stack, rows, [(self.bucket[i] // 2) << 16 for i in rows])
+        starts = [(self.bucket[i] // 2) << 16 for i in rows]
+        return in_ranges(stack, rows, [start + 1 for start in starts], [start + BINS for start in starts])
 
     def resolve(self, magnitudes: Sequence[Tensor]) -> Tensor:
         """Exact ``[n]`` thresholds from ``magnitudes[i]``: every ``|τᵢ|`` of expert ``i`` that lies in its open
@@ -186,6 +191,120 @@ class Selection:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Selection:
         return cls(tuple(doc["bucket"]), tuple(doc["rank"]), tuple(doc["count"]), int(doc["total"]))
+
+
+def select_buckets(hist: Tensor, fraction: float, total: int) -> Selection:
+    """Where each expert's ``K``-th largest ``|τᵢ|`` lies, from the bucket counts ``hist`` ``[n, BUCKETS]`` of
+    ``total`` entries per expert (pass 0 of :class:`GlobalTopK`, or counts added up over parts of the inputs)."""
+    n = hist.shape[0]
+    k = keep_count(fraction, total)
+    if k == 0:
+        zeros = (0,) * n
+        return Selection(zeros, zeros, zeros, 0)
+    rank = torch.full((n,), k, dtype=torch.int64)
+    bucket, above = _select(hist, rank)
+    count = hist.gather(1, bucket[:, None]).squeeze(1)
+    return Selection(tuple(bucket.tolist()), tuple((rank - above).tolist()), tuple(count.tolist()), total)
+
+
+INTERVAL_Z = 4.0
+"""Standard errors of the sample's estimate on each side of it that an :class:`Interval` spans."""
+_INFINITY_BITS = 0x7F800000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Per expert, a run of buckets ``[first[i], last[i]]`` (``first`` even, ``last`` odd) expected to hold its
+    ``K``-th largest ``|τᵢ|``, estimated from a sample of the task vectors before anything is counted.
+
+    With it, one pass over the inputs can merge and count at once: :meth:`provisional` thresholds keep every
+    ``|τᵢ|`` above the run and drop every one below it, as any threshold inside the run would, and the positions
+    where some ``|τᵢ|`` lies inside its run (:meth:`undecided`, bit patterns ``[first/2·2¹⁶, (last/2 + 1)·2¹⁶)``)
+    are set aside. If the exact bucket found by the count lies inside the run (:meth:`covers`), those positions
+    are all that is still undecided — its open bucket's entries among them —, else the pass was in vain.
+    """
+
+    first: tuple[int, ...]
+    last: tuple[int, ...]
+
+    @classmethod
+    def estimate(cls, sample: Sequence[Tensor], fraction: float, strata: Sequence[int],
+                 represents: Sequence[float], *, z: float = INTERVAL_Z) -> Interval | None:
+        """The run around each expert's estimated threshold bucket, ``z`` standard errors of the kept fraction
+        wide on each side; ``None`` for an empty sample.
+
+        ``sample[j]`` is a float32 task-vector slice ``[n, m_j]``, ``m_j ≥ 1``, from stratum ``strata[j]`` (a
+        tensor), standing for ``represents[j]`` entries of the model. The estimate is the bucket where the
+        sample's weighted count from the top reaches ``k``; the kept fraction's standard error is the stratified
+        one, ``√(Σ_h W_h² s_h² / r_h)`` with ``W_h`` a stratum's share of the model and ``s_h²`` the variance of
+        the kept fraction between its ``r_h`` slices (a stratum of one slice counts ``p(1 − p)``, the most it could
+        be), and at least the binomial ``√(k(1−k)/M)`` of the ``M`` entries sampled."""
+        if not sample:
+            return None
+        sizes = torch.tensor([s.shape[1] for s in sample], dtype=torch.int64)
+        shares = torch.tensor(represents, dtype=torch.float64)
+        shares /= shares.sum()
+        entry_share = torch.repeat_interleave(shares / sizes, sizes)
+        slice_of = torch.repeat_interleave(torch.arange(len(sample)), sizes)
+        flat = torch.cat(list(sample), dim=1)
+        keys = bucket_of(magnitude_bits(flat), torch.empty(flat.shape, dtype=torch.int32),
+                         torch.empty(flat.shape, dtype=torch.int32)).long()
+        binomial = math.sqrt(fraction * (1 - fraction) / flat.shape[1])
+        firsts, lasts = [], []
+        for row in keys:
+            at_or_above = torch.bincount(row, weights=entry_share, minlength=BUCKETS).flip(0).cumsum(0).flip(0)
+
+            def bucket(share: float, at_or_above: Tensor = at_or_above) -> int:
+                """The highest bucket with at least ``share`` of the model at or above it."""
+                return int((at_or_above >= min(max(share, 0.0), 1.0) * (1 - 1e-9)).sum()) - 1
+
+            estimate = bucket(fraction)
+            kept = torch.bincount(slice_of, weights=(row >= estimate).double(), minlength=len(sample)) / sizes
+            error = max(_stratified_error(kept, strata, shares), binomial)
+            firsts.append(bucket(fraction + z * error) // 2 * 2)
+            lasts.append(bucket(fraction - z * error) // 2 * 2 + 1)
+        return cls(tuple(firsts), tuple(lasts))
+
+    def _patterns(self) -> tuple[list[int], list[int]]:
+        lows = [(b // 2) << 16 for b in self.first]
+        return lows, [min(((b // 2) + 1) << 16, _INFINITY_BITS) for b in self.last]
+
+    def provisional(self) -> Tensor:
+        """``[n]`` float32: keep ``|τᵢ|`` at or above the run (the top of its last bucket; ``inf`` at most)."""
+        return _as_float(torch.tensor(self._patterns()[1], dtype=torch.int64))
+
+    def undecided(self, stack: Tensor) -> Tensor:
+        """``[m]`` bool: positions of a float32 ``[n, m]`` task-vector stack where some ``|τᵢ|`` lies in its run."""
+        lows, highs = self._patterns()
+        return in_ranges(stack, range(len(lows)), lows, highs)
+
+    def covers(self, selection: Selection) -> bool:
+        """Whether each expert's exact bucket lies in its run, so the positions set aside decide every threshold."""
+        return selection.total == 0 or all(first <= b <= last for first, b, last in
+                                           zip(self.first, selection.bucket, self.last, strict=True))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"first": list(self.first), "last": list(self.last)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Interval:
+        return cls(tuple(doc["first"]), tuple(doc["last"]))
+
+
+def _stratified_error(kept: Tensor, strata: Sequence[int], shares: Tensor) -> float:
+    """Standard error of a stratified estimate of a fraction from slices' fractions ``kept`` and their shares of
+    the model (see :meth:`Interval.estimate`)."""
+    variance = 0.0
+    by_stratum: dict[int, list[int]] = {}
+    for j, h in enumerate(strata):
+        by_stratum.setdefault(h, []).append(j)
+    for members in by_stratum.values():
+        p, share = kept[members], float(shares[members].sum())
+        if len(members) == 1:
+            variance += share**2 * float(p[0] * (1 - p[0]))
+        else:
+            variance += share**2 * float(p.var()) / len(members)
+    return math.sqrt(variance)
 
 
 class _Partial:
@@ -272,6 +391,14 @@ class GlobalTopK:
             with self._lock:
                 self._low_hist[i * BINS:(i + 1) * BINS] += counts
 
+    def histogram(self) -> Tensor:
+        """``[n, BUCKETS]`` int64: the bucket counts of pass 0 so far (a copy; call it while no thread counts), so a
+        caller can keep the counts of a part of the inputs, e.g. one output shard's, and add them up later."""
+        hist = torch.zeros(self.n * BUCKETS, dtype=torch.int64)
+        for local in self._partials:
+            hist.add_(local.hist)
+        return hist.view(self.n, BUCKETS)
+
     def finish_pass(self, pass_index: int) -> None:
         """Close a pass: after pass 0 locate each expert's bucket, after pass 1 its exact threshold."""
         self._check_pass(pass_index)
@@ -292,15 +419,7 @@ class GlobalTopK:
     def _select(self) -> Selection:
         self.total = self._seen[0]
         hist = (self._hist if self._hist is not None else torch.zeros(self.n * BUCKETS, dtype=torch.int64))
-        hist = hist.view(self.n, BUCKETS)
-        k = keep_count(self.fraction, self.total)
-        if k == 0:
-            zeros = (0,) * self.n
-            return Selection(zeros, zeros, zeros, 0)
-        rank = torch.full((self.n,), k, dtype=torch.int64)
-        bucket, above = _select(hist, rank)
-        count = hist.gather(1, bucket[:, None]).squeeze(1)
-        return Selection(tuple(bucket.tolist()), tuple((rank - above).tolist()), tuple(count.tolist()), self.total)
+        return select_buckets(hist.view(self.n, BUCKETS), self.fraction, self.total)
 
     def _finish_low_bits(self) -> Tensor:
         selection = self.selection()

@@ -13,6 +13,7 @@ import json
 import math
 import reprlib
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,14 @@ def check_layout(tensors: list[TensorEntry]) -> dict[str, TensorEntry]:
 
 def element_size(dtype: str) -> int:
     return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def tensor_view(raw: memoryview | bytes, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A tensor's bytes as a tensor of its stored dtype, without a copy. Read-only buffers are fine as long as
+    the tensor is only read (torch warns that it cannot protect them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(raw, dtype=DTYPES[dtype]).view(shape)
 
 
 def header_length(prefix: bytes) -> int:

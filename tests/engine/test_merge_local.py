@@ -18,7 +18,7 @@ from mergebench.errors import (
     OutputExistsError,
     RefError,
 )
-from mergebench.merge.engine import merge
+from mergebench.merge.engine import PROGRESS_FILE, merge
 from mergebench.merge.inputs import prepare
 from mergebench.merge.options import MergeOptions
 from mergebench.stream import writer as writer_module
@@ -206,22 +206,41 @@ def test_plan_reads_headers_only(tmp_path: Path) -> None:
     assert plan.peak_memory_bytes >= (2 + 2) * largest * 4
 
 
-def test_resume_reuses_the_global_topk_thresholds(tmp_path: Path, monkeypatch) -> None:
+def test_a_resumed_global_topk_merge_counts_only_the_shards_it_has_left(tmp_path: Path, monkeypatch) -> None:
+    """A one-pass global top-k merge counts as it merges and keeps each finished shard's counts: resumed, it reads
+    no sample again and counts exactly the mergeable entries of the shards it still writes."""
+    from mergebench.merge import passes
     from mergebench.methods import topk
 
     base_dir, experts, _, _ = family(tmp_path / "in", 3, shards=2)
     config = recipe(base_dir, experts, method="ties", parameters={"top_k": 0.3})
-    options = MergeOptions(progress=False, shard_size=700)
+    options = MergeOptions(progress=False, shard_size=700, topk_sample=True)
     fresh = load_dir(merge(config, tmp_path / "fresh", options=options).out_dir)
     interrupted_merge(monkeypatch, config, tmp_path / "out", options)
+    state = json.loads((tmp_path / ".out.partial" / PROGRESS_FILE).read_text())
+    assert "topk_interval" in state and state["shards"]
+    finished = set(state["shards"])
 
-    def no_more_passes(*args, **kwargs):
-        raise AssertionError("thresholds must come from the saved state")
+    counted: list[int] = []
+    update = topk.GlobalTopK.update
 
-    monkeypatch.setattr(topk.GlobalTopK, "update", no_more_passes)
-    result = merge(config, tmp_path / "out", options=MergeOptions(progress=False, shard_size=700, resume=True))
+    def counting(self: topk.GlobalTopK, pass_index: int, stack: torch.Tensor) -> None:
+        counted.append(stack.shape[-1])
+        update(self, pass_index, stack)
+
+    def no_sample(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bounds must come from the saved state")
+
+    monkeypatch.setattr(topk.GlobalTopK, "update", counting)
+    monkeypatch.setattr(passes, "sample_task_vectors", no_sample)
+    result = merge(config, tmp_path / "out", options=MergeOptions(progress=False, shard_size=700, resume=True,
+                                                                  topk_sample=True))
     resumed = load_dir(result.out_dir)
     assert result.resumed_shards and all(torch.equal(fresh[k], resumed[k]) for k in fresh)
+    mergeable = {t.name: t.numel for t in result.plan.tensors if t.mergeable}
+    left = sum(mergeable.get(name, 0) for shard in result.plan.shards if shard.filename not in finished
+               for name in shard.tensors)
+    assert 0 < sum(counted) == left
 
 
 def test_a_shard_missing_from_the_index_is_named(tmp_path: Path) -> None:

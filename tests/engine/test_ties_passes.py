@@ -1,6 +1,10 @@
-"""TIES through the streaming engine with open top-k buckets: the set-aside positions are merged once the exact
-thresholds are known (patched into the written shards, or into the tensor for per-tensor top-k), so the inputs
-are read twice, not three times, and the output is the bits of the textbook merge.
+"""TIES through the streaming engine: how often the inputs are read, and that every way gives the bits of the
+textbook merge.
+
+Global top-k reads a small sample, then merges and counts in one pass, setting aside the positions near the
+sample's bounds of the thresholds and patching them in once the counts give the exact thresholds; when the
+sample misses, it merges again. Without a sample it counts first, then merges (setting open buckets' positions
+aside), or counts twice when those are too many to hold. Per-tensor top-k reads the inputs once.
 
 float32 experts are used on purpose: their task vectors have low bits set almost everywhere, so the bucket
 holding each threshold is open (bf16 checkpoints are usually exact after one pass; see
@@ -9,6 +13,7 @@ holding each threshold is open (bf16 checkpoints are usually exact after one pas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from safetensors.torch import load_file
 from mergebench.merge import passes
 from mergebench.merge.engine import PROGRESS_FILE, merge
 from mergebench.merge.options import MergeOptions
+from mergebench.merge.sample import plan_slices
 from mergebench.methods import MergeContext, topk
 from mergebench.methods.common import is_embedding
 from mergebench.methods.ties import TiesParams
@@ -31,7 +37,9 @@ from tests.engine._build import base_tensors, family, recipe, write_model
 from tests.methods.test_ties_exact import textbook_ties
 
 OPTIONS = MergeOptions(progress=False, shard_size=1500, compute_chunk=97, compute_threads=2)
-"""Several output shards, odd chunks on two threads."""
+"""Several output shards, odd chunks on two threads; a sample for global top-k only from the Hub."""
+SAMPLE = dataclasses.replace(OPTIONS, topk_sample=True)
+COUNT = dataclasses.replace(OPTIONS, topk_sample=False)
 
 
 def load_dir(folder: Path) -> dict[str, torch.Tensor]:
@@ -98,31 +106,74 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> l
     return calls
 
 
+def mergeable_bytes(plan: Any, models: int) -> int:
+    return sum(t.numel * 4 for t in plan.tensors if t.mergeable) * models
+
+
+def sample_bytes(plan: Any, models: int) -> int:
+    """What the engine's sample reads of float32 inputs, from the slices it plans."""
+    slices = plan_slices([t for t in plan.tensors if t.mergeable])
+    return sum((s.end - s.start) * 4 for s in slices) * models
+
+
 @pytest.mark.parametrize("parameters", [{"top_k": 0.2}, {"top_k": 0.3, "aggregate": "mean", "scaling": 0.6}])
-def test_global_ties_sets_aside_open_positions_and_equals_the_textbook_merge(parameters, tmp_path, monkeypatch):
+def test_global_ties_reads_the_inputs_once_and_equals_the_textbook_merge(parameters, tmp_path, monkeypatch):
     base_dir, experts, base, expert_values = family(tmp_path / "in", 3, dtype=torch.float32)
     config = recipe(base_dir, experts, method="ties", parameters=parameters)
     saved = count_calls(monkeypatch, passes, "_save_records")
-    result = merge(config, tmp_path / "out", options=OPTIONS)
-    assert saved, "the thresholds were exact after counting: this test needs open buckets"
+    counting = count_calls(monkeypatch, passes, "_counting_pass")
+    result = merge(config, tmp_path / "out", options=SAMPLE)
+    assert saved and not counting
     assert_same_bits(load_dir(result.out_dir), textbook_merge(base, expert_values, parameters))
     assert not list(result.out_dir.glob(".*"))                    # no records left behind
-    # read twice: once counting (mergeable tensors of every model), once merging
-    counting = sum(v for v in result.plan.bytes_per_model.values()) - sum(
-        t.numel * 4 for t in result.plan.tensors if not t.mergeable)
     merging = sum(result.plan.bytes_per_model.values())
-    assert result.bytes_read == counting + merging
+    assert 0 < sample_bytes(result.plan, 4) <= mergeable_bytes(result.plan, 4) // 4
+    assert result.bytes_read == merging + sample_bytes(result.plan, 4)
 
 
-def test_the_three_pass_fallback_gives_the_same_bits(tmp_path, monkeypatch) -> None:
-    base_dir, experts, _, _ = family(tmp_path / "in", 3, dtype=torch.float32)
-    config = recipe(base_dir, experts, method="ties", parameters={"top_k": 0.2})
-    two = merge(config, tmp_path / "two", options=OPTIONS)
-    monkeypatch.setattr(passes, "_can_set_aside", lambda *args, **kwargs: False)
-    three = merge(config, tmp_path / "three", options=OPTIONS)
-    assert_same_bits(load_dir(two.out_dir), load_dir(three.out_dir))
-    mergeable_bytes = sum(t.numel * 4 for t in three.plan.tensors if t.mergeable) * 4  # base + 3 experts
-    assert three.bytes_read - two.bytes_read == mergeable_bytes
+def test_a_sample_that_misses_the_thresholds_costs_a_second_pass_not_the_result(tmp_path, monkeypatch, caplog):
+    base_dir, experts, base, expert_values = family(tmp_path / "in", 3, dtype=torch.float32)
+    far_below = topk.Interval((2 * 0x2000,) * 3, (2 * 0x2000 + 1,) * 3)  # |τ| around 1e-19
+    monkeypatch.setattr(topk.Interval, "estimate", classmethod(lambda cls, *args, **kwargs: far_below))
+    with caplog.at_level("WARNING", logger="mergebench.merge.passes"):
+        result = merge(recipe(base_dir, experts, method="ties", parameters={"top_k": 0.2}), tmp_path / "out",
+                       options=SAMPLE)
+    assert "outside the bounds the sample gave" in caplog.text
+    assert_same_bits(load_dir(result.out_dir), textbook_merge(base, expert_values, {"top_k": 0.2}))
+    assert not list(result.out_dir.glob(".*"))
+    merging = sum(result.plan.bytes_per_model.values())
+    assert result.bytes_read == sample_bytes(result.plan, 4) + 2 * merging
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_counting_first_reads_twice_or_three_times_with_the_same_bits(hold: bool, tmp_path, monkeypatch) -> None:
+    """Without a sample: count, then merge setting the open buckets' positions aside (``hold``), else count their
+    low bits in a second pass before merging."""
+    base_dir, experts, base, expert_values = family(tmp_path / "in", 3, dtype=torch.float32)
+    if not hold:
+        monkeypatch.setattr(passes, "_can_set_aside", lambda *args, **kwargs: False)
+    saved = count_calls(monkeypatch, passes, "_save_records")
+    result = merge(recipe(base_dir, experts, method="ties", parameters={"top_k": 0.2}), tmp_path / "out",
+                   options=COUNT)
+    assert bool(saved) == hold
+    assert_same_bits(load_dir(result.out_dir), textbook_merge(base, expert_values, {"top_k": 0.2}))
+    counts = 1 if hold else 2
+    assert result.bytes_read == sum(result.plan.bytes_per_model.values()) + counts * mergeable_bytes(result.plan, 4)
+
+
+def test_a_sample_that_leaves_too_much_undecided_counts_first(tmp_path, monkeypatch, caplog) -> None:
+    """Positions set aside are held in memory, one shard's at a time: when the sample says they would not fit,
+    the merge counts first, and here (nothing fits) counts the open buckets' low bits too."""
+    base_dir, experts, base, expert_values = family(tmp_path / "in", 3, dtype=torch.float32)
+    monkeypatch.setattr(passes, "_set_aside_budget", lambda inputs: 0)
+    with caplog.at_level("INFO", logger="mergebench.merge.passes"):
+        result = merge(recipe(base_dir, experts, method="ties", parameters={"top_k": 0.2}), tmp_path / "out",
+                       options=SAMPLE)
+    assert "counting first" in caplog.text
+    assert_same_bits(load_dir(result.out_dir), textbook_merge(base, expert_values, {"top_k": 0.2}))
+    plan = result.plan
+    assert result.bytes_read == (sample_bytes(plan, 4) + 2 * mergeable_bytes(plan, 4)
+                                 + sum(plan.bytes_per_model.values()))
 
 
 @pytest.mark.parametrize("set_aside", [True, False])
@@ -153,11 +204,15 @@ def interrupt(monkeypatch: pytest.MonkeyPatch, module: object, name: str, after:
     monkeypatch.setattr(module, name, dying)
 
 
+@pytest.mark.parametrize("sample", [True, False])
 @pytest.mark.parametrize(("where", "after"), [("write", 3), ("patch", 1)])  # shards 1-2: embeddings
-def test_resume_after_a_kill_never_counts_again(where: str, after: int, tmp_path, monkeypatch) -> None:
+def test_resume_after_a_kill_never_counts_again(sample: bool, where: str, after: int, tmp_path, monkeypatch) -> None:
+    """Killed while merging or patching, a merge resumes without a sample or a counting pass; after a one-pass
+    merge was killed while writing, it counts (as it merges) only the shards it has left."""
     base_dir, experts = open_family(tmp_path / "in")
+    options = SAMPLE if sample else COUNT
     config = recipe(base_dir, experts, method="ties", parameters={"top_k": 0.2})
-    fresh = load_dir(merge(config, tmp_path / "fresh", options=OPTIONS).out_dir)
+    fresh = load_dir(merge(config, tmp_path / "fresh", options=options).out_dir)
     with monkeypatch.context() as patch:
         if where == "write":  # killed in the merge pass, after a shard and its records were written
             original = writer_module.ShardWriter.write
@@ -171,24 +226,30 @@ def test_resume_after_a_kill_never_counts_again(where: str, after: int, tmp_path
         else:  # killed while patching the shards
             interrupt(patch, passes, "patch_shard", after)
         with pytest.raises(KeyboardInterrupt):
-            merge(config, tmp_path / "out", options=OPTIONS)
+            merge(config, tmp_path / "out", options=options)
     partial = tmp_path / ".out.partial"
     state = json.loads((partial / PROGRESS_FILE).read_text())
-    assert "topk_selection" in state and state["shards"]
+    assert state["shards"]
     if where == "write":
-        assert "thresholds" not in state and list(partial.glob(f".*{passes.RECORDS_SUFFIX}"))
+        assert ("topk_interval" if sample else "topk_selection") in state and "thresholds" not in state
+        assert list(partial.glob(f".*{passes.RECORDS_SUFFIX}"))
+    else:
+        assert "thresholds" in state and not state.keys() & {"topk_interval", "topk_selection"}
 
-    def no_counting(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the counting pass must not run again")
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("neither a sample nor a counting pass may run again")
 
-    monkeypatch.setattr(topk.GlobalTopK, "update", no_counting)
-    result = merge(config, tmp_path / "out", options=MergeOptions(**{**OPTIONS.__dict__, "resume": True}))
+    monkeypatch.setattr(passes, "_counting_pass", never)
+    monkeypatch.setattr(passes, "sample_task_vectors", never)
+    if where == "patch" or not sample:
+        monkeypatch.setattr(topk.GlobalTopK, "update", never)
+    result = merge(config, tmp_path / "out", options=dataclasses.replace(options, resume=True))
     assert result.resumed_shards
     assert_same_bits(load_dir(result.out_dir), fresh)
     assert not list(result.out_dir.glob(".*"))
 
 
-def test_from_the_hub_the_inputs_are_fetched_twice(hub, hub_root, tmp_path) -> None:
+def test_from_the_hub_the_inputs_are_fetched_once(hub, hub_root, tmp_path) -> None:
     base_dir, experts, _, _ = family(tmp_path / "in", 3, dtype=torch.float32)
     ids = []
     for folder in [base_dir, *experts]:
@@ -199,10 +260,16 @@ def test_from_the_hub_the_inputs_are_fetched_twice(hub, hub_root, tmp_path) -> N
         ids.append(f"org/{folder.name}")
     parameters = {"top_k": 0.2}
     local = merge(recipe(base_dir, experts, method="ties", parameters=parameters), tmp_path / "local", options=OPTIONS)
+    # by default a local merge counts first (a second local read costs less than a sample and its set-aside)
+    assert local.bytes_read == sum(local.plan.bytes_per_model.values()) + mergeable_bytes(local.plan, 4)
     remote_recipe = {"method": "ties", "base_model": ids[0], "models": [{"model": i} for i in ids[1:]],
                      "parameters": parameters}
     hub.stats.reset()
     remote = merge(remote_recipe, tmp_path / "remote", options=OPTIONS)
     assert_same_bits(load_dir(remote.out_dir), load_dir(local.out_dir))
-    inputs = sum(sum(f.stat().st_size for f in d.glob("*.safetensors")) for d in [base_dir, *experts])
-    assert hub.stats.bytes_for("*.safetensors") <= 2 * inputs
+    files = [f for d in [base_dir, *experts] for f in d.glob("*.safetensors")]
+    headers = sum(8 + int.from_bytes(f.read_bytes()[:8], "little") for f in files)
+    fetched = hub.stats.bytes_for("*.safetensors")
+    assert remote.bytes_read == sum(remote.plan.bytes_per_model.values()) + sample_bytes(remote.plan, 4)
+    # besides: each header once, and the length prefix of every file a reader opens (8 bytes, at most twice)
+    assert remote.bytes_read + headers <= fetched <= remote.bytes_read + headers + 16 * len(files)

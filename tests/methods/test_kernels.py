@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from mergebench.methods.kernels import count_buckets, in_open_buckets, ties_delta
+from mergebench.methods.kernels import count_buckets, in_ranges, ties_delta
 from mergebench.methods.topk import BUCKETS, bucket_of, magnitude_bits
 
 PATTERNS = torch.tensor([0, 1, 2, 0xFFFF, 0x10000, 0x10001, 0x1FFFF, 0x3F800000, 0x3F800001, 0x3F80FFFF,
@@ -70,17 +70,20 @@ def test_bad_arguments_are_refused_before_any_work() -> None:
         ties_delta(torch.zeros(4, 3).t(), [(0, 0.0)] * 3, [1.0] * 3, mean=False)
 
 
-def test_open_bucket_positions_are_the_entries_the_count_put_there() -> None:
-    """A position is set aside iff some open expert's entry has that expert's open bucket in the count: the
-    same bucket function, NaNs of an other expert included (they must not hide it)."""
+def test_undecided_positions_are_the_entries_the_count_put_in_those_buckets() -> None:
+    """A position is set aside iff some listed expert's entry falls in that expert's buckets in the count: the
+    same bucket function, NaNs of an other expert included (they must not hide it). An open bucket ``2h + 1``
+    is the patterns ``[h·2¹⁶ + 1, (h + 1)·2¹⁶)``; a run of buckets ``[2a, 2b + 1]`` is ``[a·2¹⁶, (b + 1)·2¹⁶)``."""
     g = torch.Generator().manual_seed(3)
     stack = adversarial(g, 4, 4000)
     stack[2, :50] = math.nan
     keys = bucket_of(magnitude_bits(stack), torch.empty(stack.shape, dtype=torch.int32),
                      torch.empty(stack.shape, dtype=torch.int32))
-    opened = {0: 2 * 0x3F80 + 1, 2: 1, 3: 2 * 0x7F80 + 1}  # expert → an odd (open) bucket
+    runs = {0: (2 * 0x3F80 + 1, 2 * 0x3F80 + 1), 2: (1, 1), 3: (2 * 0x3F00, 2 * 0x3F84 + 1)}  # expert → buckets
     expected = torch.zeros(4000, dtype=torch.bool)
-    for row, bucket in opened.items():
-        expected |= keys[row] == bucket
-    got = in_open_buckets(stack, list(opened), [(b // 2) << 16 for b in opened.values()])
+    for row, (first, last) in runs.items():
+        expected |= (keys[row] >= first) & (keys[row] <= last)
+    lows = [(first // 2 << 16) + first % 2 for first, _ in runs.values()]
+    highs = [(last // 2 + 1) << 16 for _, last in runs.values()]
+    got = in_ranges(stack, list(runs), lows, highs)
     assert expected.any() and not expected.all() and torch.equal(got, expected)

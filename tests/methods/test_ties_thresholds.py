@@ -59,7 +59,7 @@ def test_resolving_open_buckets_or_a_second_pass_give_the_sorted_threshold(kind:
     selection = acc.selection()
     if selection.is_exact:
         assert torch.equal(selection.thresholds(), expected)
-    inside = selection.in_open_bucket(stack)
+    inside = selection.undecided(stack)
     resolved = selection.resolve([row[inside] for row in stack])
     assert torch.equal(resolved, expected)
     acc.update(1, stack)
@@ -80,7 +80,7 @@ def test_bf16_deltas_are_usually_exact_after_one_pass() -> None:
     assert torch.equal(selection.thresholds(), sorted_threshold(stack, 0.5))
 
 
-def test_in_open_bucket_marks_exactly_the_open_buckets_entries() -> None:
+def test_undecided_marks_exactly_the_open_buckets_entries() -> None:
     g = torch.Generator().manual_seed(2)
     stack = family("float32", g, n=4)
     selection = counted(stack, 0.2).selection()
@@ -90,7 +90,7 @@ def test_in_open_bucket_marks_exactly_the_open_buckets_entries() -> None:
     expected = torch.zeros(stack.shape[1], dtype=torch.bool)
     for i in selection.open_rows:
         expected |= keys[i] == selection.bucket[i]
-    assert torch.equal(selection.in_open_bucket(stack), expected)
+    assert torch.equal(selection.undecided(stack), expected)
     assert int(expected.sum()) <= selection.pending
 
 
@@ -98,7 +98,7 @@ def test_a_changed_input_between_passes_is_detected() -> None:
     g = torch.Generator().manual_seed(4)
     stack = family("float32", g)
     selection = counted(stack, 0.2).selection()
-    inside = selection.in_open_bucket(stack)
+    inside = selection.undecided(stack)
     with pytest.raises(RuntimeError, match="both passes must read the same tensors"):
         selection.resolve([row[inside][1:] for row in stack])
 
