@@ -55,6 +55,32 @@ def test_hub_merge_is_byte_identical_to_local_and_leaves_no_copy(hub, hub_family
     assert pinned["base_model"].startswith(hub_family["base"] + "@") and len(pinned["base_model"].split("@")[1]) == 40
 
 
+@pytest.mark.parametrize(("method", "parameters", "reads"), [("ties", {"top_k": 0.3}, 1),
+                                                             ("localize_stitch", {"sparsity": 0.1}, 2)])
+def test_global_topk_from_the_hub_equals_the_local_merge(method, parameters, reads, hub, hub_family, tiny_llama,
+                                                         tmp_path) -> None:
+    """From the Hub, an elementwise global top-k merge (TIES) reads a sample, then merges while counting: every
+    tensor fetched once. Dataless Localize-and-Stitch is not elementwise and counts first, as a local merge does.
+    Both give the bytes of the local merge."""
+    domains = ["math", "coding", "safety"]
+    local = merge(recipe_for(str(tiny_llama.base), [str(tiny_llama.experts[d]) for d in domains], method=method,
+                             parameters=parameters), tmp_path / "local", options=QUIET)
+    hub.stats.reset()
+    prepare(recipe_for(hub_family["base"], [hub_family[d] for d in domains], method=method, parameters=parameters))
+    header_reads = hub.stats.bytes_for("*.safetensors")
+    hub.stats.reset()
+    remote = merge(recipe_for(hub_family["base"], [hub_family[d] for d in domains], method=method,
+                              parameters=parameters), tmp_path / "remote", options=QUIET)
+    assert shard_bytes(local.out_dir) == shard_bytes(remote.out_dir)
+    needed = sum(remote.plan.bytes_per_model.values())
+    assert local.bytes_read > 1.5 * needed  # counted, then merged
+    if reads == 1:  # a sample (a quarter at most of a tiny model), then merged
+        assert needed < remote.bytes_read <= 1.3 * needed
+    else:
+        assert remote.bytes_read == local.bytes_read
+    assert remote.bytes_read <= hub.stats.bytes_for("*.safetensors") - header_reads <= remote.bytes_read * 1.05
+
+
 def test_push_then_hf_download_loads_with_transformers(hub, hub_family, tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
