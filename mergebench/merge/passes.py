@@ -251,16 +251,12 @@ def run_passes(inputs: MergeInputs, out: Path, options: MergeOptions, state: dic
         assert fraction is not None
         bytes_read += _one_pass(inputs, out, options, state, statistics, save_state, fraction)
 
+    # exact floats survive JSON
     thresholds = torch.tensor(state["thresholds"], dtype=torch.float32) if "thresholds" in state else None
     selection = Selection.from_json(state["topk_selection"]) if "topk_selection" in state else None
-
-    def shard_done(filename: str, checksum: str) -> None:  # a finished shard survives an interruption
-        state["shards"][filename] = checksum
-        save_state()
-
     provisional = selection.provisional() if selection is not None else thresholds
-    bytes_read += merge_pass(inputs, out, options, dict(state["shards"]), provisional, statistics, shard_done,
-                             set_aside=selection)
+    bytes_read += merge_pass(inputs, out, options, dict(state["shards"]), provisional, statistics,
+                             _recorder(state, save_state), set_aside=selection)
     if selection is not None:
         thresholds = _resolve(inputs, out, selection)
         state["thresholds"] = thresholds.tolist()
@@ -269,6 +265,17 @@ def run_passes(inputs: MergeInputs, out: Path, options: MergeOptions, state: dic
     if thresholds is not None:
         _patch_shards(inputs, out, options, thresholds, state, save_state)
     return bytes_read
+
+
+def _recorder(state: dict[str, Any], save_state: Callable[[], None]) -> Callable[[str, str], None]:
+    """The merge pass's ``on_shard_done``: a finished shard and its checksum are saved, so they survive an
+    interruption."""
+
+    def shard_done(filename: str, checksum: str) -> None:
+        state["shards"][filename] = checksum
+        save_state()
+
+    return shard_done
 
 
 def _count(inputs: MergeInputs, options: MergeOptions, state: dict[str, Any], statistics: StatisticsReader | None,
@@ -325,13 +332,9 @@ def _one_pass(inputs: MergeInputs, out: Path, options: MergeOptions, state: dict
     the merge goes on as after a counting pass: the shards are merged again (two reads in all, as without a
     sample)."""
     interval = Interval.from_json(state["topk_interval"])
-
-    def shard_done(filename: str, checksum: str) -> None:
-        state["shards"][filename] = checksum
-        save_state()
-
     bytes_read = merge_pass(inputs, out, options, dict(state["shards"]), interval.provisional(), statistics,
-                            shard_done, set_aside=interval, counts=GlobalTopK(len(inputs.experts), fraction))
+                            _recorder(state, save_state), set_aside=interval,
+                            counts=GlobalTopK(len(inputs.experts), fraction))
     hist = _saved_histograms(inputs, out)
     total = sum(t.numel for t in inputs.plan.tensors if t.mergeable)
     if not torch.equal(hist.sum(1), torch.full((len(inputs.experts),), total, dtype=torch.int64)):
