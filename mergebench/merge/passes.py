@@ -308,7 +308,7 @@ def _estimate_interval(inputs: MergeInputs, options: MergeOptions, fraction: flo
     ``None`` when the positions they leave undecided would not fit :func:`_set_aside_budget`; and the bytes read."""
     mergeable = [t for t in inputs.plan.tensors if t.mergeable]
     slices = plan_slices(mergeable)
-    sample, sampled = sample_task_vectors(inputs, slices, threads=options.threads)
+    sample, sampled = sample_task_vectors(inputs, slices)
     interval = Interval.estimate(sample, fraction, [id(s.tensor) for s in slices], [s.represents for s in slices])
     if interval is None:
         return None, sampled
