@@ -305,18 +305,28 @@ def _count(inputs: MergeInputs, options: MergeOptions, state: dict[str, Any], st
 
 def _estimate_interval(inputs: MergeInputs, options: MergeOptions, fraction: float) -> tuple[Interval | None, int]:
     """Bounds of each global threshold from a sample of the task vectors (:mod:`mergebench.merge.sample`), or
-    ``None`` when the positions they leave undecided would not fit :func:`_set_aside_budget`; and the bytes read."""
+    ``None`` when the positions they leave undecided in one output shard (held in memory until the shard is
+    written) would not fit :func:`_set_aside_budget`; and the bytes read."""
     mergeable = [t for t in inputs.plan.tensors if t.mergeable]
     slices = plan_slices(mergeable)
     sample, sampled = sample_task_vectors(inputs, slices)
     interval = Interval.estimate(sample, fraction, [id(s.tensor) for s in slices], [s.represents for s in slices])
     if interval is None:
         return None, sampled
-    share = float(interval.undecided(torch.cat(sample, dim=1)).double().mean())
-    expected = share * sum(t.numel for t in mergeable) * _record_bytes(inputs)
+    undecided: dict[str, list[float]] = {}  # tensor → [positions undecided in its slices, positions sampled]
+    for piece, part in zip(slices, sample, strict=True):
+        counts = undecided.setdefault(piece.tensor.name, [0.0, 0.0])
+        counts[0] += float(interval.undecided(part).sum())
+        counts[1] += part.shape[1]
+    by_name = {t.name: t for t in mergeable}
+    per_shard = [sum(by_name[name].numel * undecided[name][0] / undecided[name][1]
+                     for name in shard.tensors if name in undecided) for shard in inputs.plan.shards]
+    expected = max(per_shard) * _record_bytes(inputs)
+    share = sum(per_shard) / sum(t.numel for t in mergeable)
     if expected > _set_aside_budget(inputs):
-        logger.info("Top-k: a sample puts %.1f%% of the positions near the thresholds (%.0f MB to set aside, more "
-                    "than %.0f MB): counting first.", 100 * share, expected / 1e6, _set_aside_budget(inputs) / 1e6)
+        logger.info("Top-k: a sample puts %.1f%% of the positions near the thresholds (%.0f MB to set aside in one "
+                    "output shard, more than %.0f MB): counting first.", 100 * share, expected / 1e6,
+                    _set_aside_budget(inputs) / 1e6)
         return None, sampled
     logger.info("Top-k: one pass; a sample of %d entries per expert bounds the thresholds, about %.2f%% of the "
                 "positions set aside.", sum(part.shape[1] for part in sample), 100 * share)

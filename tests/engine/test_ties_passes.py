@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +28,7 @@ from safetensors.torch import load_file
 
 from mergebench.merge import passes
 from mergebench.merge.engine import PROGRESS_FILE, merge
+from mergebench.merge.inputs import prepare
 from mergebench.merge.options import MergeOptions
 from mergebench.merge.sample import plan_slices
 from mergebench.methods import MergeContext, topk
@@ -174,6 +176,25 @@ def test_a_sample_that_leaves_too_much_undecided_counts_first(tmp_path, monkeypa
     plan = result.plan
     assert result.bytes_read == (sample_bytes(plan, 4) + 2 * mergeable_bytes(plan, 4)
                                  + sum(plan.bytes_per_model.values()))
+
+
+def test_set_aside_positions_need_to_fit_one_output_shard_not_the_model(tmp_path, monkeypatch, caplog) -> None:
+    """Set-aside positions are held until their shard is written: a budget of one shard's worth lets the one-pass
+    merge through where the whole model's would not fit."""
+    base_dir, experts, base, expert_values = family(tmp_path / "in", 3, dtype=torch.float32)
+    config = recipe(base_dir, experts, method="ties", parameters={"top_k": 0.2})
+    options = dataclasses.replace(SAMPLE, shard_size=300)  # a shard per tensor, about
+    plan = prepare(config, shard_size=options.shard_size).plan
+    by_name = {t.name: t for t in plan.tensors}
+    record = 8 + 4 * 4  # an index and four float32 values
+    largest_shard = max(sum(by_name[n].numel for n in shard.tensors if by_name[n].mergeable) for shard in plan.shards)
+    monkeypatch.setattr(passes, "_set_aside_budget", lambda inputs: largest_shard * record)
+    with caplog.at_level("INFO", logger="mergebench.merge.passes"):
+        result = merge(config, tmp_path / "out", options=options)
+    share = float(re.search(r"about ([0-9.]+)% of the positions set aside", caplog.text).group(1)) / 100
+    assert share * sum(t.numel for t in plan.tensors if t.mergeable) * record > largest_shard * record
+    assert result.bytes_read == sum(plan.bytes_per_model.values()) + sample_bytes(plan, 4)  # one pass
+    assert_same_bits(load_dir(result.out_dir), textbook_merge(base, expert_values, {"top_k": 0.2}))
 
 
 @pytest.mark.parametrize("set_aside", [True, False])
