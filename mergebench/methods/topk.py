@@ -255,7 +255,8 @@ class Interval:
             at_or_above = torch.bincount(row, weights=entry_share, minlength=BUCKETS).flip(0).cumsum(0).flip(0)
 
             def bucket(share: float, at_or_above: Tensor = at_or_above) -> int:
-                """The highest bucket with at least ``share`` of the model at or above it."""
+                """The highest bucket with at least ``share`` of the model at or above it (``share`` clamped to
+                ``[0, 1]``, and a hair below, so that a sum of float weights that should be 1 is)."""
                 return int((at_or_above >= min(max(share, 0.0), 1.0) * (1 - 1e-9)).sum()) - 1
 
             estimate = bucket(fraction)
