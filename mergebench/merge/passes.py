@@ -286,6 +286,7 @@ def _count(inputs: MergeInputs, options: MergeOptions, state: dict[str, Any], st
     pass. Returns the bytes read."""
     acc = GlobalTopK(len(inputs.experts), fraction)
     bytes_read = 0
+    counted_here = selection is None
     if selection is None:
         bytes_read += _counting_pass(inputs, options, acc, 0)
         selection = acc.selection()
@@ -296,7 +297,7 @@ def _count(inputs: MergeInputs, options: MergeOptions, state: dict[str, Any], st
         logger.info("Top-k: thresholds of experts %s are open; %d entries set aside in the merge pass.",
                     selection.open_rows, selection.pending)
     else:
-        if not bytes_read:  # the low bits need this accumulator's own bucket pass
+        if not counted_here:  # the low bits need this accumulator's own bucket pass
             bytes_read += _counting_pass(inputs, options, acc, 0)
         bytes_read += _counting_pass(inputs, options, acc, 1)
         state["thresholds"] = acc.thresholds().tolist()
@@ -358,9 +359,8 @@ def _one_pass(inputs: MergeInputs, out: Path, options: MergeOptions, state: dict
     else:
         logger.warning("Top-k: the thresholds lie outside the bounds the sample gave (buckets %s, bounds %s to %s); "
                        "merging again with the exact counts.", selection.bucket, interval.first, interval.last)
-        for shard in inputs.plan.shards:
-            _records_path(out, shard.filename).unlink(missing_ok=True)
         state["shards"] = {}
+        _forget_unverified_records(inputs, out, state)
         bytes_read += _count(inputs, options, state, statistics, fraction, selection)
     save_state()
     return bytes_read
@@ -421,7 +421,7 @@ def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapp
     if (set_aside is not None or counts is not None) and not chunked:
         raise ValueError("set-aside positions and counting need an elementwise method without statistics")
     pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # set aside in the shard being written
-    counted = torch.zeros(0, dtype=torch.int64)  # counts of the shards before the one being written
+    counted: torch.Tensor | int = 0  # counts of the shards before the one being written
     try:
         with bar, _bar(options, len(order), "tensors written", unit="tensor") as written, \
                 _compute_pool(inputs, options) if chunked else contextlib.nullcontext() as pool:
@@ -449,14 +449,12 @@ def merge_pass(inputs: MergeInputs, out: Path, options: MergeOptions, done: Mapp
                 elif t.out_dtype != t.in_dtype:
                     payload = tensor_view(_requested(item.raw[0]), t.in_dtype, t.shape).to(DTYPES[t.out_dtype])
                 else:
-                    assert item.raw[0] is not None
-                    payload = item.raw[0]
+                    payload = _requested(item.raw[0])
                 if t.name in last_of and (pending or counts is not None):  # before the shard is complete
                     histogram = None
                     if counts is not None:
                         now = counts.histogram()
-                        histogram = now - counted if counted.numel() else now
-                        counted = now
+                        histogram, counted = now - counted, now
                     _save_records(out, last_of[t.name], pending, histogram)
                     pending = {}
                 writer.write(t.name, payload)
