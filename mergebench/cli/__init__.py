@@ -162,7 +162,7 @@ def merge(
     push_to: ModelPushOpt = None,
     private: PrivateOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted merge into --out.")] = False,
-    threads: ThreadsOpt = 4,
+    threads: ThreadsOpt = None,
     shard_size: ShardSizeOpt = "5GB",
     format: FormatOpt = "table",
 ) -> None:

@@ -78,7 +78,8 @@ FormatOpt = Annotated[OutputFormat, typer.Option(
     "--format", help="Output format: table (for people) or json (for scripts), on stdout.")]
 PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the pushed repo as private.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Read threads (network/disk overlap).")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", min=1, help="Read threads (network/disk overlap); default: one per core, 2–4.")]
 ShardSizeOpt = Annotated[str, typer.Option(
     "--shard-size", callback=checked_by(parse_size),
     help="Largest output shard, decimal as on the Hub (5GB = 5·10⁹ bytes; GiB/MiB are binary), e.g. 2GB, 500MB.")]

@@ -8,14 +8,16 @@ from pathlib import Path
 from mergebench.merge.compute import CHUNK_ENTRIES
 from mergebench.merge.plan import DEFAULT_SHARD_SIZE, MergePlan
 from mergebench.merge.recipe import MergeRecipe
+from mergebench.stream.reader import CHUNK_BYTES
 
 
 @dataclass(frozen=True)
 class MergeOptions:
     """How to run a merge (not what to merge: that is the recipe)."""
 
-    threads: int = 4
-    """Read threads (network and page-in overlap compute)."""
+    threads: int | None = None
+    """Read threads (network and page-in overlap compute); ``None``: one per core, 2–4
+    (:func:`mergebench.stream.reader.default_read_threads`)."""
     compute_threads: int | None = None
     """Threads for the merge arithmetic of elementwise methods and the top-k passes (``None``: every core)."""
     compute_chunk: int = CHUNK_ENTRIES
@@ -24,8 +26,9 @@ class MergeOptions:
     """Largest output shard in bytes: 5 GB, decimal as on the Hub (``mergebench merge --shard-size 5GB``)."""
     read_ahead_bytes: int = 512 << 20
     """Read-ahead budget in bytes, 512 MiB (binary; not a CLI option): tensors read but not yet merged."""
-    chunk_bytes: int = 64 << 20
-    """Largest coalesced read in bytes, 64 MiB (binary; not a CLI option): one HTTP Range request."""
+    chunk_bytes: int = CHUNK_BYTES
+    """Largest coalesced read in bytes, 16 MiB (binary; not a CLI option): one HTTP Range request
+    (:data:`mergebench.stream.reader.CHUNK_BYTES` says why)."""
     topk_sample: bool | None = None
     """Global top-k: bound the thresholds from a sample and merge while counting, reading the inputs once
     (:mod:`mergebench.merge.passes`); else count first and read them twice. ``None``: when an input is on the Hub,

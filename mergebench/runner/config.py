@@ -134,7 +134,8 @@ class MethodEntry(_Strict):
 class MergeSettings(_Strict):
     dtype: str | None = None
     shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1 << 20)
-    threads: int = Field(4, ge=1)
+    threads: int | None = Field(None, ge=1)
+    """Read threads of each merge (``None``: one per core of the machine it runs on, 2–4)."""
 
 
 class PushSettings(_Strict):

@@ -150,7 +150,7 @@ class MergeStep(_Strict):
     recipe: dict[str, Any]
     model_dir: str | None = None
     """Folder the merged model is (or goes) in, reused when it holds a model; ``None``: a scratch folder."""
-    threads: int = 4
+    threads: int | None = None
     shard_size: int = 5_000_000_000
 
 
@@ -289,7 +289,7 @@ class GridPointUnit(_Unit):
     """Each expert's results document (what the validation score is normalised by)."""
     model_dir: str | None = None
     """Where the merged model goes (the run folder, so the winner is not merged twice); ``None``: scratch."""
-    threads: int = 4
+    threads: int | None = None
     shard_size: int = 5_000_000_000
     eval_data: str | None = None
     options: EvalOptions = EvalOptions()
@@ -347,7 +347,7 @@ class SubmissionUnit(_Unit):
     model_info: dict[str, Any] = Field(default_factory=dict)
     results_repo: str | None = None
     """Results dataset the scores are appended to (:func:`mergebench.eval.results.push_results`)."""
-    threads: int = 4
+    threads: int | None = None
 
     @model_validator(mode="after")
     def _one_model(self) -> SubmissionUnit:

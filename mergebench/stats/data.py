@@ -28,6 +28,7 @@ from mergebench.hub.models import ResolvedModel, resolve
 from mergebench.hub.refs import Ref
 from mergebench.paths import stats_cache_limit_bytes
 from mergebench.prompt import IGNORE_INDEX, encode_chat
+from mergebench.stream.reader import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,12 @@ class StatsOptions:
     """Template for tokenizers without one (see :data:`mergebench.prompt.CHATML_TEMPLATE`)."""
     tokenizer: Path | None = None
     """Folder of the tokenizer; default: each model's own tokenizer files."""
-    threads: int = 4
-    """Read threads of the weight stream."""
+    threads: int | None = None
+    """Read threads of the weight stream (``None``: :func:`mergebench.stream.reader.default_read_threads`)."""
     read_ahead_bytes: int = 256 * MiB
     """Weights read ahead of the layer being computed (the next layer arrives while this one runs)."""
-    chunk_bytes: int = 64 * MiB
-    """Largest coalesced read (one HTTP Range request)."""
+    chunk_bytes: int = CHUNK_BYTES
+    """Largest coalesced read (one HTTP Range request; :data:`mergebench.stream.reader.CHUNK_BYTES`)."""
     head_chunk_bytes: int = 128 * MiB
     """Float32 bytes of one block of vocabulary rows of the output head (logits are computed block by block)."""
     head_tokens: int = 8192

@@ -15,7 +15,7 @@ from mergebench.hub.refs import Ref
 from mergebench.merge.plan import ShardPlan, TensorPlan
 from mergebench.stream import reader as reader_module
 from mergebench.stream.format import encode_header, header_length, parse_header
-from mergebench.stream.reader import TensorStream
+from mergebench.stream.reader import TensorStream, default_read_threads
 from mergebench.stream.writer import ShardWriter
 
 
@@ -118,3 +118,25 @@ def test_writer_enforces_plan_order_and_sizes(tmp_path: Path) -> None:
     writer.write("c", torch.tensor([5.0, 6.0]).numpy().data)
     assert done == ["s1.safetensors", "s2.safetensors"]
     assert torch.equal(load_file(tmp_path / "s1.safetensors")["b"], torch.tensor([3.0, 4.0]))
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(None, 2), (1, 2), (2, 2), (3, 3), (64, 4)])
+def test_read_threads_default_to_one_per_core_between_two_and_four(tmp_path: Path, monkeypatch, cores, threads) -> None:
+    """Receivers beyond the cores only hand the GIL around; fewer than two leave the link idle during a request."""
+    monkeypatch.setattr(reader_module.os, "cpu_count", lambda: cores)
+    started: list[int] = []
+    original = reader_module.ThreadPoolExecutor
+
+    def spy(max_workers: int, **kwargs):
+        started.append(max_workers)
+        return original(max_workers, **kwargs)
+
+    monkeypatch.setattr(reader_module, "ThreadPoolExecutor", spy)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({"t": torch.arange(8, dtype=torch.float32)}, folder / "model.safetensors")
+    model = resolve(Ref.parse(str(folder)))
+    assert default_read_threads() == threads
+    items = list(TensorStream([model], [("t", (0,))]))
+    assert torch.equal(torch.frombuffer(bytearray(items[0].raw[0]), dtype=torch.float32), torch.arange(8.0))
+    assert started == [threads]
