@@ -27,8 +27,8 @@ class MergeOptions:
     read_ahead_bytes: int = 512 << 20
     """Read-ahead budget in bytes, 512 MiB (binary; not a CLI option): tensors read but not yet merged."""
     chunk_bytes: int = CHUNK_BYTES
-    """Largest coalesced read in bytes, 16 MiB (binary; not a CLI option): one HTTP Range request
-    (:data:`mergebench.stream.reader.CHUNK_BYTES` says why)."""
+    """Largest coalesced read in bytes, 64 MiB (binary; not a CLI option): one HTTP Range request
+    (:data:`mergebench.stream.reader.CHUNK_BYTES`)."""
     topk_sample: bool | None = None
     """Global top-k: bound the thresholds from a sample and merge while counting, reading the inputs once
     (:mod:`mergebench.merge.passes`); else count first and read them twice. ``None``: when an input is on the Hub,

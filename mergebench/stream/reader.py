@@ -25,11 +25,12 @@ from mergebench.stream.sources import ByteSource, HttpSource, LocalSource
 logger = logging.getLogger(__name__)
 
 MiB = 1 << 20
-CHUNK_BYTES = 16 * MiB
-"""Default largest coalesced read: small enough that the next tensors of every model arrive while one is merged
-(six models' chunks fit the read-ahead several times over) and that a received range comes from memory the
-allocator reuses rather than fresh pages (glibc maps blocks over 32 MiB anew, a page fault per 4 KiB). From the
-loopback Hub on two cores, with two read threads: per-tensor TIES 11.3 s with 64 MiB, 10.6 s with 16 or 8 MiB."""
+CHUNK_BYTES = 64 * MiB
+"""Default largest coalesced read (one HTTP Range request). A received range lands in a fresh buffer: glibc maps
+blocks of 32 MiB or more anew and returns them when freed, a page fault per 4 KiB each time. Smaller reads come
+from reused heap memory, faster (per-tensor TIES from the loopback Hub on two cores: 11.8 s with 64 MiB, 10.4 s with
+16 MiB) but the heap keeps what it once held: a one-pass global TIES then peaked at 1.8–2.1 GB instead of 1.6,
+above the streaming bound of the benchmark family (1.86 GB). Reusing buffers explicitly would get both."""
 
 
 def default_read_threads() -> int:
@@ -38,7 +39,8 @@ def default_read_threads() -> int:
     A thread receives the body of a Range request in 64 KiB pieces, each handled in Python with the GIL held,
     so more receivers than cores spend their CPU handing the GIL over (futex wake-ups and context switches were
     a fifth of a streaming profile); two keep a link busy while one waits on a request. On two cores, from the
-    loopback Hub: per-tensor TIES 11.5 s with 4 threads, 10.5 s with 2 (16 MiB reads); local merges unchanged.
+    loopback Hub (medians of 2–3, informal): global TIES 15.9 s with 4 threads, 15.3 s with 2; per-tensor TIES
+    12.1 and 11.8 s; local merges unchanged.
     """
     return max(2, min(4, os.cpu_count() or 2))
 
