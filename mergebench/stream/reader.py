@@ -19,6 +19,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from mergebench.stream.buffers import BufferPool
 from mergebench.stream.format import FileHeader, TensorEntry
 from mergebench.stream.sources import ByteSource, HttpSource, LocalSource
 
@@ -71,15 +72,17 @@ class StreamModel(Protocol):
     def url(self, filename: str) -> str: ...
 
 
-def open_source(model: StreamModel, filename: str) -> ByteSource:
-    """The byte source of one shard of ``model``: its local file (mmap), else its pinned URL (Range requests).
+def open_source(model: StreamModel, filename: str, *, buffers: BufferPool | None = None) -> ByteSource:
+    """The byte source of one shard of ``model``: its local file (mmap), else its pinned URL (Range requests),
+    receiving into ``buffers`` when given (a new buffer per read otherwise).
 
     For reads that are not whole tensors in visiting order (e.g. row blocks of one embedding matrix); whole
     tensors go through :class:`TensorStream`."""
     data_size = model.files[filename].data_size
     if model.ref.local_path is not None:
         return LocalSource(model.ref.local_path / filename, model=model.label, data_size=data_size)
-    return HttpSource(model.url(filename), model=model.label, filename=filename, data_size=data_size)
+    return HttpSource(model.url(filename), model=model.label, filename=filename, data_size=data_size,
+                      buffers=buffers)
 
 
 @dataclass
@@ -128,6 +131,8 @@ class TensorStream:
         self.progress = progress
         self._sources: dict[tuple[int, str], ByteSource] = {}
         self._chunks = self._plan_chunks(chunk_bytes)
+        # what is read ahead, plus the chunk being consumed: the steady state needs no new buffer
+        self._buffers = BufferPool(chunk_bytes, max_inflight_bytes + chunk_bytes)
 
     def _plan_chunks(self, chunk_bytes: int) -> list[_Chunk]:
         chunks: list[_Chunk] = []
@@ -155,7 +160,7 @@ class TensorStream:
     def _source(self, m: int, filename: str) -> ByteSource:
         key = (m, filename)
         if key not in self._sources:
-            self._sources[key] = open_source(self._models[m], filename)
+            self._sources[key] = open_source(self._models[m], filename, buffers=self._buffers)
         return self._sources[key]
 
     def _read(self, chunk: _Chunk) -> memoryview:

@@ -25,6 +25,7 @@ import numpy as np
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from mergebench.errors import ConfigError, CorruptFileError, NetworkError
+from mergebench.stream.buffers import BufferPool
 from mergebench.stream.format import FileHeader, header_length, parse_header
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class HttpSource:
 
     def __init__(self, url: str, *, model: str, filename: str, data_size: int,
                  retries: int = 5, backoff: float = 0.2,
-                 connect_timeout: float | None = None, read_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, read_timeout: float | None = None,
+                 buffers: BufferPool | None = None) -> None:
         self._url, self._model, self._filename = url, model, filename
         self._retries, self._backoff = retries, backoff
         self.timeout = http_timeout(connect_timeout, read_timeout)
@@ -114,6 +116,7 @@ class HttpSource:
         self._lock = threading.Lock()
         self._data_start: int | None = None
         self._data_size = data_size
+        self._buffers = buffers
         self.bytes_fetched = 0
 
     def _start(self) -> int:
@@ -152,12 +155,16 @@ class HttpSource:
 
     def read(self, begin: int, end: int) -> memoryview:
         start = self._start()
-        data, _ = self._fetch(start + begin, start + end)
-        return memoryview(data)
+        data, _ = self._fetch(start + begin, start + end, pooled=True)
+        return data
 
-    def _fetch(self, begin: int, end: int, *, want_total: bool = False) -> tuple[bytearray, int | None]:
-        """Bytes ``[begin, end)`` of the file, retried until complete or ``retries + 1`` attempts in a row fail."""
-        t = _Transfer(begin, bytearray(end - begin))
+    def _fetch(self, begin: int, end: int, *, want_total: bool = False,
+               pooled: bool = False) -> tuple[memoryview, int | None]:
+        """Bytes ``[begin, end)`` of the file, retried until complete or ``retries + 1`` attempts in a row fail;
+        ``pooled``: received into a buffer of the pool, if this source has one."""
+        n = end - begin
+        buf = self._buffers.take(n) if pooled and self._buffers else memoryview(bytearray(n))
+        t = _Transfer(begin, buf)
         idle = 0  # attempts in a row that received nothing
         while not t.done:
             reached = t.got
@@ -241,7 +248,7 @@ class _Transfer:
     """A range being fetched: ``buf`` holds bytes ``[begin, begin + got)`` of the file so far."""
 
     begin: int
-    buf: bytearray
+    buf: memoryview  # of unsigned bytes
     got: int = 0
     total: int | None = None  # the file's size, from Content-Range
 
