@@ -27,11 +27,11 @@ logger = logging.getLogger(__name__)
 
 MiB = 1 << 20
 CHUNK_BYTES = 64 * MiB
-"""Default largest coalesced read (one HTTP Range request). A received range lands in a fresh buffer: glibc maps
-blocks of 32 MiB or more anew and returns them when freed, a page fault per 4 KiB each time. Smaller reads come
-from reused heap memory, faster (per-tensor TIES from the loopback Hub on two cores: 11.8 s with 64 MiB, 10.4 s with
-16 MiB) but the heap keeps what it once held: a one-pass global TIES then peaked at 1.8–2.1 GB instead of 1.6,
-above the streaming bound of the benchmark family (1.86 GB). Reusing buffers explicitly would get both."""
+"""Default largest coalesced read (one HTTP Range request), received into a reused buffer
+(:mod:`mergebench.stream.buffers`). Before those buffers, 16 MiB reads were faster than 64 MiB ones (glibc serves
+them from reused heap memory instead of fresh pages: per-tensor TIES from the loopback Hub on two cores 10.4 s
+against 11.8 s) but the heap kept what it once held, and a one-pass global TIES peaked at 1.8–2.1 GB instead of 1.6,
+above the benchmark family's streaming bound (1.86 GB); the buffer pool gets the speed with 64 MiB reads."""
 
 
 def default_read_threads() -> int:
