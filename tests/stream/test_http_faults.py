@@ -13,11 +13,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from huggingface_hub import hf_hub_url
 from safetensors.numpy import save_file
 
 from mergebench.errors import ConfigError, CorruptFileError
 from mergebench.hubserver import LoopbackHub
+from mergebench.stream.buffers import BufferPool
 from mergebench.stream.format import header_length
 from mergebench.stream.sources import HttpSource
 
@@ -214,3 +216,27 @@ def test_retry_after_as_an_http_date() -> None:
     wait = retry_after_seconds({"retry-after": email.utils.formatdate(time.time() + 30, usegmt=True)})
     assert wait is not None and 25 <= wait <= 31
     assert retry_after_seconds({}) is None
+
+
+@pytest.mark.timeout(20)
+def test_pooled_reads_resume_into_their_buffer_and_never_overwrite_a_range_still_viewed(hub, shard) -> None:
+    """Ranges received into a BufferPool over real HTTP: a dropped connection resumes into the same buffer, a
+    buffer still viewed is not handed to the next read, and once its views are gone it is."""
+    data, _ = shard
+    pool = BufferPool(SIZE, 4 * SIZE)
+    source = _source(hub, buffers=pool)
+    drop = hub.faults.drop_after_bytes(1_000_000, times=1, path_glob=FILE)
+    first = source.read(0, SIZE)
+    assert drop.fired == 1 and bytes(first) == data
+    held = torch.frombuffer(first, dtype=torch.uint8)[100:200]  # a tensor made from the range keeps it in use
+    address = held.data_ptr() - 100
+    del first
+    second = source.read(SIZE // 2, SIZE)
+    assert bytes(second) == data[SIZE // 2:]
+    assert bytes(held.numpy()) == data[100:200], "a range still viewed was overwritten by the next read"
+    assert pool.nbytes == 2 * SIZE
+    del held, second
+    third = source.read(0, 1000)
+    assert bytes(third) == data[:1000]
+    assert torch.frombuffer(third, dtype=torch.uint8).data_ptr() == address, "the free buffer was not reused"
+    assert pool.nbytes == 2 * SIZE
