@@ -163,7 +163,7 @@ class HttpSource:
         """Bytes ``[begin, end)`` of the file, retried until complete or ``retries + 1`` attempts in a row fail;
         ``pooled``: received into a buffer of the pool, if this source has one."""
         n = end - begin
-        buf = self._buffers.take(n) if pooled and self._buffers else memoryview(bytearray(n))
+        buf = self._buffers.take(n) if pooled and self._buffers is not None else memoryview(bytearray(n))
         t = _Transfer(begin, buf)
         idle = 0  # attempts in a row that received nothing
         while not t.done:
