@@ -118,6 +118,7 @@ def test_slices_are_spread_over_the_tensors_in_proportion_to_their_size() -> Non
         mine = [s for s in slices if s.tensor is p]
         assert len(mine) == max(2, round(SAMPLE_SLICES * p.numel / total))  # at least two: a spread to measure
         assert all(0 <= s.start < s.end <= p.numel and s.end - s.start <= SLICE_ENTRIES for s in mine)
+        assert min(s.start for s in mine) == 0 and max(s.end for s in mine) == p.numel  # from one end to the other
         assert sum(s.represents for s in mine) == pytest.approx(p.numel)
         read = sum(s.end - s.start for s in mine)
         assert read <= p.numel // 4
