@@ -74,8 +74,8 @@ def test_global_topk_from_the_hub_equals_the_local_merge(method, parameters, rea
     assert shard_bytes(local.out_dir) == shard_bytes(remote.out_dir)
     needed = sum(remote.plan.bytes_per_model.values())
     assert local.bytes_read > 1.5 * needed  # counted, then merged
-    if reads == 1:  # a sample (a quarter at most of a tiny model), then merged
-        assert needed < remote.bytes_read <= 1.3 * needed
+    if reads == 1:  # a sample (runs of a quarter at most of a tiny model, read with gaps as long at most), merged
+        assert needed < remote.bytes_read <= 1.5 * needed
     else:
         assert remote.bytes_read == local.bytes_read
     assert remote.bytes_read <= hub.stats.bytes_for("*.safetensors") - header_reads <= remote.bytes_read * 1.05
