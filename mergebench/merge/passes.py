@@ -45,6 +45,7 @@ from mergebench.merge.options import MergeOptions
 from mergebench.merge.plan import TensorPlan
 from mergebench.merge.sample import plan_slices, sample_task_vectors
 from mergebench.methods import MergeContext
+from mergebench.methods.kernels import STORED_WIDTHS
 from mergebench.methods.topk import GlobalTopK, Interval, Selection, select_buckets
 from mergebench.stats import StatisticsReader
 from mergebench.stream.format import DTYPES, element_size, tensor_view
@@ -102,13 +103,18 @@ def _load_into(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tensor]
     base.copy_(flats[0][start:end])
     for i in range(len(inputs.experts)):
         stack[i].copy_(flats[i + 1][start:end])
-    if check_finite and not (_all_finite(base) and _all_finite(stack)):  # then name the culprit
-        for model, values in [(inputs.base, base), *zip(inputs.experts, stack, strict=True)]:
-            if not _all_finite(values):
-                raise NonFiniteError(
-                    f"Tensor '{t.name}' of '{model.label}' holds NaN or Inf values.",
-                    model=model.label, filename=model.weight_map[t.name], tensor=t.name,
-                    hint="Fix the checkpoint, or set 'check_finite: false' in the recipe to merge it as is.")
+    if check_finite and not (_all_finite(base) and _all_finite(stack)):
+        _name_non_finite(inputs, t, [base, *stack])
+
+
+def _name_non_finite(inputs: MergeInputs, t: TensorPlan, values: Sequence[torch.Tensor]) -> None:
+    """Raise :class:`NonFiniteError` for the first model whose ``values`` (base first) hold NaN or Inf."""
+    for model, part in zip([inputs.base, *inputs.experts], values, strict=True):
+        if not _all_finite(part):
+            raise NonFiniteError(
+                f"Tensor '{t.name}' of '{model.label}' holds NaN or Inf values.",
+                model=model.label, filename=model.weight_map[t.name], tensor=t.name,
+                hint="Fix the checkpoint, or set 'check_finite: false' in the recipe to merge it as is.")
 
 
 def _load_stack(inputs: MergeInputs, t: TensorPlan, raw: Raw, *,
@@ -122,8 +128,14 @@ def _load_stack(inputs: MergeInputs, t: TensorPlan, raw: Raw, *,
 
 def _count_chunk(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tensor], pool: ChunkPool, acc: GlobalTopK,
                  pass_index: int, check_finite: bool, start: int, end: int) -> None:
-    """Feed the task vectors of one chunk to a top-k counting pass."""
+    """Feed the task vectors of one chunk to a top-k counting pass: the bucket pass from the stored values when
+    their dtype widens to float32 (bfloat16, float32), else from float32 copies."""
     base, stack = pool.buffers(end - start)
+    if pass_index == 0 and DTYPES[t.in_dtype] in STORED_WIDTHS:
+        parts = [f[start:end] for f in flats]
+        if not acc.update_stored(parts[0], parts[1:], work=(base, stack[0])) and check_finite:
+            _name_non_finite(inputs, t, [part.float() for part in parts])
+        return
     _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
     acc.update(pass_index, stack.sub_(base))
 

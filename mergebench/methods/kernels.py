@@ -56,12 +56,11 @@ def _count_buckets(bits: np.ndarray, hist: np.ndarray, buckets: int) -> None:
 
 
 @functools.cache
-def _compiled(loop: Callable[..., None]) -> Callable[..., None]:
+def _compiled(loop: Callable[..., Any]) -> Callable[..., Any]:
     """``loop`` compiled by numba: no GIL, no fast-math (IEEE float semantics), NumPy's division by zero."""
     import numba
 
-    compiled: Any = numba.njit(nogil=True, cache=True, error_model="numpy")(loop)
-    return compiled  # type: ignore[no-any-return]
+    return numba.njit(nogil=True, cache=True, error_model="numpy")(loop)
 
 
 def count_buckets(stack: Tensor, hist: Tensor, buckets: int) -> None:
@@ -80,6 +79,72 @@ def count_buckets(stack: Tensor, hist: Tensor, buckets: int) -> None:
     if hist.numel() < stack.shape[0] * buckets:
         raise ValueError(f"a histogram of {hist.numel()} bins for {stack.shape[0]} × {buckets} buckets")
     _compiled(_count_buckets)(stack.contiguous().view(torch.int32).numpy(), hist.numpy(), buckets)
+
+
+def _count_stored(base: np.ndarray, expert: np.ndarray, hist: np.ndarray, offset: int, base_work: np.ndarray,
+                  delta_work: np.ndarray) -> bool:
+    m = base.shape[0]
+    shift = np.uint32(32 - 8 * base.itemsize)  # bf16 is the top half of a float32's bits, float32 is itself
+    exponent = np.uint32(0x7F800000)
+    widest = np.uint32(0)
+    base32, delta32 = base_work[:m].view(np.uint32), delta_work[:m].view(np.uint32)
+    for j in range(m):  # widened to float32 bits; the largest exponent field seen (all ones: NaN or ±inf)
+        x = np.uint32(base[j]) << shift
+        y = np.uint32(expert[j]) << shift
+        base32[j] = x
+        delta32[j] = y
+        widest = max(widest, max(x & exponent, y & exponent))
+    delta = delta_work[:m]
+    widened = base_work[:m]
+    for j in range(m):  # τ = expert − base in float32, as torch's sub_
+        delta[j] = delta[j] - widened[j]
+    bits = delta.view(np.int32)
+    slots = np.empty(m, dtype=np.int64)
+    for j in range(m):
+        b = bits[j] & 0x7FFFFFFF
+        slots[j] = offset + (b >> 16) + ((b - 1) >> 16) + 1
+    for j in range(m):
+        hist[slots[j]] += 1
+    return bool(widest != exponent)
+
+
+def stored_bits(values: Tensor) -> np.ndarray:
+    """The bits of a flat bfloat16 or float32 tensor as a read-only uint16/uint32 array (no copy), what
+    :func:`count_stored_buckets` reads; ``TypeError`` for any other dtype."""
+    if values.dtype not in STORED_WIDTHS:
+        raise TypeError(f"stored bits are read from bfloat16 or float32 tensors, got {values.dtype}")
+    view: np.ndarray = values.view(STORED_WIDTHS[values.dtype][0]).numpy().view(STORED_WIDTHS[values.dtype][1])
+    view.setflags(write=False)  # one numba signature whether the buffer is a read-only map or not
+    return view
+
+
+STORED_WIDTHS = {torch.bfloat16: (torch.int16, np.uint16), torch.float32: (torch.int32, np.uint32)}
+"""Stored dtypes whose float32 value is a widening of the stored bits: bfloat16 (the top half) and float32."""
+
+
+def count_stored_buckets(base: Tensor, expert: Tensor, hist: Tensor, row: int, buckets: int, *,
+                         work: tuple[Tensor, Tensor]) -> bool:
+    """``hist[row·buckets + bucket(|τ|)] += 1`` for ``τ = float32(expert) − float32(base)``, straight from the stored
+    bits of two flat bfloat16 or float32 tensors of one length; returns whether every entry of both is finite.
+
+    The same buckets as converting both to float32, subtracting and :func:`count_buckets` (the same float32
+    subtraction, on the same values), in one compiled call instead of seven torch calls and their passes over
+    memory: a counting pass over bf16 inputs took 0.11 s instead of 0.39 s for five experts' 32.8M-entry tensor on
+    one thread. One exception, which no threshold can tell: where both inputs are NaN, ``τ`` carries the expert's
+    NaN (x86 keeps the first operand's), where torch's ``sub_`` may keep the base's; either lies in a NaN bucket,
+    above every number, and a NaN threshold trims the same whatever its bits. ``work``: two float32 buffers of at
+    least as many entries, overwritten."""
+    m = base.numel()
+    if expert.numel() != m or base.dim() != 1 or expert.dim() != 1 or base.dtype != expert.dtype:
+        raise ValueError(f"count_stored_buckets needs two flat tensors of one dtype and length, got "
+                         f"{base.dtype} {tuple(base.shape)} and {expert.dtype} {tuple(expert.shape)}")
+    if hist.dtype != torch.int64 or not hist.is_contiguous() or hist.numel() < (row + 1) * buckets:
+        raise ValueError(f"a contiguous int64 histogram of at least {(row + 1) * buckets} bins is needed, got "
+                         f"{hist.dtype} {hist.numel()}")
+    if any(w.dtype != torch.float32 or not w.is_contiguous() or w.numel() < m for w in work):
+        raise ValueError(f"work must be two contiguous float32 buffers of ≥ {m} entries")
+    return bool(_compiled(_count_stored)(stored_bits(base), stored_bits(expert), hist.numpy(), row * buckets,
+                                         work[0].numpy(), work[1].numpy()))
 
 
 def _in_ranges(bits: np.ndarray, rows: np.ndarray, lows: np.ndarray, highs: np.ndarray, out: np.ndarray) -> None:

@@ -126,17 +126,30 @@ def test_truncated_shard_and_corrupt_header(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_non_finite_input_is_an_error_by_default(tmp_path: Path) -> None:
+TOP_K_METHODS = [({"method": "task_arithmetic"}, torch.bfloat16),
+                 ({"method": "ties", "parameters": {"top_k": 0.5, "topk_scope": "tensor"}}, torch.bfloat16),
+                 ({"method": "ties", "parameters": {"top_k": 0.5}}, torch.bfloat16),
+                 ({"method": "ties", "parameters": {"top_k": 0.5, "topk_scope": "tensor"}}, torch.float16)]
+"""A plain merge, and top-k counts from stored bf16 values and from float32 copies of float16 ones."""
+
+
+@pytest.mark.parametrize(("method", "dtype"), TOP_K_METHODS)
+@pytest.mark.parametrize("culprit", ["bad", "base"])
+def test_non_finite_input_is_an_error_by_default(method: dict, dtype: torch.dtype, culprit: str,
+                                                 tmp_path: Path) -> None:
     base = base_tensors()
-    base_dir = write_model(tmp_path / "base", base)
     bad = expert_tensors(base, 1)
-    bad["model.layers.1.self_attn.q_proj.weight"][2, 3] = float("nan")
-    bad_dir = write_model(tmp_path / "bad", bad)
-    with pytest.raises(NonFiniteError, match=r"'model.layers.1.self_attn.q_proj.weight' of '.*bad'") as info:
-        merge(recipe(base_dir, [bad_dir]), tmp_path / "out", options=QUIET)
+    (bad if culprit == "bad" else base)["model.layers.1.self_attn.q_proj.weight"][2, 3] = float("nan")
+    if culprit == "base":
+        bad["model.layers.1.self_attn.q_proj.weight"][2, 3] = 1.0
+    base_dir = write_model(tmp_path / "base", base, dtype=dtype)
+    bad_dir = write_model(tmp_path / "bad", bad, dtype=dtype)
+    with pytest.raises(NonFiniteError, match=rf"'model.layers.1.self_attn.q_proj.weight' of '.*{culprit}'") as info:
+        merge({**recipe(base_dir, [bad_dir]), **method}, tmp_path / "out", options=QUIET)
     assert "check_finite: false" in (info.value.hint or "")
     assert not (tmp_path / "out").exists()
-    merged = load_dir(merge(recipe(base_dir, [bad_dir], check_finite=False), tmp_path / "out", options=QUIET).out_dir)
+    merged = load_dir(merge({**recipe(base_dir, [bad_dir], check_finite=False), **method}, tmp_path / "out",
+                            options=QUIET).out_dir)
     assert torch.isnan(merged["model.layers.1.self_attn.q_proj.weight"][2, 3])
 
 

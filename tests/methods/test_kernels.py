@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import pytest
 import torch
 
-from mergebench.methods.kernels import count_buckets, in_ranges, ties_delta
+from mergebench.methods.kernels import count_buckets, count_stored_buckets, in_ranges, ties_delta
 from mergebench.methods.topk import BUCKETS, bucket_of, magnitude_bits
 
 PATTERNS = torch.tensor([0, 1, 2, 0xFFFF, 0x10000, 0x10001, 0x1FFFF, 0x3F800000, 0x3F800001, 0x3F80FFFF,
@@ -44,6 +45,63 @@ def test_count_matches_torch_on_every_corner(n: int) -> None:
     assert torch.equal(hist, torch_count(stack))
     count_buckets(stack[:, ::2], hist, BUCKETS)  # a strided view is counted as its values, and adds up
     assert torch.equal(hist, torch_count(stack) + torch_count(stack[:, ::2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("special", [False, True])
+def test_counting_from_stored_values_matches_a_float32_copy_and_tells_non_finite(dtype: torch.dtype,
+                                                                                special: bool) -> None:
+    """τ computed from the stored bits (bf16 widened, float32 as is) gives the buckets of converting, subtracting
+    and counting; the flag is False exactly when some entry of the base or the expert is NaN or ±inf. The corner
+    patterns include subtractions that overflow (±3.4e38 apart) and denormal differences."""
+    g = torch.Generator().manual_seed(3 + special)
+    m = 20_011
+    values = torch.randn(3, m, generator=g) * 1e-2
+    values[:, :6000] = adversarial(g, 3, 6000)
+    stored = values.to(dtype)
+    if not special:  # finite corners only
+        stored = stored.nan_to_num(0.0, 3e38, -3e38)
+    assert special != bool(stored.isfinite().all())
+    hist = torch.zeros(2 * BUCKETS, dtype=torch.int64)
+    work = (torch.empty(m + 5), torch.empty(m + 7))
+    finite = [count_stored_buckets(stored[0], stored[i], hist, i - 1, BUCKETS, work=work) for i in (1, 2)]
+    widened = stored.float()
+    assert_same_counts(hist, torch_count(widened[1:] - widened[0]))
+    assert finite == [bool(widened[[0, i]].isfinite().all()) for i in (1, 2)]
+    # a read-only map's bytes (as the engine reads local files) count as a writable tensor's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: a tensor over a read-only buffer
+        readonly = torch.frombuffer(bytes(stored[1].contiguous().view(torch.uint8).numpy()), dtype=dtype)
+    again = torch.zeros(2 * BUCKETS, dtype=torch.int64)
+    count_stored_buckets(stored[0], readonly, again, 0, BUCKETS, work=work)
+    assert torch.equal(again[:BUCKETS], hist[:BUCKETS])
+
+
+NAN_BUCKETS = 0xFF01
+"""The first bucket of a NaN's magnitude (pattern 0x7F800001); every finite value's and ±inf's lie below it."""
+
+
+def assert_same_counts(hist: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal counts in every bucket below NaN's and as many NaNs in all. ``NaN − NaN`` carries one operand's
+    payload, and which one is the hardware's and the kernel's choice (x86 keeps the first operand's; torch's sub
+    keeps the base's here): both are NaN, above every number, and a NaN threshold trims the same whatever its bits."""
+    rows, expected_rows = hist.view(-1, BUCKETS), expected.view(-1, BUCKETS)
+    assert torch.equal(rows[:, :NAN_BUCKETS], expected_rows[:, :NAN_BUCKETS])
+    assert torch.equal(rows[:, NAN_BUCKETS:].sum(1), expected_rows[:, NAN_BUCKETS:].sum(1))
+
+
+def test_counting_from_stored_values_refuses_what_it_cannot_widen() -> None:
+    hist = torch.zeros(BUCKETS, dtype=torch.int64)
+    work = (torch.empty(4), torch.empty(4))
+    with pytest.raises(TypeError, match="bfloat16 or float32"):
+        count_stored_buckets(torch.zeros(4, dtype=torch.float16), torch.zeros(4, dtype=torch.float16), hist, 0,
+                             BUCKETS, work=work)
+    with pytest.raises(ValueError, match="one dtype and length"):
+        count_stored_buckets(torch.zeros(4), torch.zeros(3), hist, 0, BUCKETS, work=work)
+    with pytest.raises(ValueError, match="work must be"):
+        count_stored_buckets(torch.zeros(8), torch.zeros(8), hist, 0, BUCKETS, work=work)
+    with pytest.raises(ValueError, match="histogram"):
+        count_stored_buckets(torch.zeros(4), torch.zeros(4), hist, 1, BUCKETS, work=work)
 
 
 def test_threads_counting_at_once_into_their_own_histograms_add_up() -> None:
