@@ -21,7 +21,7 @@ from mergebench.data.evalsets import EVAL_SETS
 from mergebench.data.sources import SOURCES, get_domain
 from mergebench.merge.card import CardInput, EvalRow, MergeCost, MergedCard, render_merged_card
 from mergebench.merge.recipe import MergeRecipe, ModelEntry
-from mergebench.methods import MethodSpec
+from mergebench.methods import MethodSpec, Params
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.train.card import MANIFEST_VERSION, ExpertManifest, PinnedInput, render_expert_card
 from mergebench.train.config import load_train_config
@@ -63,8 +63,11 @@ def _method_section(spec: MethodSpec) -> list[str]:
              "| parameter | type | default | range | meaning |", "|---|---|---|---|---|"]
     lines += [f"| `{p.name}` | {_cell(p.type)} | `{p.default}` | {p.range or '–'} | {_cell(p.doc)} |"
               for p in spec.parameters]
+    elementwise = "yes" if spec.elementwise else "no"
+    if spec.params_cls.elementwise is not Params.elementwise:  # decided per parameter value: say how
+        elementwise += f" with the defaults ({(spec.params_cls.elementwise.__doc__ or '').strip().rstrip('.')})"
     return [*lines, "", f"Search grid: {grid}. Inputs: {spec.inputs}. Recipe weights: {weights}. "
-                        f"Chunked multi-threaded merge (elementwise): {'yes' if spec.elementwise else 'no'}."]
+                        f"Chunked multi-threaded merge (elementwise): {elementwise}."]
 
 
 def methods_markdown() -> str:

@@ -25,6 +25,18 @@ def weighted_sum(stack: Tensor, weights: tuple[float, ...] | None) -> Tensor:
     return total
 
 
+def sum_in_expert_order(stack: Tensor) -> Tensor:
+    """``Σᵢ stack[i]`` added in expert order from ``+0``, so that an entry's sum depends on its own inputs only.
+
+    Why not ``stack.sum(0)``: with five experts or more torch adds the last columns of a row in another order than
+    the others, so an entry's bits would depend on the width of the tensor or chunk it is summed in, and a merge
+    chunked by the engine (:mod:`mergebench.merge.compute`) would differ from the same merge of whole tensors."""
+    total = torch.zeros_like(stack[0])
+    for row in stack:
+        total += row
+    return total
+
+
 def f32(t: Tensor) -> Tensor:
     """``t`` as float32 (no copy when it already is): every method computes in float32."""
     return t if t.dtype == torch.float32 else t.float()

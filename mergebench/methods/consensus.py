@@ -25,12 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mergebench.methods.common import f32, scale_experts_
+from mergebench.methods.common import f32, scale_experts_, sum_in_expert_order
 from mergebench.methods.registry import MergeContext, Params, Range, param, register
 
 
 @dataclass(frozen=True)
 class ConsensusParams(Params):
+    ELEMENTWISE = True
+
     k: int = param(2, "Minimum number of tasks whose TALL mask must contain an entry for it to be kept.",
                    within=Range(ge=1))
     tall_lambda: float = param(0.2, "λ_t of the TALL masks: entry important to task i iff |τᵢ| > "
@@ -58,10 +60,11 @@ def tall_votes(deltas: Tensor, multi_task: Tensor, tall_lambda: float) -> Tensor
         θ     = θ₀ + λ·(τ_MTL ⊙ c)
     """,
     grid={"tall_lambda": (0.2, 0.4, 0.6), "scaling": (0.4, 0.6, 0.8, 1.0)},
+    version=2,  # 2: sums in expert order, merged in chunks (torch.sum's order made 5+ experts' bits differ)
 )
 def consensus(base: Tensor, deltas: Tensor, p: ConsensusParams, ctx: MergeContext) -> Tensor:
     base, deltas = f32(base), f32(deltas)
     scale_experts_(deltas, ctx.weights)
-    multi_task = deltas.sum(0)
+    multi_task = sum_in_expert_order(deltas)
     keep = tall_votes(deltas, multi_task, p.tall_lambda) >= p.k
     return torch.add(base, multi_task.mul_(keep), alpha=p.scaling)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from mergebench.errors import StatisticsError
-from mergebench.methods.common import f32, require, scale_experts_
+from mergebench.methods.common import f32, require, scale_experts_, sum_in_expert_order
 from mergebench.methods.registry import MergeContext, Params, Range, param, register
 from mergebench.methods.ties import thresholds_for
 
@@ -50,6 +50,8 @@ TRAINED_ONLY = ("sigmoid_bias", "learning_rate", "epochs", "l1_strength", "num_s
 
 @dataclass(frozen=True)
 class LocalizeStitchParams(Params):
+    ELEMENTWISE = True  # dataless: per-tensor thresholds too, computed by the engine before chunking
+
     mode: Literal["dataless", "trained"] = param("dataless", "dataless: masks are the top-s task-vector entries; "
                                                  "trained: masks trained on validation data.")
     sparsity: float = param(0.1, "s: fraction of each task vector in its (initial) mask, over the whole model by "
@@ -79,6 +81,13 @@ class LocalizeStitchParams(Params):
 
     def global_topk(self) -> float | None:
         return self.sparsity if self.mode == "dataless" and self.topk_scope == "global" else None
+
+    def tensor_topk(self) -> float | None:
+        return self.sparsity if self.mode == "dataless" and self.topk_scope == "tensor" else None
+
+    def elementwise(self) -> bool:
+        """Dataless masks depend on an entry and the thresholds only; trained ones are whole-tensor statistics."""
+        return self.mode == "dataless"
 
     def uses_data(self) -> bool:
         return self.mode == "trained"
@@ -116,6 +125,7 @@ def localize(deltas: Tensor, p: LocalizeStitchParams, ctx: MergeContext) -> Iter
           θ   = θ₀ + λ·Σᵢ (Mᵢ / max(1, cnt)) ⊙ wᵢτᵢ
     """,
     grid={"sparsity": (0.05, 0.1, 0.2)},
+    version=2,  # 2: sums in expert order, merged in chunks (torch.sum's order made 5+ experts' bits differ)
     data_stats="mask",
 )
 def localize_stitch(base: Tensor, deltas: Tensor, p: LocalizeStitchParams, ctx: MergeContext) -> Tensor:
@@ -125,4 +135,4 @@ def localize_stitch(base: Tensor, deltas: Tensor, p: LocalizeStitchParams, ctx: 
         tau.mul_(mask)
         count += mask
     scale_experts_(deltas, ctx.weights)
-    return torch.add(base, deltas.sum(0).div_(count.clamp_(min=1)), alpha=p.scaling)
+    return torch.add(base, sum_in_expert_order(deltas).div_(count.clamp_(min=1)), alpha=p.scaling)

@@ -55,13 +55,13 @@ def test_hub_merge_is_byte_identical_to_local_and_leaves_no_copy(hub, hub_family
     assert pinned["base_model"].startswith(hub_family["base"] + "@") and len(pinned["base_model"].split("@")[1]) == 40
 
 
-@pytest.mark.parametrize(("method", "parameters", "reads"), [("ties", {"top_k": 0.3}, 1),
-                                                             ("localize_stitch", {"sparsity": 0.1}, 2)])
-def test_global_topk_from_the_hub_equals_the_local_merge(method, parameters, reads, hub, hub_family, tiny_llama,
+@pytest.mark.parametrize(("method", "parameters"), [("ties", {"top_k": 0.3}), ("localize_stitch", {"sparsity": 0.1}),
+                                                  ("localize_stitch", {"sparsity": 0.1, "topk_scope": "tensor"})])
+def test_global_topk_from_the_hub_equals_the_local_merge(method, parameters, hub, hub_family, tiny_llama,
                                                          tmp_path) -> None:
-    """From the Hub, an elementwise global top-k merge (TIES) reads a sample, then merges while counting: every
-    tensor fetched once. Dataless Localize-and-Stitch is not elementwise and counts first, as a local merge does.
-    Both give the bytes of the local merge."""
+    """From the Hub, an elementwise global top-k merge (TIES, dataless Localize-and-Stitch) reads a sample, then
+    merges while counting: every tensor fetched once, where a local merge counts first. Per-tensor top-k reads once
+    both ways. All give the bytes of the local merge."""
     domains = ["math", "coding", "safety"]
     local = merge(recipe_for(str(tiny_llama.base), [str(tiny_llama.experts[d]) for d in domains], method=method,
                              parameters=parameters), tmp_path / "local", options=QUIET)
@@ -73,11 +73,11 @@ def test_global_topk_from_the_hub_equals_the_local_merge(method, parameters, rea
                               parameters=parameters), tmp_path / "remote", options=QUIET)
     assert shard_bytes(local.out_dir) == shard_bytes(remote.out_dir)
     needed = sum(remote.plan.bytes_per_model.values())
-    assert local.bytes_read > 1.5 * needed  # counted, then merged
-    if reads == 1:  # a sample (runs of a quarter at most of a tiny model, read with gaps as long at most), merged
+    if parameters.get("topk_scope") == "tensor":  # each tensor counted, then merged, from the bytes read once
+        assert local.bytes_read == remote.bytes_read == needed
+    else:  # locally counted, then merged; from the Hub a sample (runs of a quarter at most of a tiny model, read
+        assert local.bytes_read > 1.5 * needed  # with gaps as long at most), then merged
         assert needed < remote.bytes_read <= 1.5 * needed
-    else:
-        assert remote.bytes_read == local.bytes_read
     assert remote.bytes_read <= hub.stats.bytes_for("*.safetensors") - header_reads <= remote.bytes_read * 1.05
 
 
