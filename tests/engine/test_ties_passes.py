@@ -274,15 +274,19 @@ def test_resume_after_a_kill_never_counts_again(sample: bool, where: str, after:
     assert not list(result.out_dir.glob(".*"))
 
 
-def test_from_the_hub_the_inputs_are_fetched_once(hub, hub_root, tmp_path) -> None:
-    base_dir, experts, _, _ = family(tmp_path / "in", 3, dtype=torch.float32)
-    ids = []
-    for folder in [base_dir, *experts]:
+def publish(hub_root: Path, folders: list[Path]) -> list[str]:
+    """Copy each model folder into the loopback Hub's root as ``org/<folder name>``; returns the repo ids."""
+    for folder in folders:
         repo = hub_root / "models" / "org" / folder.name
         repo.mkdir(parents=True)
         for f in folder.iterdir():
             (repo / f.name).write_bytes(f.read_bytes())
-        ids.append(f"org/{folder.name}")
+    return [f"org/{folder.name}" for folder in folders]
+
+
+def test_from_the_hub_the_inputs_are_fetched_once(hub, hub_root, tmp_path) -> None:
+    base_dir, experts, _, _ = family(tmp_path / "in", 3, dtype=torch.float32)
+    ids = publish(hub_root, [base_dir, *experts])
     parameters = {"top_k": 0.2}
     local = merge(recipe(base_dir, experts, method="ties", parameters=parameters), tmp_path / "local", options=OPTIONS)
     # by default a local merge counts first (a second local read costs less than a sample and its set-aside)
@@ -304,13 +308,7 @@ def test_a_sample_over_the_hub_reads_neighbouring_runs_in_one_request(hub, hub_r
     """Runs reach the ends of their tensors, so a tensor's last run and the next tensor's first are read together:
     fewer requests than runs, each run's values those of the checkpoint."""
     base_dir, experts, base, expert_values = family(tmp_path / "in", 3, shards=2)
-    ids = []
-    for folder in [base_dir, *experts]:
-        repo = hub_root / "models" / "org" / folder.name
-        repo.mkdir(parents=True)
-        for f in folder.iterdir():
-            (repo / f.name).write_bytes(f.read_bytes())
-        ids.append(f"org/{folder.name}")
+    ids = publish(hub_root, [base_dir, *experts])
     inputs = prepare({"method": "ties", "base_model": ids[0], "models": [{"model": i} for i in ids[1:]]})
     slices = plan_slices([t for t in inputs.plan.tensors if t.mergeable])
     hub.stats.reset()
