@@ -84,7 +84,7 @@ def plan_slices(tensors: Sequence[TensorPlan], slices: int = SAMPLE_SLICES, entr
 
 
 @dataclass(frozen=True)
-class _Read:
+class SampleRead:
     """Bytes ``[begin, end)`` of the data section of one file (``filename``) of model ``model``: one request."""
 
     model: int
@@ -94,7 +94,7 @@ class _Read:
 
 
 def plan_reads(spans: Mapping[tuple[int, str], Sequence[tuple[int, int]]], *, gap: int = SAMPLE_GAP_BYTES,
-               extra: int | None = None) -> list[_Read]:
+               extra: int | None = None) -> list[SampleRead]:
     """The requests that fetch byte ranges ``spans[(model, filename)]`` (disjoint, any order): neighbouring ranges
     of one file are joined across gaps of at most ``gap`` bytes, smallest gaps first, until the bytes joined in
     reach ``extra`` (default: the ranges' own total, so a sample never costs more than twice its bytes)."""
@@ -113,10 +113,10 @@ def plan_reads(spans: Mapping[tuple[int, str], Sequence[tuple[int, int]]], *, ga
         begin, end = ranges[0]
         for i, (b, e) in enumerate(ranges[1:]):
             if (key, i) not in joined:
-                reads.append(_Read(*key, begin, end))
+                reads.append(SampleRead(*key, begin, end))
                 begin = b
             end = e
-        reads.append(_Read(*key, begin, end))
+        reads.append(SampleRead(*key, begin, end))
     return reads
 
 
@@ -141,7 +141,7 @@ def sample_task_vectors(inputs: MergeInputs, slices: Sequence[SampleSlice], *,
     try:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="mergebench-sample") as pool:
             data = list(pool.map(lambda r: sources[r.model, r.filename].read(r.begin, r.end), reads))
-        starts: dict[tuple[int, str], list[tuple[int, _Read, memoryview]]] = {}
+        starts: dict[tuple[int, str], list[tuple[int, SampleRead, memoryview]]] = {}
         for read, view in zip(reads, data, strict=True):
             starts.setdefault((read.model, read.filename), []).append((read.begin, read, view))
 

@@ -1,5 +1,6 @@
-"""Fused loops for the hot spots of top-k merging, compiled by numba: the top-k bucket count, the test of which
-positions a provisional threshold leaves undecided, and TIES' arithmetic.
+"""Fused loops for the hot spots of top-k merging, compiled by numba: the top-k bucket count (of float32 task
+vectors, or straight from the stored bf16/float32 inputs), the test of which positions a provisional threshold
+leaves undecided, and TIES' arithmetic.
 
 Why: through torch, a chunk of TIES was about 45 calls, each a pass over the chunk and a release and re-take of
 the GIL, and the bucket count an ``index_add_`` scattering one entry at a time. Here each is one compiled loop
