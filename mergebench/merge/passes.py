@@ -35,7 +35,6 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from mergebench.errors import NonFiniteError
@@ -48,7 +47,7 @@ from mergebench.methods import MergeContext
 from mergebench.methods.kernels import STORED_WIDTHS
 from mergebench.methods.topk import GlobalTopK, Interval, Selection, select_buckets
 from mergebench.stats import StatisticsReader
-from mergebench.stream.format import DTYPES, element_size, tensor_view
+from mergebench.stream.format import DTYPE_NAMES, DTYPES, element_size, encode_header, tensor_view
 from mergebench.stream.reader import TensorStream
 from mergebench.stream.writer import BackgroundWriter, ShardWriter, patch_shard
 from mergebench.work import atomic_file
@@ -178,13 +177,14 @@ class Records:
             self._parts.append((index, values))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(index [k] int64, values [n + 1, k])`` sorted by index, or ``None`` when nothing was set aside."""
-        if not self._parts:
+        """``(index [k] int64, values [n + 1, k])`` sorted by index, or ``None`` when nothing was set aside; the
+        parts added are let go. A chunk adds its positions in order and chunks do not overlap, so ordering the parts
+        by their first position orders every position, without a sort of them all and the copy it would take."""
+        with self._lock:
+            parts, self._parts = sorted(self._parts, key=lambda part: int(part[0][0])), []
+        if not parts:
             return None
-        index = torch.cat([i for i, _ in self._parts])
-        values = torch.cat([v for _, v in self._parts], dim=1)
-        order = index.argsort()
-        return index[order], values[:, order].contiguous()
+        return torch.cat([i for i, _ in parts]), torch.cat([v for _, v in parts], dim=1)
 
 
 def _record_bytes(inputs: MergeInputs) -> int:
@@ -543,13 +543,17 @@ def _records_path(out: Path, filename: str) -> Path:
 
 def _save_records(out: Path, filename: str, pending: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                   histogram: torch.Tensor | None = None) -> None:
-    """Write a shard's set-aside positions and counts (atomically, before the shard is recorded as complete)."""
+    """Write a shard's set-aside positions and counts (atomically, before the shard is recorded as complete),
+    tensor by tensor from their own memory (``save_file`` would first copy each into a bytes object)."""
     tensors = {} if histogram is None else {HISTOGRAM_KEY: histogram}
     for name, (index, values) in pending.items():
         tensors[f"{name}::index"] = index
         tensors[f"{name}::values"] = values
-    with atomic_file(_records_path(out, filename)) as tmp:
-        save_file(tensors, str(tmp))
+    header = encode_header([(key, DTYPE_NAMES[t.dtype], tuple(t.shape)) for key, t in tensors.items()])
+    with atomic_file(_records_path(out, filename)) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        for t in tensors.values():
+            f.write(t.contiguous().view(torch.uint8).numpy().data)
 
 
 def _load_records(path: Path) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
