@@ -177,14 +177,13 @@ class Records:
             self._parts.append((index, values))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(index [k] int64, values [n + 1, k])`` sorted by index, or ``None`` when nothing was set aside; the
-        parts added are let go. A chunk adds its positions in order and chunks do not overlap, so ordering the parts
-        by their first position orders every position, without a sort of them all and the copy it would take."""
-        with self._lock:
-            parts, self._parts = sorted(self._parts, key=lambda part: int(part[0][0])), []
-        if not parts:
+        """``(index [k] int64, values [n + 1, k])`` sorted by index, or ``None`` when nothing was set aside."""
+        if not self._parts:
             return None
-        return torch.cat([i for i, _ in parts]), torch.cat([v for _, v in parts], dim=1)
+        index = torch.cat([i for i, _ in self._parts])
+        values = torch.cat([v for _, v in self._parts], dim=1)
+        order = index.argsort()
+        return index[order], values[:, order].contiguous()
 
 
 def _record_bytes(inputs: MergeInputs) -> int:
