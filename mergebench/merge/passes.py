@@ -44,7 +44,7 @@ from mergebench.merge.options import MergeOptions
 from mergebench.merge.plan import TensorPlan
 from mergebench.merge.sample import plan_slices, sample_task_vectors
 from mergebench.methods import MergeContext
-from mergebench.methods.kernels import STORED_WIDTHS
+from mergebench.methods.kernels import STORED_WIDTHS, widen_task_vectors
 from mergebench.methods.topk import GlobalTopK, Interval, Selection, select_buckets
 from mergebench.stats import StatisticsReader
 from mergebench.stream.format import DTYPE_NAMES, DTYPES, element_size, encode_header, tensor_view
@@ -127,16 +127,17 @@ def _load_stack(inputs: MergeInputs, t: TensorPlan, raw: Raw, *,
 
 def _count_chunk(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tensor], pool: ChunkPool, acc: GlobalTopK,
                  pass_index: int, check_finite: bool, start: int, end: int) -> None:
-    """Feed the task vectors of one chunk to a top-k counting pass: the bucket pass from the stored values when
-    their dtype widens to float32 (bfloat16, float32), else from float32 copies."""
+    """Feed the task vectors of one chunk to a top-k counting pass: widened straight from the stored values when
+    their dtype is a truncated float32 (bfloat16, float32), else from float32 copies."""
     base, stack = pool.buffers(end - start)
-    if pass_index == 0 and DTYPES[t.in_dtype] in STORED_WIDTHS:
+    if DTYPES[t.in_dtype] in STORED_WIDTHS:
         parts = [f[start:end] for f in flats]
-        if not acc.update_stored(parts[0], parts[1:], work=(base, stack[0])) and check_finite:
+        if not widen_task_vectors(parts[0], parts[1:], base, stack) and check_finite:
             _name_non_finite(inputs, t, [part.float() for part in parts])
-        return
-    _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
-    acc.update(pass_index, stack.sub_(base))
+    else:
+        _load_into(inputs, t, flats, base, stack, start, check_finite=check_finite)
+        stack.sub_(base)
+    acc.update(pass_index, stack)
 
 
 def _compute_pool(inputs: MergeInputs, options: MergeOptions) -> ChunkPool:

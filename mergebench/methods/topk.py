@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mergebench.methods.kernels import count_buckets, count_stored_buckets, in_ranges
+from mergebench.methods.kernels import count_buckets, in_ranges
 
 BINS = 1 << 16
 """Values of the high (and of the low) 16 bits of a float32 bit pattern."""
@@ -372,33 +372,13 @@ class GlobalTopK:
         with self._lock:
             self._seen[pass_index] += m
 
-    def update_stored(self, base: Tensor, experts: Sequence[Tensor], *, work: tuple[Tensor, Tensor]) -> bool:
-        """Pass 0 from stored values: count ``τᵢ = float32(experts[i]) − float32(base)`` of flat bfloat16 or float32
-        tensors (:data:`~mergebench.methods.kernels.STORED_WIDTHS`) as :meth:`update` counts their float32 stack,
-        without making it (:func:`~mergebench.methods.kernels.count_stored_buckets`, ``work`` its two buffers);
-        returns whether every entry of every input was finite."""
-        self._check_pass(0)
-        if len(experts) != self.n:
-            raise ValueError(f"{len(experts)} experts, expected {self.n}")
-        hist = self._partial().hist
-        finite = True
-        for i, expert in enumerate(experts):
-            finite &= count_stored_buckets(base, expert, hist, i, BUCKETS, work=work)
-        with self._lock:
-            self._seen[0] += base.numel()
-        return finite
-
-    def _partial(self) -> _Partial:
-        """This thread's histogram."""
+    def _count_buckets(self, flat: Tensor) -> None:
         local: _Partial | None = getattr(self._local, "partial", None)
         if local is None:
             local = self._local.partial = _Partial(self.n)
             with self._lock:
                 self._partials.append(local)
-        return local
-
-    def _count_buckets(self, flat: Tensor) -> None:
-        count_buckets(flat, self._partial().hist, BUCKETS)
+        count_buckets(flat, local.hist, BUCKETS)
 
     def _count_low_bits(self, flat: Tensor) -> None:
         """Pass 1: the low 16 bits of the entries in each open bucket ``2h + 1`` (patterns strictly between

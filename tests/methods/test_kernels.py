@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from mergebench.methods.kernels import count_buckets, count_stored_buckets, in_ranges, ties_delta
+from mergebench.methods.kernels import count_buckets, in_ranges, ties_delta, widen_task_vectors
 from mergebench.methods.topk import BUCKETS, bucket_of, magnitude_bits
 
 PATTERNS = torch.tensor([0, 1, 2, 0xFFFF, 0x10000, 0x10001, 0x1FFFF, 0x3F800000, 0x3F800001, 0x3F80FFFF,
@@ -49,10 +49,10 @@ def test_count_matches_torch_on_every_corner(n: int) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("special", [False, True])
-def test_counting_from_stored_values_matches_a_float32_copy_and_tells_non_finite(dtype: torch.dtype,
-                                                                                special: bool) -> None:
-    """τ computed from the stored bits (bf16 widened, float32 as is) gives the buckets of converting, subtracting
-    and counting; the flag is False exactly when some entry of the base or the expert is NaN or ±inf. The corner
+def test_task_vectors_widened_from_stored_values_count_as_a_float32_copy_and_tell_non_finite(
+        dtype: torch.dtype, special: bool) -> None:
+    """τ computed from the stored bits (bf16 widened, float32 as is) gives the buckets of converting and
+    subtracting; the flag is False exactly when some entry of the base or an expert is NaN or ±inf. The corner
     patterns include subtractions that overflow (±3.4e38 apart) and denormal differences."""
     g = torch.Generator().manual_seed(3 + special)
     m = 20_011
@@ -62,19 +62,34 @@ def test_counting_from_stored_values_matches_a_float32_copy_and_tells_non_finite
     if not special:  # finite corners only
         stored = stored.nan_to_num(0.0, 3e38, -3e38)
     assert special != bool(stored.isfinite().all())
-    hist = torch.zeros(2 * BUCKETS, dtype=torch.int64)
-    work = (torch.empty(m + 5), torch.empty(m + 7))
-    finite = [count_stored_buckets(stored[0], stored[i], hist, i - 1, BUCKETS, work=work) for i in (1, 2)]
+    stack = torch.empty(2, m)
+    finite = widen_task_vectors(stored[0], [stored[1], stored[2]], torch.empty(m + 5), stack)
     widened = stored.float()
+    assert finite == bool(widened.isfinite().all())
+    hist = torch.zeros(2 * BUCKETS, dtype=torch.int64)
+    count_buckets(stack, hist, BUCKETS)
     assert_same_counts(hist, torch_count(widened[1:] - widened[0]))
-    assert finite == [bool(widened[[0, i]].isfinite().all()) for i in (1, 2)]
-    # a read-only map's bytes (as the engine reads local files) count as a writable tensor's
+    both_nan = widened[1:].isnan() & widened[0].isnan()
+    assert torch.equal(stack.view(torch.int32)[~both_nan], (widened[1:] - widened[0]).view(torch.int32)[~both_nan])
+    # a read-only map's bytes (as the engine reads local files) widen as a writable tensor's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch: a tensor over a read-only buffer
         readonly = torch.frombuffer(bytes(stored[1].contiguous().view(torch.uint8).numpy()), dtype=dtype)
-    again = torch.zeros(2 * BUCKETS, dtype=torch.int64)
-    count_stored_buckets(stored[0], readonly, again, 0, BUCKETS, work=work)
-    assert torch.equal(again[:BUCKETS], hist[:BUCKETS])
+    again = torch.empty(1, m)
+    widen_task_vectors(stored[0], [readonly], torch.empty(m), again)
+    assert torch.equal(again.view(torch.int32), stack[:1].view(torch.int32))
+
+
+def test_widening_refuses_what_it_cannot_widen() -> None:
+    work, stack = torch.empty(4), torch.empty(1, 4)
+    with pytest.raises(TypeError, match="bfloat16 or float32"):
+        widen_task_vectors(torch.zeros(4, dtype=torch.float16), [torch.zeros(4, dtype=torch.float16)], work, stack)
+    with pytest.raises(ValueError, match="one dtype and length"):
+        widen_task_vectors(torch.zeros(4), [torch.zeros(3)], work, stack)
+    with pytest.raises(ValueError, match="work must be"):
+        widen_task_vectors(torch.zeros(8), [torch.zeros(8)], work, torch.empty(1, 8))
+    with pytest.raises(ValueError, match="stack must be"):
+        widen_task_vectors(torch.zeros(4), [torch.zeros(4)], work, torch.empty(2, 4))
 
 
 NAN_BUCKETS = 0xFF01
@@ -88,20 +103,6 @@ def assert_same_counts(hist: torch.Tensor, expected: torch.Tensor) -> None:
     rows, expected_rows = hist.view(-1, BUCKETS), expected.view(-1, BUCKETS)
     assert torch.equal(rows[:, :NAN_BUCKETS], expected_rows[:, :NAN_BUCKETS])
     assert torch.equal(rows[:, NAN_BUCKETS:].sum(1), expected_rows[:, NAN_BUCKETS:].sum(1))
-
-
-def test_counting_from_stored_values_refuses_what_it_cannot_widen() -> None:
-    hist = torch.zeros(BUCKETS, dtype=torch.int64)
-    work = (torch.empty(4), torch.empty(4))
-    with pytest.raises(TypeError, match="bfloat16 or float32"):
-        count_stored_buckets(torch.zeros(4, dtype=torch.float16), torch.zeros(4, dtype=torch.float16), hist, 0,
-                             BUCKETS, work=work)
-    with pytest.raises(ValueError, match="one dtype and length"):
-        count_stored_buckets(torch.zeros(4), torch.zeros(3), hist, 0, BUCKETS, work=work)
-    with pytest.raises(ValueError, match="work must be"):
-        count_stored_buckets(torch.zeros(8), torch.zeros(8), hist, 0, BUCKETS, work=work)
-    with pytest.raises(ValueError, match="histogram"):
-        count_stored_buckets(torch.zeros(4), torch.zeros(4), hist, 1, BUCKETS, work=work)
 
 
 def test_threads_counting_at_once_into_their_own_histograms_add_up() -> None:
