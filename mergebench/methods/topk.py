@@ -214,14 +214,21 @@ _INFINITY_BITS = 0x7F800000
 
 @dataclass(frozen=True)
 class Interval:
-    """Per expert, a run of buckets ``[first[i], last[i]]`` (``first`` even, ``last`` odd) expected to hold its
-    ``K``-th largest ``|τᵢ|``, estimated from a sample of the task vectors before anything is counted.
+    """Per expert, a run of buckets ``[first[i], last[i]]`` expected to hold its ``K``-th largest ``|τᵢ|``,
+    estimated from a sample of the task vectors before anything is counted.
 
     With it, one pass over the inputs can merge and count at once: :meth:`provisional` thresholds keep every
     ``|τᵢ|`` above the run and drop every one below it, as any threshold inside the run would, and the positions
-    where some ``|τᵢ|`` lies inside its run (:meth:`undecided`, bit patterns ``[first/2·2¹⁶, (last/2 + 1)·2¹⁶)``)
-    are set aside. If the exact bucket found by the count lies inside the run (:meth:`covers`), those positions
-    are all that is still undecided — its open bucket's entries among them —, else the pass was in vain.
+    where some ``|τᵢ|`` lies inside its run (:meth:`undecided`) are set aside. If the exact bucket found by the
+    count lies inside the run (:meth:`covers`), those positions are all that is still undecided — its open
+    bucket's entries among them —, else the pass was in vain.
+
+    An even ``last`` is one value ``v``, the largest any threshold in the run can be, so ``|τᵢ| = v`` is kept
+    whichever it is: :meth:`provisional` keeps it and it is not set aside. This matters for bf16 checkpoints,
+    whose task vectors pile up on a few values (a difference of one unit in the last place is a power of two):
+    when a threshold lands on such a value, the sample pins the run to that one bucket and nothing is set aside,
+    where a run ending in the odd bucket above it set aside every entry equal to it (7.5 % of the positions for
+    Localize-and-Stitch's top 10 % of five 0.4B bf16 experts).
     """
 
     first: tuple[int, ...]
@@ -262,22 +269,31 @@ class Interval:
             estimate = bucket(fraction)
             kept = torch.bincount(slice_of, weights=(row >= estimate).double(), minlength=len(sample)) / sizes
             error = max(_stratified_error(kept, strata, shares), binomial)
-            firsts.append(bucket(fraction + z * error) // 2 * 2)
-            lasts.append(bucket(fraction - z * error) // 2 * 2 + 1)
+            firsts.append(bucket(fraction + z * error))
+            lasts.append(bucket(fraction - z * error))
         return cls(tuple(firsts), tuple(lasts))
 
     def _patterns(self) -> tuple[list[int], list[int]]:
-        lows = [(b // 2) << 16 for b in self.first]
-        return lows, [min(((b // 2) + 1) << 16, _INFINITY_BITS) for b in self.last]
+        """Per expert, the bit patterns ``[low, high)`` left undecided: the run, less an even ``last``'s value.
+
+        Bucket ``2h`` is the pattern ``h·2¹⁶`` alone and bucket ``2h + 1`` the patterns strictly between ``h·2¹⁶``
+        and ``(h + 1)·2¹⁶``, so the run starts at ``h·2¹⁶`` (+ 1 for an odd ``first``) and ends before ``h·2¹⁶``
+        for an even ``last`` (its value is kept), before ``(h + 1)·2¹⁶`` for an odd one; ``inf`` at most."""
+        lows = [((b // 2) << 16) + b % 2 for b in self.first]
+        return lows, [min(((b // 2) + b % 2) << 16, _INFINITY_BITS) for b in self.last]
 
     def provisional(self) -> Tensor:
-        """``[n]`` float32: keep ``|τᵢ|`` at or above the run (the top of its last bucket; ``inf`` at most)."""
+        """``[n]`` float32: keep ``|τᵢ|`` above the run, and an even last bucket's value (``inf`` at most)."""
         return _as_float(torch.tensor(self._patterns()[1], dtype=torch.int64))
 
     def undecided(self, stack: Tensor) -> Tensor:
-        """``[m]`` bool: positions of a float32 ``[n, m]`` task-vector stack where some ``|τᵢ|`` lies in its run."""
+        """``[m]`` bool: positions of a float32 ``[n, m]`` task-vector stack where some ``|τᵢ|`` lies in its run
+        (:meth:`_patterns`; experts whose run is one even bucket leave nothing undecided)."""
         lows, highs = self._patterns()
-        return in_ranges(stack, range(len(lows)), lows, highs)
+        rows = [i for i, (low, high) in enumerate(zip(lows, highs, strict=True)) if low < high]
+        if not rows:
+            return torch.zeros(stack.shape[1:], dtype=torch.bool, device=stack.device)
+        return in_ranges(stack, rows, [lows[i] for i in rows], [highs[i] for i in rows])
 
     def covers(self, selection: Selection) -> bool:
         """Whether each expert's exact bucket lies in its run, so the positions set aside decide every threshold."""

@@ -36,7 +36,9 @@ from mergebench.methods.common import is_embedding
 from mergebench.methods.ties import TiesParams
 from mergebench.stream import writer as writer_module
 from tests.engine._build import base_tensors, family, recipe, write_model
+from tests.methods.test_methods import ref_localize_stitch
 from tests.methods.test_ties_exact import textbook_ties
+from tests.methods.test_topk_interval import few_units_in_the_last_place, sorted_threshold
 
 OPTIONS = MergeOptions(progress=False, shard_size=1500, compute_chunk=97, compute_threads=2)
 """Several output shards, odd chunks on two threads; a sample for global top-k only from the Hub."""
@@ -150,6 +152,38 @@ def test_a_sample_that_misses_the_thresholds_costs_a_second_pass_not_the_result(
     assert not list(result.out_dir.glob(".*"))
     merging = sum(result.plan.bytes_per_model.values())
     assert_sampled(result.bytes_read - 2 * merging, result.plan, 4)
+
+
+@pytest.mark.parametrize(("method", "parameters"), [("ties", {"top_k": 0.1}), ("localize_stitch", {"sparsity": 0.4})])
+def test_thresholds_on_values_many_entries_share_set_nothing_aside(method, parameters, tmp_path, monkeypatch) -> None:
+    """bf16 experts a few units in the last place from their base: each threshold is one value that many entries
+    share, the sample pins it, and the one merge pass decides every position (nothing recorded, nothing patched)
+    with the bits of a merge whose thresholds were counted first."""
+    g = torch.Generator().manual_seed(4)
+    shapes = {"model.layers.0.mlp.up_proj.weight": (256, 128), "model.layers.0.self_attn.q_proj.weight": (128, 128),
+              "model.layers.1.mlp.up_proj.weight": (256, 128), "model.norm.weight": (128,)}
+    made = {name: few_units_in_the_last_place(g, 3, shape) for name, shape in shapes.items()}
+    base = {name: b for name, (b, _) in made.items()}
+    experts = [{name: e[i] for name, (_, e) in made.items()} for i in range(3)]
+    config = recipe(write_model(tmp_path / "base", base, shards=2),
+                    [write_model(tmp_path / f"e{i}", e, shards=2) for i, e in enumerate(experts)],
+                    method=method, parameters=parameters)
+    saved = count_calls(monkeypatch, passes, "_save_records")
+    one_pass = merge(config, tmp_path / "one-pass", options=SAMPLE)
+    assert saved and all(not pending for _, _, pending, *_ in saved)   # each shard's counts, no position
+    counted_first = merge(config, tmp_path / "counted", options=COUNT)
+    assert one_pass.bytes_read < counted_first.bytes_read
+    got = {name: t.float() for name, t in load_dir(one_pass.out_dir).items()}  # bf16, as the inputs
+    assert_same_bits(got, {name: t.float() for name, t in load_dir(counted_first.out_dir).items()})
+    if method == "ties":
+        assert_same_bits(got, {name: t.bfloat16().float()
+                               for name, t in textbook_merge(base, experts, parameters).items()})
+    else:  # the reference stitches in another order: equal to bf16 rounding
+        taus = {name: torch.stack([e[name] - base[name] for e in experts]) for name in base}
+        thresholds = sorted_threshold(list(taus.values()), parameters["sparsity"])
+        for name, tau in taus.items():
+            expected = ref_localize_stitch(base[name], tau, {"scaling": 1.0}, [1.0] * 3, thresholds=thresholds)
+            torch.testing.assert_close(got[name], expected.bfloat16().float(), rtol=2**-8, atol=0)
 
 
 @pytest.mark.parametrize("hold", [True, False])

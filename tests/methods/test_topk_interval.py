@@ -82,6 +82,50 @@ def test_an_interval_covers_only_buckets_inside_its_runs_and_survives_json() -> 
     assert interval.provisional().view(torch.int32).tolist() == [7 << 16, 13 << 16]
 
 
+def few_units_in_the_last_place(g: torch.Generator, n: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """A one-binade bf16 base ``shape`` and ``n`` bf16 experts ``[n, *shape]`` that moved each of its weights by
+    0–3 units in the last place (2⁻⁷ in [1, 2)): ``|τ|`` takes four values, 0.28 / 0.5 / 0.2 / 0.02 of the
+    entries, as a real bf16 fine-tune's task vector piles up on powers of two."""
+    base = (1 + 0.9 * torch.rand(shape, generator=g)).bfloat16().float()
+    picks = torch.multinomial(torch.tensor([0.28, 0.5, 0.2, 0.02]), n * base.numel(), replacement=True,
+                              generator=g).view(n, *shape)
+    signs = torch.where(torch.rand(n, *shape, generator=g) < 0.5, -1.0, 1.0)
+    return base, (base + signs * torch.tensor([0.0, 1.0, 2.0, 3.0])[picks] * 2**-7).bfloat16().float()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.4])
+def test_a_threshold_on_a_value_many_entries_share_sets_nothing_aside(fraction: float) -> None:
+    """0.1 lies inside the 2·2⁻⁷ value's share (0.02–0.22 from the top), 0.4 inside 2⁻⁷'s (0.22–0.72): the run
+    is that value's bucket alone, the threshold can only be that value, and every entry is decided."""
+    g = torch.Generator().manual_seed(3)
+    stacks = [experts - base for base, experts in
+              (few_units_in_the_last_place(g, 3, shape) for shape in [(256, 256), (128, 512), (64, 64)])]
+    interval = estimate(stacks, fraction)
+    assert interval is not None and interval.covers(counted(stacks, fraction))
+    assert interval.first == interval.last and all(b % 2 == 0 for b in interval.first)
+    flat = torch.cat([s.reshape(3, -1) for s in stacks], dim=1)
+    assert not interval.undecided(flat).any()
+    exact = sorted_threshold(stacks, fraction)
+    assert torch.equal(interval.provisional(), exact)
+    assert torch.equal(flat.abs() >= interval.provisional()[:, None], flat.abs() >= exact[:, None])
+
+
+def test_a_run_leaves_undecided_what_a_threshold_inside_it_could_decide_either_way() -> None:
+    """Bucket 2h is the value h·2¹⁶ (here 1.0), 2h ± 1 the values strictly between it and its neighbours."""
+    h = 0x3F80
+    values = torch.tensor([0.99999994, 1.0, 1.0000001, 1.0078125])  # the bf16 value after 1.0 is 1 + 2⁻⁷
+    stack = values[None, :]
+
+    def run(first: int, last: int) -> tuple[list[bool], float]:
+        interval = Interval((first,), (last,))
+        return interval.undecided(stack).tolist(), float(interval.provisional()[0])
+
+    assert run(2 * h, 2 * h) == ([False] * 4, 1.0)                          # the threshold is 1.0: all decided
+    assert run(2 * h - 1, 2 * h) == ([True, False, False, False], 1.0)      # 1.0 is kept by any threshold ≤ 1.0
+    assert run(2 * h, 2 * h + 1) == ([False, True, True, False], 1.0078125)
+    assert run(2 * h + 1, 2 * h + 1) == ([False, False, True, False], 1.0078125)  # 1.0 is below the run: dropped
+
+
 def test_the_provisional_threshold_stops_at_infinity() -> None:
     top = 2 * (0x7F80 - 1) + 1  # the bucket just below inf's
     interval = Interval((top - 1,), (top + 2,))
