@@ -8,9 +8,14 @@ fetches each byte once and computes while the next arrive should then cost about
 which fetches the inputs twice (a counting pass, then the merge pass), about two. The family, recipes and
 measurements are ``merge_vs_mergekit.py``'s (imported from it, and its work folder reused); MergeBench only:
 mergekit downloads every input before merging, so its cost on a link is a download plus its local merge, both
-measured there. Each repeat runs the download and the three merges in turn, on warm inputs and a fresh Hub cache.
+measured there. Each repeat runs the download and the merges in turn, on warm inputs and a fresh Hub cache.
 
-    python benchmarks/hub_link.py [--rate BYTES_PER_S] [--repeat N] [--no-write] [--work-dir DIR]
+``--every-method`` adds the other data-free methods at their default parameters (model soup, DARE, consensus,
+dataless Localize-and-Stitch), which mergekit has no equal of; with ``--rate 0`` (no link: 127.0.0.1's speed, as
+``merge_vs_mergekit.py``'s Hub rows) that is the table of issue 19's "every method from the Hub ≤ 1.2× one
+download" (section ``hub_methods``).
+
+    python benchmarks/hub_link.py [--rate BYTES_PER_S] [--every-method] [--repeat N] [--no-write] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -33,11 +38,24 @@ from mergebench.hubserver import LoopbackHub
 HERE = Path(__file__).resolve().parent
 GBIT = 125e6
 """Bytes per second of a 1 Gbit/s link."""
+OTHER_METHODS = ("model_soup", "dare", "consensus", "localize_stitch")
+"""Data-free methods besides ``merge_vs_mergekit.py``'s, run with ``--every-method`` at their defaults."""
+
+
+def every_case(base: str, experts: list[str], every_method: bool) -> list[vs.Case]:
+    """``merge_vs_mergekit.py``'s rows, then (``every_method``) the other data-free methods at their defaults."""
+    rows = vs.cases(base, experts)
+    if not every_method:
+        return rows
+    template = rows[0].recipe  # Task Arithmetic's: base, experts, dtype, embeddings merged
+    return rows + [vs.Case(f"{method} (defaults)", {**template, "method": method, "parameters": {}}, None, None)
+                   for method in OTHER_METHODS]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=GBIT, help="link rate in bytes/s (default: 1 Gbit/s)")
+    parser.add_argument("--rate", type=float, default=GBIT, help="link rate in bytes/s (default: 1 Gbit/s; 0: no link)")
+    parser.add_argument("--every-method", action="store_true", help="every data-free method, not only TA and TIES")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each row (median reported)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--work-dir", type=Path, default=HERE / ".work" / "vs_mergekit")
@@ -52,14 +70,14 @@ def main() -> None:
     downloads: list[float] = []
     runs: dict[str, list[dict]] = {}
     with LoopbackHub(work / "hub") as hub:
-        hub.link.rate = args.rate
+        hub.link.rate = args.rate or None
         env["HF_ENDPOINT"] = hub.url
         for _ in range(args.repeat):
             warm(family)
             hub.stats.reset()
             downloads.append(vs.download_once(ids, work, env)[0])
             print(f"  download: {downloads[-1]:.1f} s", file=sys.stderr)
-            for case in vs.cases(ids[0], ids[1:]):
+            for case in every_case(ids[0], ids[1:], args.every_method):
                 warm(family)
                 hub.stats.reset()
                 run, _ = vs.mergebench_run(case, work, env)
@@ -70,17 +88,22 @@ def main() -> None:
     table = render(doc)
     print(table)
     if not args.no_write:
-        write_section("hub_link", "Merges from the Hub through a network link (`benchmarks/hub_link.py`)", table)
+        if args.every_method and not args.rate:
+            write_section("hub_methods", "Every data-free method from the Hub (`benchmarks/hub_link.py "
+                          "--every-method --rate 0`)", table)
+        else:
+            write_section("hub_link", "Merges from the Hub through a network link (`benchmarks/hub_link.py`)", table)
 
 
 def render(doc: dict) -> str:
     gb, download = 1e9, statistics.median(doc["downloads"])
     inputs = (vs.N_EXPERTS + 1) * vs.SHAPE.parameters * 2 / gb
     lines = [
-        f"Loopback Hub behind a link of {doc['rate'] * 8 / 1e9:g} Gbit/s ({doc['rate'] / 1e6:g} MB/s) shared by every "
-        f"connection; `merge_vs_mergekit.py`'s family ({inputs:.1f} GB of bf16 "
+        (f"Loopback Hub behind a link of {doc['rate'] * 8 / 1e9:g} Gbit/s ({doc['rate'] / 1e6:g} MB/s) shared by "
+         "every connection" if doc["rate"] else "Loopback Hub at 127.0.0.1's speed (no link)") +
+        f"; `merge_vs_mergekit.py`'s family ({inputs:.1f} GB of bf16 "
         f"inputs) and recipes. Machine: {doc['machine']}; load average {doc['load'][0][0]:.1f} before, "
-        f"{doc['load'][1][0]:.1f} after. Medians of {doc['repeat']} runs, each repeat a download then the three "
+        f"{doc['load'][1][0]:.1f} after. Medians of {doc['repeat']} runs, each repeat a download then the "
         f"merges; one download of every input with `snapshot_download`: {download:.1f} s "
         f"({', '.join(f'{s:.1f}' for s in doc['downloads'])}). Whole benchmark: {doc['seconds'] / 60:.1f} min.",
         "",
