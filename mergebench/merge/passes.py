@@ -222,7 +222,8 @@ def _open_magnitudes(inputs: MergeInputs, selection: Selection, values: torch.Te
 
 def _merge_positions(inputs: MergeInputs, t: TensorPlan, values: torch.Tensor, ctx: MergeContext) -> torch.Tensor:
     """The method on set-aside positions (``values [n + 1, k]`` raw), in the output dtype, checked finite: the
-    same float32 operations per entry as the merge pass, so the same bits."""
+    same float32 operations per entry as the merge pass, so the same bits. Only top-k methods set positions aside,
+    and their entries do not depend on where they are (``ctx.offset`` is not used)."""
     base, stack = _as_float32(values)
     if inputs.spec.inputs == "deltas":
         stack.sub_(base)
@@ -526,7 +527,7 @@ def _merge_chunk(inputs: MergeInputs, t: TensorPlan, flats: Sequence[torch.Tenso
         counts.update(0, stack)
     aside = set_aside.undecided(stack).nonzero().squeeze(1) if records is not None and set_aside else None
     target = out[start:end]
-    target.copy_(inputs.spec.fn(base, stack, inputs.params, ctx))
+    target.copy_(inputs.spec.fn(base, stack, inputs.params, dataclasses.replace(ctx, offset=start)))
     if aside is not None and aside.numel():
         at = aside + start
         target[aside] = flats[0][at].to(target.dtype)  # a finite placeholder until the exact merge is patched in

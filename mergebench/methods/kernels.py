@@ -1,6 +1,6 @@
-"""Fused loops for the hot spots of top-k merging, compiled by numba: the task vectors of bf16/float32 inputs
-widened straight from their stored bits, the top-k bucket count, the test of which positions a provisional
-threshold leaves undecided, and TIES' arithmetic.
+"""Fused loops for the hot spots of top-k merging and DARE, compiled by numba: the task vectors of bf16/float32
+inputs widened straight from their stored bits, the top-k bucket count, the test of which positions a provisional
+threshold leaves undecided, TIES' arithmetic, and DARE's masks drawn from their positions with its sum.
 
 Why: through torch, a chunk of TIES was about 45 calls, each a pass over the chunk and a release and re-take of
 the GIL, and the bucket count an ``index_add_`` scattering one entry at a time. Here each is one compiled loop
@@ -21,7 +21,7 @@ file, or in the user's cache directory when that is read-only): the first proces
 a second), later ones load it. Either way a process pays numba's start-up once, about 0.55 s: the import, then on
 the first call about 0.3 s of numba importing ``scipy.linalg`` to see whether a BLAS is there. That is about a
 quarter of a 126M per-tensor TIES merge, and as much as a whole Task Arithmetic one, which is why the loops are kept to
-top-k merging and the rest of the engine stays in torch (a loop fusing the subtraction of the base with the
+top-k merging and DARE and the rest of the engine stays in torch (a loop fusing the subtraction of the base with the
 finiteness check made every Task Arithmetic merge of a 126M family about 0.6 s slower, and was reverted).
 """
 
@@ -228,4 +228,47 @@ def ties_delta(deltas: Tensor, trims: Sequence[tuple[int, float]], weights: Sequ
     agreeing = torch.empty_like(out)
     _compiled(_ties_delta)(deltas.numpy(), rule, level, np.array(weights, dtype=np.float32), mean, out.numpy(),
                            agreeing.numpy())
+    return out
+
+
+SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+"""SplitMix64's increment (Steele, Lea and Flood, 2014): the ``j``-th draw of a stream of key ``k`` mixes
+``k + (j + 1)·γ``, so any draw is computed from its index alone."""
+
+
+def _dare_delta(deltas: np.ndarray, keys: np.ndarray, start: int, drop: float, coefficient: np.ndarray,
+                out: np.ndarray) -> None:
+    n, m = deltas.shape
+    zero = np.float32(0.0)
+    gamma = np.uint64(SPLITMIX_GAMMA)
+    mix1, mix2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    s30, s27, s31, s11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+    unit = 2.0 ** -53
+    for j in range(m):
+        out[j] = zero
+    for i in range(n):
+        row, key, c = deltas[i], keys[i], coefficient[i]
+        for j in range(m):                         # uⱼ: SplitMix64's draw number start + j of stream keyᵢ
+            z = key + np.uint64(start + j + 1) * gamma
+            z = (z ^ (z >> s30)) * mix1
+            z = (z ^ (z >> s27)) * mix2
+            z = z ^ (z >> s31)
+            x = row[j] if np.float64(z >> s11) * unit >= drop else row[j] * zero   # mᵢ ⊙ τᵢ, kept iff uⱼ ≥ p
+            out[j] = out[j] + x * c                # Σᵢ cᵢ·(mᵢ ⊙ τᵢ) in expert order from +0
+
+
+def dare_delta(deltas: Tensor, keys: Sequence[int], start: int, drop_rate: float,
+               coefficients: Sequence[float]) -> Tensor:
+    """``[m]`` float32 ``Σᵢ cᵢ·(mᵢ ⊙ τᵢ)`` (added in expert order from ``+0``) of a float32 ``[n, m]`` stack of the
+    entries ``start … start + m − 1`` of a tensor: ``mᵢⱼ = [uᵢⱼ ≥ p]`` with ``uᵢⱼ`` the top 53 bits of SplitMix64's
+    draw number ``start + j`` of the stream ``keys[i]`` (a 64-bit integer), as a fraction of 2⁵³.
+
+    A draw depends on its stream and position only, so a tensor merged in chunks of any width, in any order, on
+    any number of threads, draws the same masks; ``deltas`` is not modified."""
+    if deltas.dtype != torch.float32 or deltas.dim() != 2 or len(keys) != deltas.shape[0]:
+        raise TypeError(f"dare_delta needs a float32 [n, m] stack and n keys, got {deltas.dtype} "
+                        f"{tuple(deltas.shape)} and {len(keys)} keys")
+    out = torch.empty(deltas.shape[1], dtype=torch.float32)
+    _compiled(_dare_delta)(deltas.contiguous().numpy(), np.array(keys, dtype=np.uint64), start, float(drop_rate),
+                           np.array(coefficients, dtype=np.float32), out.numpy())
     return out

@@ -118,7 +118,7 @@ class Params:
 
     ELEMENTWISE: ClassVar[bool] = False
     """Declared by each method: whether, for its default values, each output entry depends only on the inputs at
-    the same position (see :meth:`elementwise`, which may refine it per value)."""
+    the same position and that position (see :meth:`elementwise`, which may refine it per value)."""
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -142,14 +142,15 @@ class Params:
         return None
 
     def elementwise(self) -> bool:
-        """Whether each output entry depends only on the inputs at the same position and the context
-        (including the thresholds the engine computes for :meth:`global_topk` and :meth:`tensor_topk`).
+        """Whether each output entry depends only on the inputs at the same position, that position
+        (:attr:`~mergebench.methods.registry.MergeContext.offset`) and the context (including the thresholds the
+        engine computes for :meth:`global_topk` and :meth:`tensor_topk`).
 
         The engine then splits tensors into cache-sized chunks merged on several threads with reused
         buffers, which is several times faster than whole-tensor float32 stacks and needs no stack of the
         largest tensor. The declared :attr:`ELEMENTWISE` by default (``False`` for anything that looks at a
-        whole tensor, such as per-tensor top-k or matrix statistics, or at positions, such as DARE's masks);
-        a method whose answer depends on its values overrides this.
+        whole tensor, such as matrix statistics or trained masks); a method whose answer depends on its values
+        overrides this.
         """
         return self.ELEMENTWISE
 

@@ -69,6 +69,9 @@ class MergeContext:
     weights: tuple[float, ...] | None = None
     """Per-expert coefficients from the recipe, or ``None`` when the user gave none."""
     seed: int = 0
+    offset: int = 0
+    """Row-major position in the whole tensor of the first entry passed: the engine merges an elementwise method in
+    contiguous chunks of the flattened tensor (DARE draws its masks from positions)."""
     thresholds: Tensor | None = None
     """``[n]`` float32: expert i's exact top-k threshold on ``|τᵢ|``: over the whole model when ``global_topk()``
     is set, over this tensor when ``tensor_topk()`` is (the engine computes it in chunks)."""

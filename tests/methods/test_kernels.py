@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from mergebench.methods.kernels import count_buckets, in_ranges, ties_delta, widen_task_vectors
+from mergebench.methods.kernels import count_buckets, dare_delta, in_ranges, ties_delta, widen_task_vectors
 from mergebench.methods.topk import BUCKETS, bucket_of, magnitude_bits
 
 PATTERNS = torch.tensor([0, 1, 2, 0xFFFF, 0x10000, 0x10001, 0x1FFFF, 0x3F800000, 0x3F800001, 0x3F80FFFF,
@@ -146,3 +146,25 @@ def test_undecided_positions_are_the_entries_the_count_put_in_those_buckets() ->
     highs = [(last // 2 + 1) << 16 for _, last in runs.values()]
     got = in_ranges(stack, list(runs), lows, highs)
     assert expected.any() and not expected.all() and torch.equal(got, expected)
+
+
+def test_dare_draws_are_splitmix64_from_each_position() -> None:
+    """Key 0's first draw is SplitMix64's published first output for seed 0, 0xE220A8397B1DCDAF; an entry is kept
+    iff its draw's top 53 bits, as a fraction of 2⁵³, are at least p; kept entries are scaled, dropped ones are
+    ``x·0`` (NaN stays NaN), summed in expert order."""
+    first = (0xE220A8397B1DCDAF >> 11) / 2**53
+    one = torch.ones(1, 1)
+    assert dare_delta(one, [0], 0, math.nextafter(first, 0), [3.0]).item() == 3.0   # u = first ≥ p: kept, ×3
+    assert dare_delta(one, [0], 0, first, [3.0]).item() == 3.0
+    assert dare_delta(one, [0], 0, math.nextafter(first, 1), [3.0]).item() == 0.0   # u < p: dropped
+    # draw number start + j: a chunk at offset 5 draws what the whole row draws at 5, 6, 7
+    g = torch.Generator().manual_seed(0)
+    stack = torch.randn(3, 8, generator=g)
+    stack[1, 6] = math.nan
+    keys = [7, 2**64 - 1, 123456789]
+    whole = dare_delta(stack, keys, 0, 0.5, [1.0, 0.5, 2.0])
+    part = dare_delta(stack[:, 5:].contiguous(), keys, 5, 0.5, [1.0, 0.5, 2.0])
+    assert torch.equal(part.view(torch.int32), whole[5:].view(torch.int32))
+    assert whole[6].isnan()  # a NaN is a NaN kept or dropped
+    with pytest.raises(TypeError, match="n keys"):
+        dare_delta(stack, keys[:2], 0, 0.5, [1.0, 1.0])

@@ -7,6 +7,7 @@ documented hash recipe).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -85,10 +86,18 @@ def ref_ties(base, taus, p, weights, thresholds, **_):
     return base + p["scaling"] * merged
 
 
+def splitmix64(key: int, index: int) -> int:
+    """Draw number ``index`` of SplitMix64 seeded with ``key`` (Steele, Lea and Flood, 2014), in Python integers."""
+    z = (key + (index + 1) * 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return z ^ (z >> 31)
+
+
 def ref_dare_mask(seed: int, expert: int, name: str, shape, drop: float) -> Tensor:
-    digest = hashlib.sha256(f"mergebench/dare/v1|{seed}|{expert}|{name}".encode()).digest()
-    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-    return (torch.rand(shape, generator=g) >= drop).float()
+    key = int.from_bytes(hashlib.sha256(f"mergebench/dare/v2|{seed}|{expert}|{name}".encode()).digest()[:8], "little")
+    kept = [(splitmix64(key, j) >> 11) / 2**53 >= drop for j in range(math.prod(shape))]
+    return torch.tensor(kept, dtype=torch.float32).view(shape)
 
 
 def ref_dare(base, taus, p, weights, name, seed, **_):
@@ -287,10 +296,10 @@ def golden_ties_mean():
 
 def golden_dare():
     # base = 1 (8 entries); τ₀ = 1, τ₁ = 2; p = 0.5 → τ̂₀ = 2·m₀, τ̂₁ = 4·m₁ with the masks of seed 0,
-    # tensor "w" (pinned, torch 2.13 CPU generator): m₀ = [1,0,1,0,1,1,1,1], m₁ = [0,0,1,1,1,0,0,0]
-    # θ = 1 + 2m₀ + 4m₁ = [3, 1, 7, 5, 7, 3, 3, 3]
+    # tensor "w" (SplitMix64 draws 0–7 of each expert's stream, by hand from splitmix64 above):
+    # m₀ = [1,0,1,0,0,0,1,0], m₁ = [1,1,0,1,0,0,1,1]; θ = 1 + 2m₀ + 4m₁ = [7, 5, 3, 5, 1, 1, 7, 5]
     stack = torch.stack([torch.ones(8), torch.full((8,), 2.0)])
-    return "dare", {"drop_rate": 0.5}, stack, {"name": "w", "base": torch.ones(8)}, [3, 1, 7, 5, 7, 3, 3, 3]
+    return "dare", {"drop_rate": 0.5}, stack, {"name": "w", "base": torch.ones(8)}, [7, 5, 3, 5, 1, 1, 7, 5]
 
 
 def golden_consensus():
@@ -566,10 +575,11 @@ def test_dare_survival_rate_and_rescale() -> None:
 
 @pytest.mark.parametrize(("name", "parameters"), [
     ("ties", {"topk_scope": "global"}), ("consensus", {"k": 2, "tall_lambda": 0.4}),
-    ("localize_stitch", {"sparsity": 0.3})])
+    ("localize_stitch", {"sparsity": 0.3}), ("dare", {"drop_rate": 0.6})])
 def test_masking_methods_give_the_same_bits_in_chunks_of_any_width(name: str, parameters: dict) -> None:
     """What lets the engine merge these methods chunk by chunk: six experts (torch.sum adds the tail of a row of
-    five or more in another order), chunks of odd widths, the bits of the whole tensor. (Task Arithmetic's
+    five or more in another order), chunks of odd widths with their offsets, the bits of the whole tensor; DARE's
+    masks are drawn from the positions (``ctx.offset``), not from a chunk's shape. (Task Arithmetic's
     ``weighted_sum`` does not promise it: with five experts or more its float32 sum can differ in the last bit at a
     chunk's tail, which its bf16 outputs mostly round away.)"""
     spec = get(name)
@@ -582,8 +592,8 @@ def test_masking_methods_give_the_same_bits_in_chunks_of_any_width(name: str, pa
                        thresholds=thresholds)
     whole = spec.fn(base.clone(), deltas.clone(), params, ctx)
     for width in (1, 7, 64, 777):
-        parts = [spec.fn(base[s:s + width].clone(), deltas[:, s:s + width].clone(), params, ctx)
-                 for s in range(0, 3001, width)]
+        parts = [spec.fn(base[s:s + width].clone(), deltas[:, s:s + width].clone(), params,
+                         dataclasses.replace(ctx, offset=s)) for s in range(0, 3001, width)]
         assert torch.equal(torch.cat(parts).view(torch.int32), whole.view(torch.int32)), width
 
 

@@ -121,8 +121,8 @@ def test_parameter_types_and_defaults_are_declared() -> None:
 
 
 def test_elementwise_is_declared() -> None:
-    assert {s.name for s in REGISTRY if s.elementwise} == {"model_soup", "task_arithmetic", "ties", "consensus",
-                                                            "localize_stitch"}
+    assert {s.name for s in REGISTRY if s.elementwise} == {"model_soup", "task_arithmetic", "ties", "dare",
+                                                            "consensus", "localize_stitch"}
     for spec in REGISTRY:
         assert spec.make_params({}).elementwise() is spec.elementwise
     assert not get("localize_stitch").make_params({"mode": "trained"}).elementwise()  # masks: whole-tensor statistics
