@@ -152,12 +152,16 @@ def _in_ranges(bits: np.ndarray, rows: np.ndarray, lows: np.ndarray, highs: np.n
 
 def in_ranges(stack: Tensor, rows: Sequence[int], lows: Sequence[int], highs: Sequence[int]) -> Tensor:
     """``[m]`` bool: where, for some ``k``, the magnitude of ``stack[rows[k]]`` (float32 ``[n, m]``) has a bit
-    pattern in ``[lows[k], highs[k])`` (top-k entries its provisional threshold cannot decide yet)."""
+    pattern in ``[lows[k], highs[k])`` (top-k entries its provisional threshold cannot decide yet). Empty ranges
+    cost no pass over their row; with none left, nothing is compiled or read."""
     if stack.dtype != torch.float32 or stack.dim() != 2:
         raise TypeError(f"in_ranges needs a float32 [n, m] stack, got {stack.dtype} {tuple(stack.shape)}")
+    ranges = [(row, low, high) for row, low, high in zip(rows, lows, highs, strict=True) if low < high]
+    if not ranges:
+        return torch.zeros(stack.shape[1], dtype=torch.bool)
     out = torch.empty(stack.shape[1], dtype=torch.bool)
-    _compiled(_in_ranges)(stack.contiguous().view(torch.int32).numpy(), np.array(rows, dtype=np.int64),
-                          np.array(lows, dtype=np.int64), np.array(highs, dtype=np.int64), out.numpy())
+    kept_rows, kept_lows, kept_highs = (np.array(column, dtype=np.int64) for column in zip(*ranges, strict=True))
+    _compiled(_in_ranges)(stack.contiguous().view(torch.int32).numpy(), kept_rows, kept_lows, kept_highs, out.numpy())
     return out
 
 

@@ -161,8 +161,6 @@ class Selection:
         lies in its open bucket ``2h + 1`` (a bit pattern strictly between ``h·2¹⁶`` and ``(h+1)·2¹⁶``): the
         entries :meth:`provisional` cannot decide and :meth:`resolve` needs."""
         rows = self.open_rows
-        if not rows:
-            return torch.zeros(stack.shape[1:], dtype=torch.bool, device=stack.device)
         starts = [(self.bucket[i] // 2) << 16 for i in rows]
         return in_ranges(stack, rows, [start + 1 for start in starts], [start + BINS for start in starts])
 
@@ -290,10 +288,7 @@ class Interval:
         """``[m]`` bool: positions of a float32 ``[n, m]`` task-vector stack where some ``|τᵢ|`` lies in its run
         (:meth:`_patterns`; experts whose run is one even bucket leave nothing undecided)."""
         lows, highs = self._patterns()
-        rows = [i for i, (low, high) in enumerate(zip(lows, highs, strict=True)) if low < high]
-        if not rows:
-            return torch.zeros(stack.shape[1:], dtype=torch.bool, device=stack.device)
-        return in_ranges(stack, rows, [lows[i] for i in rows], [highs[i] for i in rows])
+        return in_ranges(stack, range(len(lows)), lows, highs)
 
     def covers(self, selection: Selection) -> bool:
         """Whether each expert's exact bucket lies in its run, so the positions set aside decide every threshold."""

@@ -146,6 +146,9 @@ def test_undecided_positions_are_the_entries_the_count_put_in_those_buckets() ->
     highs = [(last // 2 + 1) << 16 for _, last in runs.values()]
     got = in_ranges(stack, list(runs), lows, highs)
     assert expected.any() and not expected.all() and torch.equal(got, expected)
+    # an empty range (a run that is one even bucket) adds nothing; with only empty ones, nothing is undecided
+    assert torch.equal(in_ranges(stack, [*runs, 1], [*lows, 0x3F800000], [*highs, 0x3F800000]), expected)
+    assert not in_ranges(stack, [1, 2], [0x3F800000, 5], [0x3F800000, 5]).any()
 
 
 def test_dare_draws_are_splitmix64_from_each_position() -> None:
