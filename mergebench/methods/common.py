@@ -15,13 +15,18 @@ and dividing by that multiplies every task vector by ~10¹⁶."""
 
 
 def weighted_sum(stack: Tensor, weights: tuple[float, ...] | None) -> Tensor:
-    """Σᵢ wᵢ·stack[i] (plain sum when ``weights`` is None), without materialising ``w ⊙ stack``."""
+    """``Σᵢ wᵢ·stack[i]`` (plain sum when ``weights`` is None), added in expert order from ``+0``.
+
+    Each product is rounded before it is added (no fused multiply-add, as in ``(w ⊙ stack).sum(0)``), so an entry's
+    bits depend on its own inputs only (:func:`sum_in_expert_order`): the engine's chunks of any width give the
+    merge of the whole tensor."""
     if weights is None:
-        return stack.sum(0)
+        return sum_in_expert_order(stack)
     if len(weights) != stack.shape[0]:
         raise ValueError(f"{len(weights)} weights for {stack.shape[0]} experts")
-    w = torch.tensor(weights, dtype=stack.dtype)
-    total: Tensor = torch.tensordot(w, stack, dims=1)
+    total, product = torch.zeros_like(stack[0]), torch.empty_like(stack[0])
+    for weight, row in zip(weights, stack, strict=True):
+        total += torch.mul(row, weight, out=product)
     return total
 
 
@@ -78,7 +83,7 @@ def weight_sum(weights: Sequence[float], *, what: str = "a weighted mean") -> fl
 def weighted_mean(stack: Tensor, weights: tuple[float, ...] | None) -> Tensor:
     """``Σᵢ wᵢ·stack[i] / Σᵢ wᵢ`` (plain mean when ``weights`` is None); a zero sum is a ConfigError."""
     if weights is None:
-        return stack.mean(0)
+        return sum_in_expert_order(stack).div_(stack.shape[0])  # what ``stack.mean(0)`` computes, in expert order
     total = weight_sum(expert_weights(weights, stack.shape[0]))
     return weighted_sum(stack, tuple(w / total for w in weights))
 

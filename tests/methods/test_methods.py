@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mergebench.methods import REGISTRY, MergeContext, get
+from mergebench.methods.common import weighted_mean, weighted_sum
 
 # ----------------------------------------------------------------------------------------------------------
 # A small random "model": three tensors, a base and three experts.
@@ -573,28 +574,49 @@ def test_dare_survival_rate_and_rescale() -> None:
     assert abs(out.mean().item() - 1.0) < 0.03                  # unbiased in expectation
 
 
+@pytest.mark.parametrize("weights", [(0.5, 1.0, 2.0, 1.0, 0.7, 1.3), None])
 @pytest.mark.parametrize(("name", "parameters"), [
-    ("ties", {"topk_scope": "global"}), ("consensus", {"k": 2, "tall_lambda": 0.4}),
-    ("localize_stitch", {"sparsity": 0.3}), ("dare", {"drop_rate": 0.6})])
-def test_masking_methods_give_the_same_bits_in_chunks_of_any_width(name: str, parameters: dict) -> None:
+    ("task_arithmetic", {"scaling": 0.6}), ("model_soup", {}), ("ties", {"topk_scope": "global"}),
+    ("consensus", {"k": 2, "tall_lambda": 0.4}), ("localize_stitch", {"sparsity": 0.3}), ("dare", {"drop_rate": 0.6})])
+def test_elementwise_methods_give_the_same_bits_in_chunks_of_any_width(
+        name: str, parameters: dict, weights: tuple[float, ...] | None) -> None:
     """What lets the engine merge these methods chunk by chunk: six experts (torch.sum adds the tail of a row of
-    five or more in another order), chunks of odd widths with their offsets, the bits of the whole tensor; DARE's
-    masks are drawn from the positions (``ctx.offset``), not from a chunk's shape. (Task Arithmetic's
-    ``weighted_sum`` does not promise it: with five experts or more its float32 sum can differ in the last bit at a
-    chunk's tail, which its bf16 outputs mostly round away.)"""
+    five or more in another order, so every sum is in expert order), chunks of odd widths with their offsets, the
+    bits of the whole tensor; DARE's masks are drawn from the positions (``ctx.offset``), not from a chunk's
+    shape."""
     spec = get(name)
+    assert spec.elementwise
     params = spec.make_params(parameters)
     g = torch.Generator().manual_seed(7)
     base = torch.randn(3001, generator=g)
     deltas = torch.randn(6, 3001, generator=g) * torch.logspace(-3, 1, 3001)
     thresholds = deltas.abs().quantile(0.7, dim=1) if params.global_topk() is not None else None
-    ctx = MergeContext(name="w", expert_ids=tuple(range(6)), weights=(0.5, 1.0, 2.0, 1.0, 0.7, 1.3),
-                       thresholds=thresholds)
+    ctx = MergeContext(name="w", expert_ids=tuple(range(6)), weights=weights, thresholds=thresholds)
     whole = spec.fn(base.clone(), deltas.clone(), params, ctx)
     for width in (1, 7, 64, 777):
         parts = [spec.fn(base[s:s + width].clone(), deltas[:, s:s + width].clone(), params,
                          dataclasses.replace(ctx, offset=s)) for s in range(0, 3001, width)]
         assert torch.equal(torch.cat(parts).view(torch.int32), whole.view(torch.int32)), width
+
+
+def test_weighted_sums_round_each_product_then_add_in_expert_order() -> None:
+    """The float32 operations of ``(w ⊙ stack).sum(0)`` done one expert at a time: an independent reading in
+    float64 arithmetic rounded to float32 at each step gives the same bits, signed zeros included."""
+    g = torch.Generator().manual_seed(3)
+    stack = torch.randn(5, 4099, generator=g) * torch.logspace(-4, 4, 4099)
+    stack[:, :3] = -0.0
+    weights = (0.3, -1.7, 2.0, 0.1, 1.1)
+    expected = torch.zeros(4099, dtype=torch.float32)
+    for w, row in zip(weights, stack, strict=True):
+        product = (row.double() * torch.tensor(w, dtype=torch.float32).double()).float()
+        expected = (expected.double() + product.double()).float()
+    assert torch.equal(weighted_sum(stack, weights).view(torch.int32), expected.view(torch.int32))
+    plain = torch.zeros(4099, dtype=torch.float32)
+    for row in stack:
+        plain = (plain.double() + row.double()).float()
+    assert torch.equal(weighted_sum(stack, None).view(torch.int32), plain.view(torch.int32))
+    assert torch.equal(weighted_mean(stack, None), plain / 5)
+    assert weighted_sum(stack, None)[:3].signbit().logical_not().all()  # −0 + … + −0 from +0 is +0
 
 
 def test_methods_may_reuse_the_stack_but_never_the_base() -> None:
