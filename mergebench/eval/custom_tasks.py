@@ -39,11 +39,10 @@ off, while ``mergebench eval`` sets it per task.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from mergebench.eval.metrics import MetricContext, build_metrics
 from mergebench.eval.refusal import make_judge
 from mergebench.eval.sandbox import SandboxConfig
 from mergebench.eval.tasks import TASKS, TaskSpec, get_task
+from mergebench.scratch import scratch_folder
 
 logger = logging.getLogger(__name__)
 EVAL_DATA_ENV = "MERGEBENCH_EVAL_DATA"
@@ -86,8 +86,9 @@ def task_configs(eval_data: str | Path | None = None, *, work_dir: Path, refusal
 
 
 def _build_table() -> list[Any]:
-    work_dir = Path(tempfile.mkdtemp(prefix="mergebench-custom-tasks-"))
-    atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
+    scratch = contextlib.ExitStack()  # lighteval imports this table: its folder lives as long as the process
+    work_dir = scratch.enter_context(scratch_folder("custom-tasks"))
+    atexit.register(scratch.close)
     return task_configs(os.environ.get(EVAL_DATA_ENV) or None, work_dir=work_dir,
                         refusal_judge=os.environ.get(JUDGE_ENV) or None)
 

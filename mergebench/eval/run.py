@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict
@@ -47,6 +45,7 @@ from mergebench.eval.sandbox import SandboxConfig
 from mergebench.eval.tasks import TaskSpec, resolve_tasks
 from mergebench.hub.eval_results import weights_id
 from mergebench.hub.refs import Pin, Ref, pin
+from mergebench.scratch import scratch_folder
 
 logger = logging.getLogger(__name__)
 Backend = Literal["transformers", "vllm"]
@@ -250,8 +249,7 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
     _check_model_path(model)
     sandbox, options = sandbox or SandboxConfig(), options or ModelOptions()
     prepare_offline()
-    work_dir = Path(tempfile.mkdtemp(prefix="mergebench-eval-"))
-    try:
+    with scratch_folder("eval") as work_dir:
         source = resolve_source(eval_data, work_dir=work_dir)
         pinned = _pin_model(model)
         judge = _judge(refusal_judge)
@@ -284,8 +282,6 @@ def evaluate(model: Any, *, suite: str | None = None, tasks: list[str] | None = 
             status = "complete"
         finally:
             results = writer.finish(status)  # also on KeyboardInterrupt: finished tasks are on disk
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
     if push_to:
         push_results(push_to, results)
     if push_eval_results:

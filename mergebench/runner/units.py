@@ -34,7 +34,6 @@ import logging
 import shlex
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +46,7 @@ from mergebench.errors import ConfigError, MissingPackageError, UnitError
 from mergebench.prompt import PROMPT_FORMAT_VERSION
 from mergebench.runner.config import UnitKind
 from mergebench.runner.point import GridPoint
+from mergebench.scratch import folder_or_scratch, scratch_folder
 from mergebench.work import Stage, atomic_file, is_current, sidecar_record, write_record
 
 logger = logging.getLogger(__name__)
@@ -106,11 +106,8 @@ class ResultsLocation(_Strict):
         if self.folder is not None:
             yield Path(self.folder)
             return
-        scratch = Path(tempfile.mkdtemp(prefix="mergebench-unit-"))
-        try:
+        with scratch_folder("unit") as scratch:
             yield scratch
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def publish(self, workspace: Path, rels: list[str], *, message: str) -> None:
         """Make the outputs ``rels`` (already written in ``workspace``) visible: nothing to do for a folder (they
@@ -187,7 +184,7 @@ class _Unit(_Strict):
 
     def is_done(self) -> bool:
         """Whether the results location holds this unit's record, made from exactly this unit."""
-        with tempfile.TemporaryDirectory(prefix="mergebench-unit-check-") as tmp:
+        with scratch_folder("unit-check") as tmp:
             record = self.results.fetch(self.record, Path(tmp))
             return record is not None and is_current(record, self.fingerprint)
 
@@ -257,16 +254,11 @@ class EvaluationUnit(_Unit):
 
         options = MergeOptions(threads=self.merge.threads, shard_size=self.merge.shard_size, resume=True,
                                progress=False)
-        scratch = None if self.merge.model_dir else Path(tempfile.mkdtemp(prefix="mergebench-merge-"))
-        model_dir = Path(self.merge.model_dir) if self.merge.model_dir else Path(str(scratch)) / "model"
-        try:
+        with folder_or_scratch(self.merge.model_dir, "merge") as model_dir:
             if not (model_dir / "config.json").is_file():  # the merge is deterministic: do it again
                 shutil.rmtree(model_dir, ignore_errors=True)
                 merge(self.merge.recipe, model_dir, options=options)
             yield str(model_dir)
-        finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
 
 
 class PointSpec(_Strict):
@@ -308,18 +300,13 @@ class GridPointUnit(_Unit):
         from mergebench.runner.point import run_point
 
         experts = {d: results_from_dict(doc, f"{d} expert results") for d, doc in self.experts_validation.items()}
-        scratch = None if self.model_dir else Path(tempfile.mkdtemp(prefix="mergebench-point-"))
-        model_dir = Path(self.model_dir) if self.model_dir else Path(str(scratch)) / "model"
-        try:
+        with folder_or_scratch(self.model_dir, "point") as model_dir:
             run_point(self.grid_point(), model_dir=model_dir, record_path=workspace / self.path,
                       experts_validation=experts,  # type: ignore[arg-type]  # domains as read from JSON
                       merge_options=MergeOptions(threads=self.threads, shard_size=self.shard_size, resume=True,
                                                  progress=False),
                       eval_options=ModelOptions(batch_size=self.options.batch_size, dtype=self.options.dtype),
                       eval_data=self.eval_data, refusal_judge=self.options.refusal_judge, progress=progress)
-        finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
 
 
 class SubmissionUnit(_Unit):
@@ -371,7 +358,7 @@ class SubmissionUnit(_Unit):
         from mergebench.eval.lighteval_wrapper import ModelOptions
 
         info = dict(self.model_info)
-        with tempfile.TemporaryDirectory(prefix="mergebench-submission-") as scratch:
+        with scratch_folder("submission") as scratch:
             model, cost = self._model(Path(scratch) / "model", info, progress=progress)
             logger.info("== evaluating ==")
             results = evaluate(model, suite=None if self.tasks else self.suite, tasks=self.tasks or None,
@@ -458,14 +445,9 @@ class ExpertUnit(_Unit):
     def run(self, workspace: Path, *, progress: bool) -> None:
         from mergebench.train.card import read_manifest
 
-        scratch = None if self.out_dir else Path(tempfile.mkdtemp(prefix="mergebench-expert-"))
-        out_dir = Path(self.out_dir) if self.out_dir else Path(str(scratch)) / self.name
-        try:
+        with folder_or_scratch(self.out_dir, "expert", name=self.name) as out_dir:
             self._train(out_dir, progress=progress)
             manifest = read_manifest(out_dir)
-        finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
         stats = manifest["stats"]
         write_record(workspace / self.path, self.stage(), outputs={
             **{key: stats[key] for key in ("steps", "train_tokens", "final_loss", "train_seconds", "seconds")},
@@ -490,7 +472,7 @@ class ExpertUnit(_Unit):
                                       "which is not on PATH.", package="accelerate",
                                       hint="Install MergeBench's requirements in the image (accelerate comes with "
                                            "them), or set processes: 1.")
-        with tempfile.TemporaryDirectory(prefix="mergebench-launch-") as tmp:
+        with scratch_folder("launch") as tmp:
             recipe = Path(tmp) / "recipe.yaml"
             recipe.write_text(config.to_yaml(), encoding="utf-8")
             command = [accelerate, "launch", "--num_processes", str(self.processes)]
@@ -600,7 +582,7 @@ def collect(unit: UnitSpec, folder: Path) -> None:
     atomically: the driver then finds the unit done, as if it had run in place."""
     if unit.results.folder is not None and Path(unit.results.folder).resolve() == Path(folder).resolve():
         return
-    with tempfile.TemporaryDirectory(prefix="mergebench-unit-collect-") as tmp:
+    with scratch_folder("unit-collect") as tmp:
         for rel in unit.outputs():
             source = unit.results.fetch(rel, Path(tmp))
             if source is None:

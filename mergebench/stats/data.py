@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from mergebench.hub.models import ResolvedModel, resolve
 from mergebench.hub.refs import Ref
 from mergebench.paths import stats_cache_limit_bytes
 from mergebench.prompt import IGNORE_INDEX, encode_chat
+from mergebench.scratch import scratch_folder
 from mergebench.stream.reader import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def small_files(model: ResolvedModel) -> Iterator[Path]:
     if model.ref.local_path is not None:
         yield model.ref.local_path
         return
-    with tempfile.TemporaryDirectory(prefix="mergebench-model-files-") as tmp:
+    with scratch_folder("model-files") as tmp:
         for name in SMALL_FILES:
             if name in model.file_list:
                 model.copy_file(name, Path(tmp) / name)

@@ -107,18 +107,24 @@ def test_a_killed_run_resumes_without_redoing_points_and_gives_the_same_table(
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump(_bench(tiny_llama, validation_dir, out)))
     cmd = [sys.executable, "-m", "mergebench.cli", "run", str(config)]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    scratch = tmp_path / "tmp"  # the runs' temporary directory: what the kill leaves there is seen
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
-    while not _grid_records(out) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while (not _grid_records(out) or not list(scratch.glob("mergebench-eval-*"))) and first.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert first.poll() is None, first.stderr.read()
-    os.kill(first.pid, signal.SIGKILL)
+    os.kill(first.pid, signal.SIGKILL)  # a point is done and another is being evaluated
     first.wait()
     before = _grid_records(out)
     assert before
+    assert list(scratch.glob("mergebench-eval-*"))  # SIGKILL ran no clean-up
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr
+    assert [p.name for p in scratch.glob("mergebench-*")] == []  # the killed run's scratch was removed
     assert "mergebench space --results" in second.stdout
     after = _grid_records(out)
     assert all(after[p] == stamp for p, stamp in before.items())  # finished points were not redone
