@@ -5,7 +5,8 @@ point's record, a Tiny stage, a data build, an evaluation's results) uses these 
 
 - :func:`atomic_folder` / :func:`atomic_file` / :func:`write_atomic`: build beside the destination, then
   swap in with one rename. Readers never see a half-written result, and a failure leaves the previous
-  content (if any) untouched.
+  content (if any) untouched; a folder that a killed build left beside it is removed by the next build
+  (:mod:`mergebench.scratch`).
 - :func:`file_fingerprint` / :func:`folder_fingerprint` / :func:`path_fingerprint`: what a local input
   was, so a stage is reused only when its inputs have not changed (Hub inputs are identified by commit
   sha, :mod:`mergebench.hub.refs`).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import gzip
 import hashlib
 import json
@@ -39,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
+
+from mergebench.scratch import disown, owned_folder
 
 SAMPLES = 16
 SAMPLE_BYTES = 64 << 10
@@ -53,22 +57,19 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with owned_folder(target.parent, f".{target.name}.", kin=f".{glob.escape(target.name)}.*") as tmp:
         yield tmp
+        disown(tmp)
         tmp.chmod(0o755)  # mkdtemp (and safetensors) create owner-only modes; a published folder is shared
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():  # move the old folder aside first: the target name is never missing for long
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+        if target.exists():  # move the old folder aside first: the target name is never missing for long
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
 
 
 @contextlib.contextmanager
