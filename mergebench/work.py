@@ -57,6 +57,8 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for old in target.parent.glob(f".{glob.escape(target.name)}.old-*"):  # a killed swap's previous version
+        shutil.rmtree(old, ignore_errors=True)  # (or a live swap's, which removes it next): never read again
     with owned_folder(target.parent, f".{target.name}.", kin=f".{glob.escape(target.name)}.*") as tmp:
         yield tmp
         disown(tmp)

@@ -89,8 +89,11 @@ def test_an_output_folder_a_killed_build_left_is_removed_by_the_next_build(tmp_p
         killed.wait()
         assert unfinished.parent == target.parent and unfinished.name.startswith(".math.")
         assert (unfinished / "model.safetensors").is_file() and not target.exists()
+        swapped = target.with_name(".math.old-0123abcd")  # a build killed between its two renames
+        swapped.mkdir()
         with atomic_folder(target) as tmp:
-            assert not unfinished.exists() and (building / "model.safetensors").is_file()
+            assert not unfinished.exists() and not swapped.exists()
+            assert (building / "model.safetensors").is_file()
             (tmp / "config.json").write_text("{}")
     finally:
         alive.kill()
