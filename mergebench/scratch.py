@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "mergebench-"
 """Every scratch folder's name starts with this (then its kind, e.g. ``mergebench-eval-k2j4x_9a``)."""
+SCRATCH = f"{PREFIX}*"
+"""The glob of every scratch folder's name: making one sweeps them all, whatever their kind."""
 OWNER = ".owner"
 """The file in an owned folder whose ``flock`` its owner holds."""
 
@@ -71,7 +73,7 @@ def scratch_folder(kind: str, *, root: Path | None = None) -> Iterator[Path]:
     ...     (tmp / "cache").mkdir()
     """
     with owned_folder(Path(root) if root is not None else Path(tempfile.gettempdir()), f"{PREFIX}{kind}-",
-                      kin=f"{PREFIX}*") as folder:
+                      kin=SCRATCH) as folder:
         yield folder
 
 
@@ -86,7 +88,7 @@ def folder_or_scratch(folder: str | Path | None, kind: str, *, name: str = "mode
         yield scratch / name
 
 
-def remove_orphans(root: Path, kin: str = f"{PREFIX}*") -> int:
+def remove_orphans(root: Path, kin: str = SCRATCH) -> int:
     """Remove the folders ``root/kin`` (a glob) whose owner process has ended; return how many.
 
     A folder without an owner file (another program's, one being made or being published) is left alone, as is

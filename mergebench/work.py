@@ -57,9 +57,10 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for old in target.parent.glob(f".{glob.escape(target.name)}.old-*"):  # a killed swap's previous version
+    kin = f".{glob.escape(target.name)}."
+    for old in target.parent.glob(f"{kin}old-*"):  # a killed swap's previous version
         shutil.rmtree(old, ignore_errors=True)  # (or a live swap's, which removes it next): never read again
-    with owned_folder(target.parent, f".{target.name}.", kin=f".{glob.escape(target.name)}.*") as tmp:
+    with owned_folder(target.parent, f".{target.name}.", kin=f"{kin}*") as tmp:
         yield tmp
         disown(tmp)
         tmp.chmod(0o755)  # mkdtemp (and safetensors) create owner-only modes; a published folder is shared

@@ -185,7 +185,7 @@ class _Unit(_Strict):
     def is_done(self) -> bool:
         """Whether the results location holds this unit's record, made from exactly this unit."""
         with scratch_folder("unit-check") as tmp:
-            record = self.results.fetch(self.record, Path(tmp))
+            record = self.results.fetch(self.record, tmp)
             return record is not None and is_current(record, self.fingerprint)
 
     def run(self, workspace: Path, *, progress: bool) -> None:
@@ -359,7 +359,7 @@ class SubmissionUnit(_Unit):
 
         info = dict(self.model_info)
         with scratch_folder("submission") as scratch:
-            model, cost = self._model(Path(scratch) / "model", info, progress=progress)
+            model, cost = self._model(scratch / "model", info, progress=progress)
             logger.info("== evaluating ==")
             results = evaluate(model, suite=None if self.tasks else self.suite, tasks=self.tasks or None,
                                backend=self.options.backend, max_samples=self.max_samples, out=workspace / self.path,
@@ -473,12 +473,12 @@ class ExpertUnit(_Unit):
                                       hint="Install MergeBench's requirements in the image (accelerate comes with "
                                            "them), or set processes: 1.")
         with scratch_folder("launch") as tmp:
-            recipe = Path(tmp) / "recipe.yaml"
+            recipe = tmp / "recipe.yaml"
             recipe.write_text(config.to_yaml(), encoding="utf-8")
             command = [accelerate, "launch", "--num_processes", str(self.processes)]
             if self.accelerate_config:
-                (Path(tmp) / "accelerate.yaml").write_text(self.accelerate_config, encoding="utf-8")
-                command += ["--config_file", str(Path(tmp) / "accelerate.yaml")]
+                (tmp / "accelerate.yaml").write_text(self.accelerate_config, encoding="utf-8")
+                command += ["--config_file", str(tmp / "accelerate.yaml")]
             command += ["-m", "mergebench.cli", "train", "--base", self.base, "--domain", self.domain,
                         *(arg for domain, source in self.data.items() for arg in ("--data", f"{domain}={source}")),
                         "--out", str(out_dir), "--config", str(recipe), "--overwrite",
@@ -584,7 +584,7 @@ def collect(unit: UnitSpec, folder: Path) -> None:
         return
     with scratch_folder("unit-collect") as tmp:
         for rel in unit.outputs():
-            source = unit.results.fetch(rel, Path(tmp))
+            source = unit.results.fetch(rel, tmp)
             if source is None:
                 raise ConfigError(f"{unit.label}: {unit.results.describe(rel)} is missing although the unit is done.",
                                   hint="Someone removed files of the results repo: delete its record too and run "

@@ -162,8 +162,8 @@ def small_files(model: ResolvedModel) -> Iterator[Path]:
     with scratch_folder("model-files") as tmp:
         for name in SMALL_FILES:
             if name in model.file_list:
-                model.copy_file(name, Path(tmp) / name)
-        yield Path(tmp)
+                model.copy_file(name, tmp / name)
+        yield tmp
 
 
 def load_tokenizer(model: ModelSource, folder: Path, options: StatsOptions) -> Any:
